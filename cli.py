@@ -1,0 +1,22 @@
+"""The `eoforge` command: a tiny root that gathers the commands defined beside their code."""
+
+from __future__ import annotations
+
+import click
+
+from eoforge import __version__
+from eoforge.ingest.cli import demo_data
+from eoforge.shards.cli import shards
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="eoforge")
+def main() -> None:
+    """Sentinel-1/2 foundation-model datasets: ingest -> shards -> pretrain -> eval."""
+
+
+main.add_command(demo_data)
+main.add_command(shards)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

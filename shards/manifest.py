@@ -1,0 +1,276 @@
+"""The GeoParquet manifest: one row per sample, queryable without opening a tar.
+
+``DS/manifest.parquet`` is GeoParquet 1.1: a WKB ``geometry`` column with each tile's
+footprint in lon/lat (OGC:CRS84, i.e. EPSG:4326 with x = longitude), a ``bbox`` covering
+column, and the ``geo`` file metadata. It opens with pyarrow, pandas, DuckDB, GeoPandas
+and QGIS. Writers produce one part per shard (``DS/manifest-parts/<split>/*.parquet``);
+:func:`merge_parts` joins them.
+
+Columns (units in brackets):
+
+- ``key``, ``shard`` (path relative to ``DS``), ``split``, ``tile_id``
+- ``epsg``, ``transform`` (a, b, c, d, e, f) [m], ``width``, ``height`` [px],
+  ``minx miny maxx maxy`` [m, tile CRS], ``lon lat`` (centre) [deg], ``geometry``, ``bbox``
+- ``num_time_steps``, and per time step (lists, index t matches the arrays' T axis):
+  ``datetimes`` [UTC], ``s2_product_ids``, ``s1_product_ids``, ``s1_orbit_directions``,
+  ``dt_days`` [days, S1 − S2], ``s2_valid_fraction``, ``cloud_fraction``, ``s1_valid_fraction`` [0..1]
+- ``has_s2 has_s1 has_scl has_lc``
+- ``label_taxonomy``, ``labels`` (names of the classes present), ``label_multi_hot``,
+  ``label_fractions``
+- ``members`` (list of {name, sha256, nbytes, dtype, shape}), ``nbytes``, ``sha256``
+  (hash of the member hashes: one value per sample's content)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from pyproj import CRS, Transformer
+
+from eoforge.shards.meta import SampleMeta
+
+if TYPE_CHECKING:
+    from eoforge.shards.sample import MemberInfo
+
+MANIFEST_NAME = "manifest.parquet"
+GEOPARQUET_VERSION = "1.1.0"
+
+_f32_list = pa.list_(pa.float32())
+_str_list = pa.list_(pa.string())
+MEMBER_TYPE = pa.struct(
+    [
+        ("name", pa.string()),
+        ("sha256", pa.string()),
+        ("nbytes", pa.int64()),
+        ("dtype", pa.string()),
+        ("shape", pa.list_(pa.int32())),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("split", pa.string()),
+        ("tile_id", pa.string()),
+        ("epsg", pa.int32()),
+        ("transform", pa.list_(pa.float64())),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("minx", pa.float64()),
+        ("miny", pa.float64()),
+        ("maxx", pa.float64()),
+        ("maxy", pa.float64()),
+        ("lon", pa.float64()),
+        ("lat", pa.float64()),
+        ("geometry", pa.binary()),
+        ("bbox", pa.struct([(n, pa.float64()) for n in ("xmin", "ymin", "xmax", "ymax")])),
+        ("num_time_steps", pa.int16()),
+        ("datetimes", pa.list_(pa.timestamp("ms", tz="UTC"))),
+        ("s2_product_ids", _str_list),
+        ("s1_product_ids", _str_list),
+        ("s1_orbit_directions", _str_list),
+        ("dt_days", _f32_list),
+        ("s2_valid_fraction", _f32_list),
+        ("cloud_fraction", _f32_list),
+        ("s1_valid_fraction", _f32_list),
+        ("has_s2", pa.bool_()),
+        ("has_s1", pa.bool_()),
+        ("has_scl", pa.bool_()),
+        ("has_lc", pa.bool_()),
+        ("label_taxonomy", pa.string()),
+        ("labels", _str_list),
+        ("label_multi_hot", pa.list_(pa.uint8())),
+        ("label_fractions", _f32_list),
+        ("members", pa.list_(MEMBER_TYPE)),
+        ("nbytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+class ManifestError(ValueError):
+    """A manifest or manifest part is missing or inconsistent; the message names the file."""
+
+
+@lru_cache(maxsize=64)
+def _to_lonlat(epsg: int) -> Transformer:
+    return Transformer.from_crs(CRS.from_epsg(epsg), CRS.from_epsg(4326), always_xy=True)
+
+
+def footprint_lonlat(meta: SampleMeta, points_per_edge: int = 8) -> shapely.Polygon:
+    """The tile outline in lon/lat, edges densified so reprojection curvature is kept."""
+    a, b, c, d, e, f = meta.transform
+    w, h = meta.width, meta.height
+    n = points_per_edge
+    cols = [w * i / n for i in range(n)] + [w] * n + [w * (n - i) / n for i in range(n)] + [0.0] * n
+    rows = [0.0] * n + [h * i / n for i in range(n)] + [h] * n + [h * (n - i) / n for i in range(n)]
+    xs = [c + a * col + b * row for col, row in zip(cols, rows)]
+    ys = [f + d * col + e * row for col, row in zip(cols, rows)]
+    lon, lat = _to_lonlat(meta.epsg).transform(xs, ys)
+    poly = shapely.Polygon(list(zip(lon, lat)))
+    return shapely.orient_polygons(poly)  # counter-clockwise shell, as the geo metadata says
+
+
+def _timestamp(iso: str) -> datetime:
+    dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def sample_hash(members: "Iterable[MemberInfo]") -> str:
+    """One hash for a sample's content: sha256 over ``name:sha256`` lines of its members."""
+    text = "".join(f"{m.name}:{m.sha256}\n" for m in members)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def manifest_row(meta: SampleMeta, shard: str, members: "list[MemberInfo]") -> dict[str, Any]:
+    """The manifest row of one written sample."""
+    poly = footprint_lonlat(meta)
+    minx, miny, maxx, maxy = meta.bounds()
+    cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
+    lon, lat = _to_lonlat(meta.epsg).transform(cx, cy)
+    bx0, by0, bx1, by1 = poly.bounds
+    names = {m.name.split(".")[0] for m in members}
+    steps = meta.time_steps
+    labels = meta.labels
+    return {
+        "key": meta.key,
+        "shard": shard,
+        "split": meta.split,
+        "tile_id": meta.tile_id,
+        "epsg": meta.epsg,
+        "transform": list(meta.transform),
+        "width": meta.width,
+        "height": meta.height,
+        "minx": minx,
+        "miny": miny,
+        "maxx": maxx,
+        "maxy": maxy,
+        "lon": lon,
+        "lat": lat,
+        "geometry": shapely.to_wkb(poly),
+        "bbox": {"xmin": bx0, "ymin": by0, "xmax": bx1, "ymax": by1},
+        "num_time_steps": len(steps),
+        "datetimes": [_timestamp(t.datetime) for t in steps],
+        "s2_product_ids": [t.s2_product_id for t in steps],
+        "s1_product_ids": [t.s1_product_id for t in steps],
+        "s1_orbit_directions": [t.s1_orbit_direction for t in steps],
+        "dt_days": [t.dt_days for t in steps],
+        "s2_valid_fraction": [t.s2_valid_fraction for t in steps],
+        "cloud_fraction": [t.cloud_fraction for t in steps],
+        "s1_valid_fraction": [t.s1_valid_fraction for t in steps],
+        "has_s2": "s2" in names,
+        "has_s1": "s1" in names,
+        "has_scl": "scl" in names,
+        "has_lc": "lc" in names,
+        "label_taxonomy": labels.taxonomy if labels else None,
+        "labels": [n for n, h in zip(labels.names, labels.multi_hot) if h] if labels else None,
+        "label_multi_hot": list(labels.multi_hot) if labels else None,
+        "label_fractions": labels.fractions if labels else None,
+        "members": [
+            {
+                "name": m.name,
+                "sha256": m.sha256,
+                "nbytes": m.nbytes,
+                "dtype": m.dtype,
+                "shape": list(m.shape) if m.shape is not None else None,
+            }
+            for m in members
+        ],
+        "nbytes": sum(m.nbytes for m in members),
+        "sha256": sample_hash(members),
+    }
+
+
+def geo_metadata(table: pa.Table) -> dict[str, Any]:
+    """The GeoParquet ``geo`` metadata for a manifest table."""
+    col: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
+        "edges": "planar",
+        "orientation": "counterclockwise",
+        "covering": {
+            "bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}
+        },
+    }
+    if table.num_rows:
+        bbox = table.column("bbox").combine_chunks()
+        col["bbox"] = [
+            min(bbox.field("xmin").to_pylist()),
+            min(bbox.field("ymin").to_pylist()),
+            max(bbox.field("xmax").to_pylist()),
+            max(bbox.field("ymax").to_pylist()),
+        ]
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": col}}
+
+
+def rows_to_table(rows: list[dict[str, Any]], extra_metadata: dict[str, Any] | None = None) -> pa.Table:
+    """Build the manifest table (with ``geo`` metadata) from manifest rows."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    meta = {b"geo": json.dumps(geo_metadata(table)).encode()}
+    if extra_metadata:
+        meta[b"eoforge"] = json.dumps(extra_metadata, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_part(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write one shard's manifest rows to ``path`` atomically (tmp file + rename)."""
+    path = Path(path)
+    _write_atomic(rows_to_table(rows), path)
+    return path
+
+
+def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | None = None) -> Path:
+    """Merge ``DS/manifest-parts/**.parquet`` into ``DS/manifest.parquet``.
+
+    Rows are ordered by split, shard and position in the shard. A part whose shard file
+    is missing means an interrupted write and is an error (naming the part).
+    """
+    root = Path(root)
+    parts = sorted((root / "manifest-parts").glob("*/*.parquet"))
+    tables = []
+    for part in parts:
+        try:
+            t = pq.read_table(part, schema=SCHEMA)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise ManifestError(f"{part}: unreadable manifest part: {err}") from err
+        for shard in set(t.column("shard").to_pylist()):
+            if not (root / shard).is_file():
+                raise ManifestError(f"{part}: lists rows of {shard}, which does not exist")
+        tables.append(t)
+    rows = pa.concat_tables(tables).to_pylist() if tables else []
+    rows.sort(key=lambda r: (r["split"], r["shard"]))  # stable: keeps tar order in a shard
+    out = root / MANIFEST_NAME
+    _write_atomic(rows_to_table(rows, extra_metadata), out)
+    return out
+
+
+def read_manifest(root: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """Read ``DS/manifest.parquet`` (or the file given), raising :class:`ManifestError` clearly."""
+    path = Path(root)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path}: no manifest (is this an eoforge dataset folder?)")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ManifestError(f"{path}: unreadable manifest: {err}") from err

@@ -1,0 +1,76 @@
+"""A sample in memory, and its tar members in their fixed order."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from eoforge.shards.encoding import DEFAULT_CODEC, SUFFIX, encode_array, encode_json
+from eoforge.shards.meta import SampleMeta
+from eoforge.shards.schema import MEMBER_ORDER, META_MEMBER, check_arrays
+
+
+@dataclass
+class Sample:
+    """One tile: its arrays (see :mod:`eoforge.shards.schema`) and its metadata."""
+
+    arrays: dict[str, np.ndarray]
+    meta: SampleMeta
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    def validate(self) -> None:
+        """Raise :class:`~eoforge.shards.schema.SchemaError` when arrays and metadata disagree."""
+        check_arrays(self.key, self.arrays)
+        steps = {a.shape[0] for n, a in self.arrays.items() if n != "lc"}
+        if steps != {len(self.meta.time_steps)}:
+            from eoforge.shards.schema import SchemaError
+
+            raise SchemaError(
+                f"{self.key}: arrays have {sorted(steps)} time steps,"
+                f" metadata has {len(self.meta.time_steps)}"
+            )
+        h, w = next(iter(self.arrays.values())).shape[-2:]
+        if (h, w) != (self.meta.height, self.meta.width):
+            from eoforge.shards.schema import SchemaError
+
+            raise SchemaError(
+                f"{self.key}: arrays are {h}x{w}, metadata says {self.meta.height}x{self.meta.width}"
+            )
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What the manifest records about one tar member."""
+
+    name: str  # member name without the key: "s2.npy.zst", "json"
+    sha256: str
+    nbytes: int
+    dtype: str | None  # None for the JSON member
+    shape: tuple[int, ...] | None
+
+
+def encode_sample(sample: Sample, codec: str = DEFAULT_CODEC) -> list[tuple[MemberInfo, bytes]]:
+    """Validate and serialise a sample into ``(info, bytes)`` pairs in :data:`MEMBER_ORDER`."""
+    sample.validate()
+    out: list[tuple[MemberInfo, bytes]] = []
+    for name in MEMBER_ORDER:
+        if name == META_MEMBER:
+            data = encode_json(sample.meta.to_dict())
+            info = MemberInfo(META_MEMBER, _sha256(data), len(data), None, None)
+        elif name in sample.arrays:
+            arr = sample.arrays[name]
+            data = encode_array(arr, codec)
+            info = MemberInfo(f"{name}.{SUFFIX[codec]}", _sha256(data), len(data), arr.dtype.name, tuple(arr.shape))
+        else:
+            continue
+        out.append((info, data))
+    return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

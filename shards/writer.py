@@ -1,0 +1,202 @@
+"""Write samples into WebDataset tar shards, atomically and reproducibly.
+
+- A shard is written to ``shard-NNNNNN.tar.tmp`` and renamed when complete, so a
+  ``shard-NNNNNN.tar`` that exists is whole; an interrupted write leaves only a ``.tmp``.
+- Its manifest part (``manifest-parts/<split>/shard-NNNNNN.parquet``) is renamed into place
+  just before the tar, so every finished shard has its rows.
+- Shards are bounded by sample count and by bytes; no shard is ever empty.
+- Member order, tar headers (mtime 0, uid/gid 0, mode 0444, ustar) and encodings are fixed,
+  so the same samples give byte-identical tars.
+
+Layout under the dataset root ``DS``::
+
+    DS/shards/train/shard-000000.tar
+    DS/manifest-parts/train/shard-000000.parquet
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterable
+
+from eoforge.shards.encoding import DEFAULT_CODEC
+from eoforge.shards.manifest import manifest_row, write_part
+from eoforge.shards.sample import Sample, encode_sample
+
+SHARD_PATTERN = "shard-{index:06d}.tar"
+
+
+def shard_path(root: str | os.PathLike[str], split: str, index: int) -> Path:
+    """``DS/shards/<split>/shard-NNNNNN.tar``."""
+    return Path(root) / "shards" / split / SHARD_PATTERN.format(index=index)
+
+
+def part_path(root: str | os.PathLike[str], split: str, index: int) -> Path:
+    """``DS/manifest-parts/<split>/shard-NNNNNN.parquet``."""
+    return Path(root) / "manifest-parts" / split / f"shard-{index:06d}.parquet"
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _ShardFile:
+    """One shard being written: a tar stream into ``<final>.tmp``."""
+
+    def __init__(self, root: Path, split: str, index: int) -> None:
+        self.root, self.split, self.index = root, split, index
+        self.path = shard_path(root, split, index)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.rows: list[dict[str, Any]] = []
+        self.nbytes = 0
+
+    @property
+    def relpath(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        for name, data in members:
+            self._tar.addfile(_tarinfo(f"{key}.{name}", len(data)), io.BytesIO(data))
+            self.nbytes += 512 + -(-len(data) // 512) * 512
+
+    def commit(self, write_manifest_part: bool) -> None:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if write_manifest_part:
+            write_part(self.rows, part_path(self.root, self.split, self.index))
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class ShardWriter:
+    """Write samples of one split into size-bounded shards.
+
+    Args:
+        root: dataset folder ``DS``.
+        split: split name; shards go to ``DS/shards/<split>/``.
+        max_samples: most samples per shard.
+        max_bytes: most tar bytes per shard (a single larger sample gets a shard of its own).
+        start_index: number of the first shard.
+        codec: array member codec (``"zstd"`` or ``"npy"``).
+        write_manifest_parts: also write ``DS/manifest-parts/<split>/shard-NNNNNN.parquet``.
+
+    Example::
+
+        with ShardWriter("ds", "train", max_samples=256) as writer:
+            for sample in samples:
+                writer.write(sample)
+        rows = writer.rows  # one manifest row per sample, member hashes included
+
+    On an exception inside the ``with`` block the unfinished shard's ``.tmp`` is removed;
+    finished shards stay.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        *,
+        max_samples: int = 1000,
+        max_bytes: int = 1 << 30,
+        start_index: int = 0,
+        codec: str = DEFAULT_CODEC,
+        write_manifest_parts: bool = True,
+    ) -> None:
+        if max_samples < 1 or max_bytes < 1:
+            raise ValueError("max_samples and max_bytes must be positive")
+        self.root = Path(root)
+        self.split = split
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.next_index = start_index
+        self.codec = codec
+        self.write_manifest_parts = write_manifest_parts
+        self.rows: list[dict[str, Any]] = []
+        self.shards: list[Path] = []
+        self._current: _ShardFile | None = None
+
+    def write(self, sample: Sample) -> dict[str, Any]:
+        """Encode ``sample``, append it to the current shard and return its manifest row."""
+        encoded = encode_sample(sample, self.codec)
+        size = sum(512 + -(-len(data) // 512) * 512 for _, data in encoded)
+        cur = self._current
+        if cur is not None and (
+            len(cur.rows) >= self.max_samples or cur.nbytes + size > self.max_bytes
+        ):
+            self._finish()
+            cur = None
+        if cur is None:
+            cur = self._current = _ShardFile(self.root, self.split, self.next_index)
+            self.next_index += 1
+        cur.add(sample.key, [(info.name, data) for info, data in encoded])
+        row = manifest_row(sample.meta, cur.relpath, [info for info, _ in encoded])
+        cur.rows.append(row)
+        return row
+
+    def _finish(self) -> None:
+        cur, self._current = self._current, None
+        if cur is None:
+            return
+        cur.commit(self.write_manifest_parts)
+        self.rows.extend(cur.rows)
+        self.shards.append(cur.path)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the last shard; return every manifest row written."""
+        self._finish()
+        return self.rows
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._current is not None:
+            self._current.abort()
+            self._current = None
+
+
+def write_shard(
+    root: str | os.PathLike[str],
+    split: str,
+    index: int,
+    samples: Iterable[Sample],
+    codec: str = DEFAULT_CODEC,
+) -> list[dict[str, Any]]:
+    """Write exactly one shard ``DS/shards/<split>/shard-<index>.tar`` (plus its manifest part).
+
+    This is what one ingest task calls. When ``samples`` is empty no tar is written, but an
+    empty manifest part is, so a resumed run knows the shard was done.
+    """
+    writer = ShardWriter(root, split, max_samples=1 << 62, max_bytes=1 << 62, start_index=index, codec=codec)
+    with writer:
+        for sample in samples:
+            writer.write(sample)
+    if not writer.rows:
+        write_part([], part_path(root, split, index))
+    return writer.rows

@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import shapely  # noqa: E402
 
+from eoforge.shards.schema import TAXONOMIES  # noqa: E402
+
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
 
@@ -31,7 +33,7 @@ def coverage_map(table: pa.Table, path: str | os.PathLike[str]) -> Path:
         ax.plot([], [], "s", color=colour, label=f"{split} ({len(idx)})")
     if len(geoms):
         lat = float(np.mean(table.column("lat").to_numpy()))
-        ax.set_aspect(1.0 / max(np.cos(np.radians(lat)), 1e-3))
+        ax.set_aspect(1.0 / max(np.cos(np.radians(lat)), 1e-3), adjustable="datalim")
     ax.set_xlabel("longitude (°)")
     ax.set_ylabel("latitude (°)")
     ax.set_title(f"Coverage: {table.num_rows} samples")
@@ -46,7 +48,9 @@ def label_histogram(summary_labels: dict[str, Any], path: str | os.PathLike[str]
     fig, axes = plt.subplots(len(taxonomies), 1, figsize=(9, 3.5 * len(taxonomies)), dpi=120, squeeze=False)
     for ax, tax in zip(axes[:, 0], taxonomies):
         present = summary_labels[tax]["present"]
-        classes = sorted({c for counts in present.values() for c in counts})
+        seen = {c for counts in present.values() for c in counts}
+        known = TAXONOMIES[tax].names if tax in TAXONOMIES else ()
+        classes = [c for c in known if c in seen] + sorted(seen - set(known))
         width = 0.8 / max(len(present), 1)
         for j, (split, counts) in enumerate(sorted(present.items())):
             xs = np.arange(len(classes)) + j * width

@@ -1,0 +1,149 @@
+"""ShardWriter: bounded, atomic, deterministic shards whose rows describe them exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from eoforge.shards.keys import KeyRuleError
+from eoforge.shards.reader import iter_dataset, read_samples
+from eoforge.shards.schema import SchemaError
+from eoforge.shards.writer import ShardWriter, part_path, shard_path, write_shard
+from conftest import build_dataset, make_sample
+
+
+def _write(root: Path, n: int, **kw) -> list[dict]:
+    with ShardWriter(root, "train", **kw) as w:
+        for i in range(n):
+            w.write(make_sample(i))
+    return w.rows
+
+
+def test_same_input_gives_byte_identical_shards_and_parts(tmp_path):
+    _write(tmp_path / "a", 5, max_samples=2)
+    _write(tmp_path / "b", 5, max_samples=2)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) == 6  # 3 tars + 3 parts
+    for rel in files_a:
+        if rel.suffix == ".tar":
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+        else:
+            assert pq.read_table(tmp_path / "a" / rel).equals(pq.read_table(tmp_path / "b" / rel))
+
+
+def test_bounded_by_sample_count(tmp_path):
+    rows = _write(tmp_path, 7, max_samples=3)
+    counts = [sum(r["shard"] == s for r in rows) for s in sorted({r["shard"] for r in rows})]
+    assert counts == [3, 3, 1]
+    assert sorted(p.name for p in (tmp_path / "shards" / "train").iterdir()) == [
+        "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"
+    ]
+
+
+def test_bounded_by_bytes(tmp_path):
+    one = _write(tmp_path / "probe", 1)[0]
+    limit = int(one["nbytes"] * 2.5) + 4096
+    _write(tmp_path / "ds", 7, max_bytes=limit)
+    tars = sorted((tmp_path / "ds" / "shards" / "train").glob("*.tar"))
+    assert len(tars) >= 3
+    for tar in tars:
+        assert tar.stat().st_size <= limit + 1024 * 10  # + tar end-of-archive blocks
+        with tarfile.open(tar) as t:
+            assert len(t.getnames()) // 6 in (1, 2)
+
+
+def test_no_samples_means_no_shard(tmp_path):
+    with ShardWriter(tmp_path, "train") as w:
+        pass
+    assert w.rows == [] and not (tmp_path / "shards").exists()
+
+
+def test_member_names_order_and_headers(tmp_path):
+    _write(tmp_path, 1)
+    with tarfile.open(shard_path(tmp_path, "train", 0)) as tar:
+        infos = tar.getmembers()
+    key = make_sample(0).key
+    assert [i.name for i in infos] == [
+        f"{key}.s2.npy.zst", f"{key}.s1.npy.zst", f"{key}.s1valid.npy.zst", f"{key}.scl.npy.zst",
+        f"{key}.lc.npy.zst", f"{key}.json",
+    ]
+    assert {(i.mtime, i.uid, i.gid, i.uname, i.mode) for i in infos} == {(0, 0, 0, "", 0o444)}
+
+
+def test_rows_hash_the_bytes_in_the_tar(tmp_path):
+    rows = _write(tmp_path, 3, codec="npy")
+    with tarfile.open(shard_path(tmp_path, "train", 0)) as tar:
+        actual = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar.getmembers()}
+    for row in rows:
+        for m in row["members"]:
+            assert actual[f"{row['key']}.{m['name']}"] == m["sha256"]
+    s2 = next(m for m in rows[0]["members"] if m["name"] == "s2.npy")
+    assert s2["dtype"] == "uint16" and s2["shape"] == [2, 13, 32, 32]
+    assert s2["nbytes"] == 2 * 13 * 32 * 32 * 2 + 128  # npy v1 header is 128 bytes here
+    part = pq.read_table(part_path(tmp_path, "train", 0)).to_pylist()
+    assert [r["key"] for r in part] == [r["key"] for r in rows]
+
+
+@pytest.mark.parametrize("codec", ["npy", "zstd"])
+def test_roundtrip_through_reader(tmp_path, codec):
+    samples = [make_sample(i) for i in range(3)]
+    with ShardWriter(tmp_path, "train", codec=codec) as w:
+        for s in samples:
+            w.write(s)
+    out = list(read_samples([str(shard_path(tmp_path, "train", 0))]))
+    assert [o["__key__"] for o in out] == [s.key for s in samples]
+    for o, s in zip(out, samples):
+        for name, arr in s.arrays.items():
+            assert o[name].dtype == arr.dtype and o[name].shape == arr.shape
+            assert np.array_equal(o[name], arr, equal_nan=arr.dtype.kind == "f"), name
+        assert o["meta"] == json.loads(json.dumps(s.meta.to_dict()))
+
+
+def test_failure_mid_shard_keeps_finished_shards_and_leaves_no_tmp(tmp_path):
+    class Boom(RuntimeError):
+        pass
+
+    with pytest.raises(Boom):
+        with ShardWriter(tmp_path, "train", max_samples=2) as w:
+            for i in range(3):
+                w.write(make_sample(i))
+            raise Boom
+    train = tmp_path / "shards" / "train"
+    assert sorted(p.name for p in train.iterdir()) == ["shard-000000.tar"]
+    assert len(list(read_samples([str(train / "shard-000000.tar")]))) == 2
+
+
+def test_invalid_samples_are_rejected_before_writing(tmp_path):
+    bad = make_sample(0)
+    bad.arrays["s2"] = bad.arrays["s2"][:, :12]
+    with pytest.raises(SchemaError, match="s2: 12 channels"):
+        _ = ShardWriter(tmp_path, "train").write(bad)
+    with pytest.raises(KeyRuleError, match="dot"):
+        make_sample(0).meta.__class__(**{**make_sample(0).meta.__dict__, "key": "a.b"})
+    short = make_sample(1)
+    short.meta.time_steps = short.meta.time_steps[:1]
+    with pytest.raises(SchemaError, match="metadata has 1"):
+        ShardWriter(tmp_path, "train").write(short)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_write_shard_exact_index_and_empty_marker(tmp_path):
+    rows = write_shard(tmp_path, "val", 17, [make_sample(i, "val") for i in range(2)])
+    assert {r["shard"] for r in rows} == {"shards/val/shard-000017.tar"}
+    assert write_shard(tmp_path, "val", 18, []) == []
+    assert not shard_path(tmp_path, "val", 18).exists()
+    assert pq.read_table(part_path(tmp_path, "val", 18)).num_rows == 0
+
+
+def test_iter_dataset_follows_manifest(tmp_path):
+    build_dataset(tmp_path, n_train=5, n_val=2, max_samples=2)
+    keys = [s["__key__"] for s in iter_dataset(tmp_path, "val")]
+    assert keys == [make_sample(i).key for i in (5, 6)]
+    assert len(list(iter_dataset(tmp_path))) == 7

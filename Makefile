@@ -11,6 +11,7 @@
 #   METHOD    pretraining method: pera|softcon|cmid|dualenc  (pera)
 #   RUN       training run folder                            (demo/run-$(METHOD))
 #   SEED      seed for generated sample data                 (0)
+#   REAL_DATA real sample products for `make bench`          (../shared/data/real if present)
 #   PYTEST_ARGS extra arguments for pytest                   (empty)
 
 PYTHON ?= python3
@@ -22,6 +23,7 @@ WORKERS ?= 2
 METHOD ?= pera
 RUN ?= demo/run-$(METHOD)
 SEED ?= 0
+REAL_DATA ?= $(wildcard ../shared/data/real)
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -30,7 +32,7 @@ STAMP := $(VENV)/.eoforge-installed
 .PHONY: help install test demo demo-data ingest pretrain eval bench clean
 
 help:
-	@sed -n '1,20p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,7 +63,8 @@ eval: $(STAMP)
 	@echo "make eval: not built yet (issue #5)"; exit 1
 
 bench: $(STAMP)
-	$(BIN)/python -m eoforge.shards.bench --out build/bench
+	EOFORGE_REAL_DATA=$(REAL_DATA) $(BIN)/python -m eoforge.shards.bench --out build/bench
+	@echo "make bench: ingest and training benchmarks are not built yet (issues #3, #4)"
 
 clean:
 	rm -rf build demo .pytest_cache

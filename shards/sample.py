@@ -9,7 +9,7 @@ import numpy as np
 
 from eoforge.shards.encoding import DEFAULT_CODEC, SUFFIX, encode_array, encode_json
 from eoforge.shards.meta import SampleMeta
-from eoforge.shards.schema import MEMBER_ORDER, META_MEMBER, check_arrays
+from eoforge.shards.schema import MEMBER_ORDER, META_MEMBER, SchemaError, check_arrays
 
 
 @dataclass
@@ -28,16 +28,12 @@ class Sample:
         check_arrays(self.key, self.arrays)
         steps = {a.shape[0] for n, a in self.arrays.items() if n != "lc"}
         if steps != {len(self.meta.time_steps)}:
-            from eoforge.shards.schema import SchemaError
-
             raise SchemaError(
                 f"{self.key}: arrays have {sorted(steps)} time steps,"
                 f" metadata has {len(self.meta.time_steps)}"
             )
         h, w = next(iter(self.arrays.values())).shape[-2:]
         if (h, w) != (self.meta.height, self.meta.width):
-            from eoforge.shards.schema import SchemaError
-
             raise SchemaError(
                 f"{self.key}: arrays are {h}x{w}, metadata says {self.meta.height}x{self.meta.width}"
             )

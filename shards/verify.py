@@ -80,10 +80,10 @@ def _check_shard(root: str, shard: str, expected: _Expected) -> tuple[int, int, 
                     problems.append(Problem(shard, key, f"duplicate member {name!r}"))
                     continue
                 seen[key].add(name)
-                want = expected.get(key, {}).get(name)
                 if key not in expected:
                     problems.append(Problem(shard, key, f"member {name!r} has no manifest row"))
                     continue
+                want = expected[key].get(name)
                 if want is None:
                     problems.append(Problem(shard, key, f"extra member {name!r} not in the manifest"))
                     continue

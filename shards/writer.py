@@ -40,6 +40,11 @@ def part_path(root: str | os.PathLike[str], split: str, index: int) -> Path:
     return Path(root) / "manifest-parts" / split / f"shard-{index:06d}.parquet"
 
 
+def _tar_size(nbytes: int) -> int:
+    """Bytes a member occupies in a tar: a 512-byte header plus data padded to 512."""
+    return 512 + -(-nbytes // 512) * 512
+
+
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -70,7 +75,7 @@ class _ShardFile:
     def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
         for name, data in members:
             self._tar.addfile(_tarinfo(f"{key}.{name}", len(data)), io.BytesIO(data))
-            self.nbytes += 512 + -(-len(data) // 512) * 512
+            self.nbytes += _tar_size(len(data))
 
     def commit(self, write_manifest_part: bool) -> None:
         self._tar.close()
@@ -137,7 +142,7 @@ class ShardWriter:
     def write(self, sample: Sample) -> dict[str, Any]:
         """Encode ``sample``, append it to the current shard and return its manifest row."""
         encoded = encode_sample(sample, self.codec)
-        size = sum(512 + -(-len(data) // 512) * 512 for _, data in encoded)
+        size = sum(_tar_size(len(data)) for _, data in encoded)
         cur = self._current
         if cur is not None and (
             len(cur.rows) >= self.max_samples or cur.nbytes + size > self.max_bytes

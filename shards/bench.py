@@ -31,7 +31,7 @@ import numpy as np
 import zstandard
 
 from eoforge.shards.encoding import decode_array, npy_bytes
-from eoforge.shards.schema import S2_B10_INDEX, S2_BAND_NAMES
+from eoforge.shards.schema import S2_B10_INDEX, S2_BAND_NAMES, s2_file_label
 
 TILE = 264
 STEPS = 4
@@ -47,8 +47,7 @@ def _real_s2_chips(real: Path) -> np.ndarray | None:
     files = {p.name.split("_")[-2]: p for p in safes[0].glob("GRANULE/*/IMG_DATA/R60m/*_B*_60m.jp2")}
     bands = []
     for name in S2_BAND_NAMES:
-        label = "B8A" if name == "B8A" else f"B{int(name[1:]):02d}"
-        path = files.get(label) or (files.get("B8A") if name == "B8" else None)
+        path = files.get(s2_file_label(name)) or (files.get("B8A") if name == "B8" else None)
         if name == "B10" or path is None:
             bands.append(None)
             continue

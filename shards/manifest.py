@@ -215,7 +215,10 @@ def geo_metadata(table: pa.Table) -> dict[str, Any]:
 
 def rows_to_table(rows: list[dict[str, Any]], extra_metadata: dict[str, Any] | None = None) -> pa.Table:
     """Build the manifest table (with ``geo`` metadata) from manifest rows."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    return _with_metadata(pa.Table.from_pylist(rows, schema=SCHEMA), extra_metadata)
+
+
+def _with_metadata(table: pa.Table, extra_metadata: dict[str, Any] | None = None) -> pa.Table:
     meta = {b"geo": json.dumps(geo_metadata(table)).encode()}
     if extra_metadata:
         meta[b"eoforge"] = json.dumps(extra_metadata, sort_keys=True).encode()
@@ -241,8 +244,10 @@ def write_part(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path
 def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | None = None) -> Path:
     """Merge ``DS/manifest-parts/**.parquet`` into ``DS/manifest.parquet``.
 
-    Rows are ordered by split, shard and position in the shard. A part whose shard file
-    is missing means an interrupted write and is an error (naming the part).
+    Rows are ordered by split, shard and position in the shard: part paths
+    (``<split>/shard-NNNNNN.parquet``) sort like their shards, so concatenating the parts in
+    path order is enough. A part whose shard file is missing means an interrupted write and
+    is an error (naming the part).
     """
     root = Path(root)
     parts = sorted((root / "manifest-parts").glob("*/*.parquet"))
@@ -256,10 +261,9 @@ def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | N
             if not (root / shard).is_file():
                 raise ManifestError(f"{part}: lists rows of {shard}, which does not exist")
         tables.append(t)
-    rows = pa.concat_tables(tables).to_pylist() if tables else []
-    rows.sort(key=lambda r: (r["split"], r["shard"]))  # stable: keeps tar order in a shard
+    merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     out = root / MANIFEST_NAME
-    _write_atomic(rows_to_table(rows, extra_metadata), out)
+    _write_atomic(_with_metadata(merged.replace_schema_metadata(None), extra_metadata), out)
     return out
 
 

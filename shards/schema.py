@@ -100,6 +100,12 @@ def canonical_s2_band(name: str) -> str:
     return n
 
 
+def s2_file_label(name: str) -> str:
+    """Band label as S2 file names spell it (the inverse of :func:`canonical_s2_band`):
+    ``"B2"`` -> ``"B02"``, ``"B8A"`` stays."""
+    return name if name == "B8A" else f"B{int(name[1:]):02d}"
+
+
 # ---------------------------------------------------------------------- land cover
 
 

@@ -116,3 +116,11 @@ def test_tile_id_roundtrip_epsg_and_spatial_sort():
         TileId.parse("32N_00123_04567")
     with pytest.raises(KeyRuleError):
         TileId(61, "n", 0, 0)
+
+
+@pytest.mark.parametrize("name", S2_BAND_NAMES)
+def test_file_label_is_the_inverse_of_canonical_name(name):
+    from eoforge.shards.schema import s2_file_label
+
+    assert canonical_s2_band(s2_file_label(name)) == name
+    assert s2_file_label("B2") == "B02" and s2_file_label("B8A") == "B8A"

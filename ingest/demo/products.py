@@ -50,7 +50,7 @@ from eoforge.ingest.demo.landscape import (
     speckle,
     stable_key,
 )
-from eoforge.shards.schema import S2_BAND_NAMES, S2_BANDS, WORLDCOVER
+from eoforge.shards.schema import S2_BAND_NAMES, S2_BANDS, WORLDCOVER, s2_file_label
 
 #: GDAL settings while writing: no side-car .aux.xml files.
 _GDAL_ENV = {"GDAL_PAM_ENABLED": "NO"}
@@ -68,17 +68,12 @@ _PATH_RADIANCE = np.array(
 _B = {n: i for i, n in enumerate(S2_BAND_NAMES)}
 
 
-def band_file_label(name: str) -> str:
-    """Band label as S2 file names spell it: ``"B2"`` -> ``"B02"``, ``"B8A"`` stays."""
-    return name if name == "B8A" else f"B{int(name[1:]):02d}"
-
-
 # ------------------------------------------------------------------ grids
 
 
 @dataclass(frozen=True)
-class Grid:
-    """A north-up raster grid.
+class RasterGrid:
+    """A product's north-up pixel grid (not the global tile grid of :mod:`eoforge.ingest.grid`).
 
     Attributes:
         crs: ``"EPSG:xxxx"``.
@@ -91,14 +86,10 @@ class Grid:
     width: int
     height: int
 
-    @property
-    def res(self) -> float:
-        return float(self.transform.a)
-
-    def coarsen(self, factor: int) -> Grid:
+    def coarsen(self, factor: int) -> RasterGrid:
         """The grid with ``factor`` × larger pixels over the same area (size must divide)."""
         assert self.width % factor == 0 and self.height % factor == 0
-        return Grid(self.crs, self.transform @ Affine.scale(factor), self.width // factor, self.height // factor)
+        return RasterGrid(self.crs, self.transform @ Affine.scale(factor), self.width // factor, self.height // factor)
 
     def centres(self) -> tuple[np.ndarray, np.ndarray]:
         """Map coordinates of pixel centres, float64 ``[H, W]`` each."""
@@ -126,7 +117,7 @@ class Grid:
         return [tuple(map(float, tr.transform(x, y))) for x, y in pts]  # type: ignore[misc]
 
 
-def s2_grid(tile: MgrsTile, area: DemoArea, lon_lo: float, lon_hi: float) -> Grid:
+def s2_grid(tile: MgrsTile, area: DemoArea, lon_lo: float, lon_hi: float) -> RasterGrid:
     """10 m grid over ``[lon_lo, lon_hi]`` × the area's latitudes, on ``tile``'s grid.
 
     The box is snapped outwards to 60 m steps from the tile origin, so the 10, 20 and 60 m
@@ -142,10 +133,10 @@ def s2_grid(tile: MgrsTile, area: DemoArea, lon_lo: float, lon_hi: float) -> Gri
     x1 = tile.ulx + math.ceil((e.max() - tile.ulx) / 60.0) * 60.0
     y1 = tile.uly - math.floor((tile.uly - n.max()) / 60.0) * 60.0
     y0 = tile.uly - math.ceil((tile.uly - n.min()) / 60.0) * 60.0
-    return Grid(f"EPSG:{tile.epsg}", Affine(10.0, 0.0, x0, 0.0, -10.0, y1), round((x1 - x0) / 10), round((y1 - y0) / 10))
+    return RasterGrid(f"EPSG:{tile.epsg}", Affine(10.0, 0.0, x0, 0.0, -10.0, y1), round((x1 - x0) / 10), round((y1 - y0) / 10))
 
 
-def s1_grid(area: DemoArea, margin_deg: float = 0.002) -> Grid:
+def s1_grid(area: DemoArea, margin_deg: float = 0.002) -> RasterGrid:
     """EPSG:4326 grid of :data:`S1_PIXEL_DEG` over the area plus ``margin_deg``."""
     lon_min, lat_min, lon_max, lat_max = area.bounds
     k = 1.0 / S1_PIXEL_DEG
@@ -153,7 +144,7 @@ def s1_grid(area: DemoArea, margin_deg: float = 0.002) -> Grid:
     x1 = math.ceil((lon_max + margin_deg) * k) / k
     y0 = math.floor((lat_min - margin_deg) * k) / k
     y1 = math.ceil((lat_max + margin_deg) * k) / k
-    return Grid("EPSG:4326", Affine(S1_PIXEL_DEG, 0.0, x0, 0.0, -S1_PIXEL_DEG, y1),
+    return RasterGrid("EPSG:4326", Affine(S1_PIXEL_DEG, 0.0, x0, 0.0, -S1_PIXEL_DEG, y1),
                 round((x1 - x0) * k), round((y1 - y0) * k))
 
 
@@ -165,7 +156,7 @@ def block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a.reshape(*lead, h // f, f, w // f, f).mean(axis=(-1, -3), dtype=np.float32)
 
 
-def wedge_mask(grid: Grid, full: Grid, corner: str) -> np.ndarray:
+def wedge_mask(grid: RasterGrid, full: RasterGrid, corner: str) -> np.ndarray:
     """True inside the swath-edge nodata triangle at ``corner`` (``"ne"`` or ``"sw"``).
 
     The triangle is defined on the product's full 10 m extent ``full`` in map coordinates
@@ -187,7 +178,7 @@ def wedge_mask(grid: Grid, full: Grid, corner: str) -> np.ndarray:
     return np.sign(side(x, y)) == np.sign(side(*c))
 
 
-def _write_tif(path: Path, arrays: np.ndarray, grid: Grid, *, nodata: float | None, tags: dict[str, str] | None = None,
+def _write_tif(path: Path, arrays: np.ndarray, grid: RasterGrid, *, nodata: float | None, tags: dict[str, str] | None = None,
                descriptions: tuple[str, ...] | None = None, blocksize: int = 512, driver: str = "GTiff",
                extra: dict[str, Any] | None = None) -> None:
     """Write ``arrays`` ``[C, H, W]`` (or ``[H, W]``) as a tiled DEFLATE GeoTIFF."""
@@ -236,7 +227,7 @@ class S2Render:
     valid_fraction: float
 
 
-def render_s2(land: Landscape, prod: S2Product, grid: Grid, g: Ground, seed: int) -> S2Render:
+def render_s2(land: Landscape, prod: S2Product, grid: RasterGrid, g: Ground, seed: int) -> S2Render:
     """Render one S2 product on its 10 m ``grid`` from the sampled ground ``g``."""
     surf = land.reflectance(g, prod.acq.when)  # [13, H, W] cloud-free BOA reflectance
     # Clouds are smooth at 10 m: evaluate at 20 m pixel centres and repeat.
@@ -305,7 +296,7 @@ def s2_band_paths(prod: S2Product) -> dict[str, str]:
     for b in S2_BANDS:
         if prod.level == "L2A" and not b.in_l2a:
             continue
-        lab = band_file_label(b.name)
+        lab = s2_file_label(b.name)
         out[b.name] = f"{base}/R{b.gsd_m}m/{stem}_{lab}_{b.gsd_m}m.tif" if prod.level == "L2A" else f"{base}/{stem}_{lab}.tif"
     if prod.level == "L2A":
         out["SCL"] = f"{base}/R20m/{stem}_SCL_20m.tif"
@@ -316,7 +307,7 @@ def _fmt_time(t: datetime, frac: str = ".024Z") -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S") + frac
 
 
-def s2_product_xml(prod: S2Product, grid: Grid, render: S2Render) -> str:
+def s2_product_xml(prod: S2Product, grid: RasterGrid, render: S2Render) -> str:
     """``MTD_MSIL2A.xml`` / ``MTD_MSIL1C.xml`` text: the real schema's tags, trimmed to what a
     reader needs (identity, time, baseline, orbit, quantification, offsets, footprint, QI)."""
     l2a = prod.level == "L2A"
@@ -423,7 +414,7 @@ def s2_product_xml(prod: S2Product, grid: Grid, render: S2Render) -> str:
 """
 
 
-def s2_tile_xml(prod: S2Product, grid: Grid) -> str:
+def s2_tile_xml(prod: S2Product, grid: RasterGrid) -> str:
     """``MTD_TL.xml``: the granule's CRS and geoposition per resolution (``Tile_Geocoding``)."""
     zone = prod.tile.zone
     sizes = "\n".join(
@@ -452,7 +443,7 @@ def s2_tile_xml(prod: S2Product, grid: Grid) -> str:
 """
 
 
-def write_s2_safe(root: Path, prod: S2Product, grid: Grid, render: S2Render) -> list[str]:
+def write_s2_safe(root: Path, prod: S2Product, grid: RasterGrid, render: S2Render) -> list[str]:
     """Write a SAFE folder; returns the paths written (relative to ``root``)."""
     safe = root / prod.relpath
     written = []
@@ -474,7 +465,7 @@ _ES_ASSETS = {
 }
 
 
-def write_earth_search(root: Path, prod: S2Product, grid: Grid, render: S2Render) -> list[str]:
+def write_earth_search(root: Path, prod: S2Product, grid: RasterGrid, render: S2Render) -> list[str]:
     """Write an Earth Search style item: ``B02.tif … B12.tif, SCL.tif`` COGs + STAC item JSON.
 
     DN are delivered as produced (baseline >= 04.00 keeps +1000), as Earth Search's
@@ -487,7 +478,7 @@ def write_earth_search(root: Path, prod: S2Product, grid: Grid, render: S2Render
         assert arr is not None
         res = 20 if band == "SCL" else next(b.gsd_m for b in S2_BANDS if b.name == band)
         g = grid.coarsen(res // 10)
-        fname = f"{'SCL' if band == 'SCL' else band_file_label(band)}.tif"
+        fname = f"{'SCL' if band == 'SCL' else s2_file_label(band)}.tif"
         _write_tif(folder / fname, arr, g, nodata=0, driver="COG")
         written.append(f"{prod.relpath}/{fname}")
         rb: dict[str, Any] = {"nodata": 0, "data_type": "uint8" if band == "SCL" else "uint16", "spatial_resolution": res}
@@ -500,7 +491,7 @@ def write_earth_search(root: Path, prod: S2Product, grid: Grid, render: S2Render
             "proj:shape": [g.height, g.width],
             "proj:transform": list(g.transform)[:6],
             "raster:bands": [rb],
-            **({} if band == "SCL" else {"eo:bands": [{"name": band_file_label(band)}]}),
+            **({} if band == "SCL" else {"eo:bands": [{"name": s2_file_label(band)}]}),
         }
     ring = grid.footprint_lonlat()
     lons, lats = [p[0] for p in ring], [p[1] for p in ring]
@@ -557,7 +548,7 @@ def render_s1(land: Landscape, prod: S1Product, g: Ground, seed: int) -> np.ndar
     return lin * speckle(lin.shape, _rng(seed, "s1", prod.product_id))
 
 
-def s1_strip_mask(grid: Grid, prod: S1Product) -> np.ndarray:
+def s1_strip_mask(grid: RasterGrid, prod: S1Product) -> np.ndarray:
     """True in the swath-edge strip (slanted, ~8-12 % of the width), per product side."""
     rows = np.arange(grid.height)[:, None] / grid.height
     cols = np.arange(grid.width)[None, :] / grid.width
@@ -566,7 +557,7 @@ def s1_strip_mask(grid: Grid, prod: S1Product) -> np.ndarray:
     return cols > 0.88 + 0.05 * rows  # east edge
 
 
-def write_s1(root: Path, prod: S1Product, grid: Grid, lin: np.ndarray) -> list[str]:
+def write_s1(root: Path, prod: S1Product, grid: RasterGrid, lin: np.ndarray) -> list[str]:
     """Write one S1 scene in its packaging; returns the relative paths written."""
     abs_orbit, rel_orbit, _ = prod.orbit
     strip = s1_strip_mask(grid, prod) if prod.strip else np.zeros((grid.height, grid.width), bool)
@@ -751,7 +742,7 @@ def generate_demo_data(out: str | os.PathLike[str], seed: int = 0, extent_km: fl
     sgrid = s1_grid(area)
     ground_cache: dict[str, Ground] = {}
 
-    def ground(key: str, grid: Grid) -> Ground:
+    def ground(key: str, grid: RasterGrid) -> Ground:
         if key not in ground_cache:
             ground_cache[key] = land.ground(*grid.lonlat())
         return ground_cache[key]

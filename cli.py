@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eoforge import __version__
-from eoforge.ingest.cli import demo_data
+from eoforge.ingest.cli import demo_data, ingest
 from eoforge.shards.cli import shards
 
 
@@ -16,6 +16,7 @@ def main() -> None:
 
 
 main.add_command(demo_data)
+main.add_command(ingest)
 main.add_command(shards)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,3 +41,70 @@ def demo_data(out: str, seed: int, extent_km: float, quiet: bool) -> None:
         f"{result.n_bytes / 1e6:.1f} MB to {result.out} in {time.perf_counter() - t0:.1f} s"
     )
     click.echo(f"description of every product: {result.out / 'truth.json'}")
+
+
+@click.command("ingest")
+@click.argument("raw", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Dataset folder DS to write (shards, manifest, stats, reports).")
+@click.option("--landcover", multiple=True, metavar="PATH",
+              help="Land-cover class raster(s) or folders (WorldCover, Dynamic World, or any class raster "
+                   "with --label-taxonomy). WorldCover/Dynamic World files found under RAW are used too.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML recipe of ingest settings (see configs/); options below override it.")
+@click.option("--scheduler", metavar="ADDR",
+              help="Run on an existing Dask cluster (tcp://host:8786); default: DASK_SCHEDULER_ADDRESS, "
+                   "else a LocalCluster.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the LocalCluster [CPU count].")
+@click.option("--strict", is_flag=True, help="Stop at the first bad input instead of recording it and going on.")
+@click.option("--tile-size", "tile_size_px", type=click.IntRange(min=8), help="Tile edge in pixels [264].")
+@click.option("--resolution", "resolution_m", type=click.FloatRange(min=0, min_open=True),
+              help="Pixel size in metres [10].")
+@click.option("--max-dt-days", type=click.FloatRange(min=0), help="Largest |S1 - S2| time for a pair, days [3].")
+@click.option("--seasons", type=click.IntRange(1, 12), help="Time steps per tile, one per season [4].")
+@click.option("--min-valid-fraction", type=click.FloatRange(0, 1),
+              help="Smallest share of valid pixels for a time step to be kept [0.5].")
+@click.option("--label-taxonomy", type=click.Choice(["worldcover", "dynamic_world"]),
+              help="Taxonomy of --landcover rasters whose name does not say [worldcover].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_file: str | None,
+           scheduler: str | None, workers: int | None, strict: bool, quiet: bool, **overrides: object) -> None:
+    """Tile raw Sentinel-1/2 GeoTIFFs (and land cover) into WebDataset shards in --out.
+
+    RAW are folders, files or URLs (s3://, https://) holding S2 SAFE products, Earth
+    Search / Planetary Computer COGs, BigEarthNet-style band files, S1 GRD GeoTIFFs (dB or
+    linear) and land-cover rasters. Stages: scan (headers) -> plan (grid tiles, dedup,
+    seasons, S1 pairing, split, shards) -> materialize (one Dask task per shard) ->
+    finalize (manifest.parquet, stats.json, errors.parquet, report.md).
+
+    Rerunning the same command resumes: finished shards are kept, unfinished ones redone.
+    The exit status is 1 when any input failed (everything else is still written).
+
+    \b
+    Examples:
+        eoforge ingest demo/raw --out demo/ds
+        eoforge ingest /data/s2 /data/s1 --landcover /data/worldcover --out ds --workers 16
+        eoforge ingest s3://bucket/scenes --out ds --scheduler tcp://head:8786 --config recipe.yaml
+    """
+    from eoforge.ingest.config import ConfigError, IngestConfig
+    from eoforge.ingest.pipeline import IngestError, run_ingest
+
+    if scheduler and workers:
+        raise click.UsageError("--scheduler and --workers exclude each other (the cluster has its own workers)")
+    try:
+        config = IngestConfig.load(config_file) if config_file else IngestConfig()
+        config = config.replace(**overrides)
+        t0 = time.perf_counter()
+        result = run_ingest(list(raw), out, landcover=list(landcover), config=config, scheduler=scheduler,
+                            workers=workers, strict=strict, progress=not quiet)
+    except (ConfigError, IngestError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"{result.samples} samples in {result.shards} shard(s) -> {result.out} "
+               f"({time.perf_counter() - t0:.1f} s); report: {result.out / 'report.md'}")
+    if result.errors:
+        click.echo(f"{len(result.errors)} input error(s), see {result.out / 'errors.parquet'}:", err=True)
+        for e in result.errors[:10]:
+            click.echo(f"  {e['path']}: {e['reason']}", err=True)
+        if len(result.errors) > 10:
+            click.echo(f"  ... and {len(result.errors) - 10} more", err=True)
+        raise SystemExit(1)

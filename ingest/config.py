@@ -1,0 +1,150 @@
+"""Typed ingest configuration: defaults here, a YAML file over them, CLI options over both.
+
+Every field has a unit in its name or its doc. ``IngestConfig.load("recipe.yaml")`` reads a
+recipe; ``config.replace(max_dt_days=5)`` applies overrides; ``config.to_dict()`` is what
+the dataset records in ``DS/ingest.json`` so a rerun can check it resumes the same job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eoforge.ingest.grid import Grid
+from eoforge.shards.schema import TAXONOMIES
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """What ``eoforge ingest`` builds.
+
+    Attributes:
+        tile_size_px: tile edge in pixels (SSL4EO-S12: 264).
+        resolution_m: pixel size of every member, metres.
+        seasons: time steps per tile, at most one per season (the year split into this
+            many equal month ranges; 4 = DJF, MAM, JJA, SON).
+        max_dt_days: largest |S1 time - S2 time| for a pair, days.
+        orbit_direction: ``"auto"`` (per tile, the direction that pairs most steps),
+            ``"ascending"`` or ``"descending"``; a tile never mixes directions.
+        keep_unpaired_s2: keep S2 time steps without an S1 partner (S2-only steps).
+        s2_level: ``"L2A"`` or ``"L1C"``; products of the other level are skipped.
+        min_scene_coverage: smallest share of a tile inside a scene's footprint for the
+            scene to be planned for that tile (0..1, from metadata).
+        min_valid_fraction: smallest share of valid S2 pixels (data in every band) for a
+            time step to be kept; S1 steps under it lose their S1 (0..1).
+        max_cloud_fraction: largest SCL cloud share of valid pixels for a time step (0..1).
+        cloud_classes: SCL classes counted as cloud (3 shadow, 8/9 cloud, 10 cirrus).
+        label_threshold: τ; a class is in the multi-hot when its fraction >= τ.
+        label_taxonomy: taxonomy of ``--landcover`` rasters whose name does not say
+            (``"worldcover"`` or ``"dynamic_world"``).
+        zone_overlap_iou: tiles of neighbouring UTM zones overlapping by at least this IoU
+            are near-duplicates; the one whose centre lies deeper in its own zone stays.
+        val_fraction: share of split blocks that go to ``val`` (0 = no validation split).
+        split_block_tiles: split blocks are this many tiles square (all tiles of a block
+            share a split, so val is spatially separate from train).
+        read_block_tiles: tiles are read in square clusters of this many tiles per side
+            (one window read per source band and cluster); must divide split_block_tiles.
+        samples_per_shard: target samples per shard.
+        codec: array member codec (``"zstd"`` or ``"npy"``).
+        s1_dtype: ``"float16"`` or ``"float32"`` for stored dB.
+        seed: seed of the split and shard shuffles.
+        gdal_cache_mb: GDAL block cache per worker process, MB.
+    """
+
+    tile_size_px: int = 264
+    resolution_m: float = 10.0
+    seasons: int = 4
+    max_dt_days: float = 3.0
+    orbit_direction: str = "auto"
+    keep_unpaired_s2: bool = True
+    s2_level: str = "L2A"
+    min_scene_coverage: float = 0.05
+    min_valid_fraction: float = 0.5
+    max_cloud_fraction: float = 1.0
+    cloud_classes: tuple[int, ...] = (3, 8, 9, 10)
+    label_threshold: float = 0.01
+    label_taxonomy: str = "worldcover"
+    zone_overlap_iou: float = 0.1
+    val_fraction: float = 0.1
+    split_block_tiles: int = 8
+    read_block_tiles: int = 4
+    samples_per_shard: int = 64
+    codec: str = "zstd"
+    s1_dtype: str = "float16"
+    seed: int = 0
+    gdal_cache_mb: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cloud_classes", tuple(int(c) for c in self.cloud_classes))
+        checks = [
+            (self.tile_size_px >= 8, "tile_size_px must be >= 8"),
+            (self.resolution_m > 0, "resolution_m must be > 0"),
+            (1 <= self.seasons <= 12, "seasons must be 1..12"),
+            (self.max_dt_days >= 0, "max_dt_days must be >= 0"),
+            (self.orbit_direction in ("auto", "ascending", "descending"),
+             "orbit_direction must be auto, ascending or descending"),
+            (self.s2_level in ("L2A", "L1C"), "s2_level must be L2A or L1C"),
+            (0 <= self.min_scene_coverage <= 1, "min_scene_coverage must be in 0..1"),
+            (0 <= self.min_valid_fraction <= 1, "min_valid_fraction must be in 0..1"),
+            (0 <= self.max_cloud_fraction <= 1, "max_cloud_fraction must be in 0..1"),
+            (0 <= self.label_threshold <= 1, "label_threshold must be in 0..1"),
+            (self.label_taxonomy in TAXONOMIES, f"label_taxonomy must be one of {sorted(TAXONOMIES)}"),
+            (0 < self.zone_overlap_iou <= 1, "zone_overlap_iou must be in (0, 1]"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in 0..1"),
+            (self.read_block_tiles >= 1 and self.split_block_tiles % self.read_block_tiles == 0,
+             "read_block_tiles must be >= 1 and divide split_block_tiles"),
+            (self.samples_per_shard >= 1, "samples_per_shard must be >= 1"),
+            (self.codec in ("zstd", "npy"), "codec must be zstd or npy"),
+            (self.s1_dtype in ("float16", "float32"), "s1_dtype must be float16 or float32"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.tile_size_px, self.resolution_m)
+
+    # ------------------------------------------------------------------ I/O
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "IngestConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown ingest settings {unknown} (known: {sorted(known)})")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: {err}") from err
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IngestConfig":
+        """Read a YAML recipe; the settings may sit at the top level or under ``ingest:``."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read config: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        data = data.get("ingest", data)
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **overrides: Any) -> "IngestConfig":
+        """A copy with the given fields changed (``None`` values are ignored)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return self.from_dict({**self.to_dict(), **changes}, source="options")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["cloud_classes"] = list(self.cloud_classes)
+        return out

@@ -1,0 +1,100 @@
+"""The Dask engine: a cluster to run stage tasks on, with progress and retries.
+
+``eoforge ingest`` starts a ``LocalCluster`` (one single-threaded worker process per core:
+GDAL and numpy release the GIL only part of the time, processes scale better) unless it is
+given a scheduler address (``--scheduler tcp://host:8786`` or ``DASK_SCHEDULER_ADDRESS``),
+in which case the same tasks run on that cluster: a SLURM allocation through
+dask-jobqueue, a Kubernetes deployment, or ``dask scheduler`` + ``dask worker`` by hand.
+Workers must be able to read the inputs and write ``--out`` under the same paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class Engine:
+    """A Dask client (own ``LocalCluster`` or an existing scheduler) for stage tasks.
+
+    Args:
+        scheduler: address of an existing scheduler; None uses ``DASK_SCHEDULER_ADDRESS``
+            when set, else starts a ``LocalCluster``.
+        workers: worker processes of the local cluster (default: CPU count).
+        progress: show progress bars.
+        retries: times a failed task is retried (also on another worker after a worker died).
+    """
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None,
+                 progress: bool = True, retries: int = 2) -> None:
+        self.scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        self.workers = workers or os.cpu_count() or 1
+        self.progress = progress
+        self.retries = retries
+        self.client: Any = None
+        self._cluster: Any = None
+
+    def __enter__(self) -> "Engine":
+        from dask.distributed import Client, LocalCluster
+
+        if self.scheduler:
+            self.client = Client(self.scheduler, timeout="60s")
+        else:
+            self._cluster = LocalCluster(
+                n_workers=self.workers, threads_per_worker=1, processes=True,
+                dashboard_address=None, silence_logs=logging.ERROR,
+            )
+            self.client = Client(self._cluster)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    @property
+    def description(self) -> str:
+        if self.scheduler:
+            return f"Dask scheduler {self.scheduler}"
+        return f"LocalCluster, {self.workers} worker process(es)"
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], desc: str, unit: str = "task",
+            key_prefix: str | None = None) -> list[Any]:
+        """Run ``fn(item)`` for every item; results in input order.
+
+        A task that raises (after its retries) yields the exception object in its place,
+        so one bad input never stops the others; the caller turns it into an error row.
+        """
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        for index, value in self.as_completed(fn, items, desc, unit, key_prefix):
+            results[index] = value
+        return results
+
+    def as_completed(self, fn: Callable[..., Any], items: list[Any], desc: str, unit: str = "task",
+                     key_prefix: str | None = None) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, result or exception)`` as tasks finish, with a progress bar."""
+        from dask.distributed import as_completed
+
+        if not items:
+            return
+        # Unique keys: two runs sharing one scheduler must not collide.
+        prefix = f"{key_prefix or getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
+        futures = self.client.map(fn, items, retries=self.retries, pure=False,
+                                  key=[f"{prefix}-{i}" for i in range(len(items))])
+        index = {f.key: i for i, f in enumerate(futures)}
+        with tqdm(total=len(items), desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True) as bar:
+            for future in as_completed(futures):
+                try:
+                    value = future.result()
+                except Exception as err:  # noqa: BLE001 - reported as an error row by the caller
+                    value = err
+                bar.update()
+                yield index[future.key], value
+                future.release()

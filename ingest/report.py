@@ -1,0 +1,157 @@
+"""Stage 4 outputs a person reads: ``errors.parquet``, ``report.json``, ``report.md`` and
+two pictures (``report-dt.png``: S1-S2 Δt histogram; ``report-coverage.png``).
+
+The report counts what happened at each stage (files, scenes, tiles, steps, samples),
+the dedup removals by reason, the pairing match rate with its Δt histogram, the label
+distribution and the errors by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ERRORS_NAME = "errors.parquet"
+ERRORS_SCHEMA = pa.schema([
+    ("path", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("product_id", pa.string()),
+])
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_errors(out: Path, errors: list[dict[str, Any]]) -> Path:
+    rows = sorted({(e["path"], e["stage"], e["reason"], e.get("product_id")) for e in errors})
+    table = pa.Table.from_pylist([dict(zip(ERRORS_SCHEMA.names, r)) for r in rows], schema=ERRORS_SCHEMA)
+    _write_atomic(table, out / ERRORS_NAME)
+    return out / ERRORS_NAME
+
+
+def error_reason_class(reason: str) -> str:
+    """A short class of an error reason, for counting (the text before the first colon/paren)."""
+    return reason.split(":")[0].split("(")[0].strip()
+
+
+def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], files_seen: int,
+                 scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
+                 errors: list[dict[str, Any]], manifest: pa.Table | None, timings_s: dict[str, float]) -> dict[str, Any]:
+    counts: Counter[str] = Counter()
+    for r in task_reports:
+        counts.update(r["counts"])
+    dts = np.asarray(plan.pairing.get("dt_days", []), dtype=float)
+    edges = np.arange(-np.ceil(config["max_dt_days"]) - 0.5, np.ceil(config["max_dt_days"]) + 1.0, 1.0)
+    hist, _ = np.histogram(dts, bins=edges) if dts.size else (np.zeros(len(edges) - 1, int), edges)
+    written_steps = counts.get("time_steps_written", 0)
+    labels: dict[str, Any] = {}
+    if manifest is not None and manifest.num_rows:
+        tax = [t for t in manifest.column("label_taxonomy").to_pylist() if t]
+        if tax:
+            from eoforge.shards.inspect import label_distribution
+
+            labels = label_distribution(manifest) or {}
+    sensors = Counter(s["sensor"] for s in scenes)
+    return {
+        "inputs": inputs,
+        "engine": engine,
+        "stages": {
+            "scan": {"files": files_seen, "scenes": dict(sorted(sensors.items())),
+                     "errors": sum(e["stage"] == "scan" for e in errors)},
+            "plan": {"tiles": plan.num_tiles, "time_steps": len(plan.rows),
+                     "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
+            "materialize": {"shards": len(task_reports), **dict(sorted(counts.items()))},
+            "finalize": {"samples": 0 if manifest is None else manifest.num_rows},
+        },
+        "dedup": {reason: {"count": len(items), "examples": items[:5]} for reason, items in sorted(plan.removed.items())},
+        "pairing": {
+            "max_dt_days": config["max_dt_days"],
+            "planned_steps": plan.pairing.get("steps", 0),
+            "planned_paired_steps": plan.pairing.get("paired_steps", 0),
+            "match_rate_planned": (plan.pairing["paired_steps"] / plan.pairing["steps"]) if plan.pairing.get("steps") else None,
+            "written_steps": written_steps,
+            "written_paired_steps": counts.get("paired_steps_written", 0),
+            "match_rate_written": (counts.get("paired_steps_written", 0) / written_steps) if written_steps else None,
+            "dt_days_histogram": {"bin_edges": edges.tolist(), "counts": hist.tolist()},
+            "s1_scenes": plan.pairing.get("s1_scenes", 0), "s1_scenes_used": plan.pairing.get("s1_used", 0),
+        },
+        "labels": labels,
+        "errors": {"count": len(errors),
+                   "by_reason": dict(sorted(Counter(error_reason_class(e["reason"]) for e in errors).items())),
+                   "by_stage": dict(sorted(Counter(e["stage"] for e in errors).items()))},
+        "timings_s": {k: round(v, 3) for k, v in timings_s.items()},
+        "config": config,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    st = report["stages"]
+    p = report["pairing"]
+    lines = ["# eoforge ingest report", ""]
+    lines += [f"Inputs: {', '.join(f'`{i}`' for i in report['inputs'])}; engine: {report['engine']}.", ""]
+    lines += ["## Stages", "", "| stage | counts |", "|---|---|"]
+    scenes = ", ".join(f"{n} {s}" for s, n in st["scan"]["scenes"].items())
+    lines.append(f"| scan | {st['scan']['files']} raster files -> {scenes or 'no'} scenes, {st['scan']['errors']} errors |")
+    lines.append(f"| plan | {st['plan']['tiles']} tiles, {st['plan']['time_steps']} time steps from "
+                 f"{st['plan']['s2_scenes_used']} S2 scenes |")
+    m = st["materialize"]
+    lines.append(f"| materialize | {m['shards']} shards, {m.get('samples_written', 0)} samples, "
+                 f"{m.get('time_steps_written', 0)} time steps; dropped: "
+                 f"{m.get('steps_dropped_low_valid_fraction', 0)} steps under min valid fraction, "
+                 f"{m.get('steps_dropped_cloudy', 0)} cloudy steps, {m.get('s1_dropped_low_valid_fraction', 0)} S1 "
+                 f"under min valid fraction, {m.get('tiles_dropped_no_valid_step', 0)} tiles without a valid step |")
+    lines.append(f"| finalize | {st['finalize']['samples']} samples in the manifest |")
+    lines += ["", "## Dedup and selection", "", "| reason | removed | example |", "|---|---|---|"]
+    for reason, d in report["dedup"].items():
+        ex = d["examples"][0] if d["examples"] else {}
+        what = ex.get("tile_id") or ex.get("product_id") or ""
+        lines.append(f"| {reason} | {d['count']} | `{what}`: {ex.get('why', '')} |")
+    lines += ["", "## S1/S2 pairing", ""]
+    rate = p["match_rate_written"]
+    lines.append(f"{p['written_paired_steps']} of {p['written_steps']} written time steps have an S1 pair "
+                 f"(match rate {'n/a' if rate is None else f'{rate:.1%}'}, |Δt| <= {p['max_dt_days']:g} days); "
+                 f"{p['s1_scenes_used']} of {p['s1_scenes']} S1 scenes used.")
+    lines += ["", "| Δt (days, S1 - S2) | planned pairs |", "|---|---|"]
+    edges, counts = p["dt_days_histogram"]["bin_edges"], p["dt_days_histogram"]["counts"]
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts):
+        lines.append(f"| {lo:+.1f} .. {hi:+.1f} | {c} |")
+    lines += ["", "![Δt histogram](report-dt.png)", "![coverage](report-coverage.png)"]
+    if report["labels"]:
+        lines += ["", "## Labels (samples with the class present)", ""]
+        for tax, d in report["labels"].items():
+            for split, present in sorted(d["present"].items()):
+                lines.append(f"- {tax}, {split}: " + ", ".join(f"{k} {v}" for k, v in present.items() if v))
+    e = report["errors"]
+    lines += ["", f"## Errors ({e['count']}, details in `errors.parquet`)", ""]
+    for reason, n in e["by_reason"].items():
+        lines.append(f"- {n} x {reason}")
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: dict[str, Any], manifest: pa.Table | None) -> None:
+    from eoforge.shards.plots import _save, coverage_map, plt
+
+    p = report["pairing"]["dt_days_histogram"]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    centres = (np.asarray(p["bin_edges"][:-1]) + np.asarray(p["bin_edges"][1:])) / 2
+    ax.bar(centres, p["counts"], width=0.9, color="tab:blue")
+    ax.set_xlabel("Δt = S1 time - S2 time (days)")
+    ax.set_ylabel("paired time steps (planned)")
+    ax.set_title(f"S1/S2 pairing: match rate {report['pairing']['match_rate_planned'] or 0:.0%}")
+    _save(fig, out / "report-dt.png")
+    if manifest is not None and manifest.num_rows:
+        coverage_map(manifest, out / "report-coverage.png")
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
+                       ("report.md", format_report(report))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)

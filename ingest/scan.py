@@ -1,0 +1,504 @@
+"""Stage 1, scan: find the input rasters, read their headers, group them into scenes.
+
+Headers only, in parallel (one Dask task per file, then one small probe per scene): CRS,
+bounds, resolution per band, dtype, nodata, band descriptions and tags, plus what names
+and sidecars say (product id, time, processing baseline, orbit, cloud cover). Output:
+
+- one row per scene (an S2 product, an S1 product, a land-cover raster) for
+  ``scenes.parquet``; the bands of a scene may be separate files or one multiband file;
+- one row per input that cannot be used, with the reason, for ``errors.parquet``.
+
+The probe reads a few pixels per scene: the last block of every file (a truncated
+download fails there), a coarse look at S2 B1 (all-nodata scenes) and a grid of small
+windows of S1 (dB or linear, all-NaN). Nothing else touches pixels before materialize.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+
+from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.names import NameInfo, canonical_band, iso, parse_file_name, parse_product_name, parse_time
+from eoforge.shards.schema import S2_BANDS
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
+#: Processing baseline from which L1C/L2A DN carry the +1000 offset (SENTINEL.md).
+OFFSET_BASELINE = "04.00"
+#: First sensing day of baseline 04.00 products (used only when no baseline is known).
+OFFSET_SINCE = datetime(2022, 1, 25)
+L2A_BANDS = tuple(b.name for b in S2_BANDS if b.in_l2a)
+L1C_BANDS = tuple(b.name for b in S2_BANDS)
+S2_GSD = {b.name: b.gsd_m for b in S2_BANDS}
+
+
+@dataclass
+class ScanResult:
+    scenes: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    files_seen: int
+
+
+def error_row(path: str, stage: str, reason: str, product_id: str | None = None) -> dict[str, Any]:
+    return {"path": path, "stage": stage, "reason": reason, "product_id": product_id}
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def gdal_path(location: str) -> str:
+    """A path or URL as GDAL opens it: ``s3://b/k`` -> ``/vsis3/b/k``, ``https://…`` -> ``/vsicurl/https://…``."""
+    for scheme, prefix in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
+        if location.startswith(scheme):
+            return prefix + location[len(scheme):]
+    if location.startswith(("http://", "https://")):
+        return "/vsicurl/" + location
+    return location
+
+
+def _is_raster(name: str) -> bool:
+    return name.lower().endswith(RASTER_SUFFIXES)
+
+
+def discover(inputs: Iterable[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Raster files under the given folders, files and URLs (sorted, unique), and error rows
+    for inputs that do not exist or cannot be listed."""
+    found: set[str] = set()
+    errors: list[dict[str, Any]] = []
+    for item in inputs:
+        item = str(item)
+        if "://" in item:
+            if _is_raster(item):
+                found.add(item)
+                continue
+            try:
+                import fsspec
+
+                fs, root = fsspec.core.url_to_fs(item)
+                protocol = item.split("://", 1)[0]
+                found.update(f"{protocol}://{p}" for p in fs.find(root) if _is_raster(p))
+            except Exception as err:  # noqa: BLE001 - any listing failure is an input error
+                errors.append(error_row(item, "scan", f"cannot list {item}: {err}"))
+            continue
+        path = Path(item)
+        if path.is_file():
+            found.add(str(path))
+        elif path.is_dir():
+            found.update(str(p) for p in path.rglob("*") if p.is_file() and _is_raster(p.name))
+        else:
+            errors.append(error_row(item, "scan", "no such file or folder"))
+    return sorted(found), errors
+
+
+# ------------------------------------------------------------------ headers (worker)
+
+
+def _footprint_wkb(crs_wkt: str, bounds: tuple[float, float, float, float]) -> bytes:
+    """The raster's bounding box as a lon/lat polygon (edges densified), WKB."""
+    box = shapely.segmentize(shapely.box(*bounds), max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 16)
+    to_lonlat = Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
+    xs, ys = np.asarray(box.exterior.coords).T
+    lon, lat = to_lonlat.transform(xs, ys)
+    return shapely.to_wkb(shapely.make_valid(shapely.Polygon(np.column_stack([lon, lat]))))
+
+
+def read_header(path: str) -> dict[str, Any]:
+    """Everything scan needs from one raster file, or ``{"path", "error"}``."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    out: dict[str, Any] = {"path": path, "error": None}
+    try:
+        with rasterio.open(gdal_path(path)) as src:
+            if src.crs is None:
+                gcps, _ = src.gcps
+                out["error"] = (
+                    "georeferenced by ground control points only (a raw GRD?); terrain-correct it "
+                    "to a map projection first (SNAP, GEE or an RTC product)" if gcps else
+                    "no CRS: the raster is not georeferenced"
+                )
+                return out
+            out.update(
+                crs_wkt=src.crs.to_wkt(), epsg=src.crs.to_epsg(), transform=tuple(src.transform)[:6],
+                width=src.width, height=src.height, count=src.count, dtypes=list(src.dtypes),
+                nodata=src.nodata, descriptions=[d or "" for d in src.descriptions],
+                tags={k: v for k, v in src.tags().items() if len(v) < 2000},
+                res=tuple(src.res), bounds=tuple(src.bounds),
+            )
+            out["footprint"] = _footprint_wkb(out["crs_wkt"], out["bounds"])
+    except (RasterioError, OSError) as err:
+        out["error"] = f"unreadable raster: {err}"
+    except Exception as err:  # noqa: BLE001 - e.g. PROJ failures on odd CRSs
+        out["error"] = f"unreadable raster: {type(err).__name__}: {err}"
+    try:
+        out["size"] = os.path.getsize(path) if "://" not in path else None
+    except OSError:
+        out["size"] = None
+    return out
+
+
+# ------------------------------------------------------------------ sidecars
+
+
+def _xml_value(text: str, tag: str) -> str | None:
+    m = re.search(rf"<{tag}[^>]*>\s*([^<]+?)\s*</{tag}>", text)
+    return m.group(1) if m else None
+
+
+def _safe_metadata(safe: Path) -> dict[str, Any]:
+    """Baseline, offset, cloud cover and start time from a SAFE's ``MTD_MSIL*.xml``."""
+    for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml"):
+        path = safe / name
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            meta: dict[str, Any] = {"sidecar": str(path)}
+            if v := _xml_value(text, "PROCESSING_BASELINE"):
+                meta["baseline"] = v
+            offset = re.search(r"<(?:BOA|RADIO)_ADD_OFFSET[^>]*>\s*(-?\d+)", text)
+            meta["dn_offset"] = -int(offset.group(1)) if offset else 0
+            if v := _xml_value(text, "Cloud_Coverage_Assessment"):
+                meta["cloud_percentage"] = float(v)
+            if v := _xml_value(text, "PRODUCT_START_TIME"):
+                meta["datetime"] = parse_time(v)
+            return meta
+    return {}
+
+
+def _stac_metadata(folder: Path, stem: str | None = None) -> dict[str, Any]:
+    """Time, baseline, cloud cover and offset from a STAC item JSON beside the files."""
+    candidates = [folder / f"{stem}.json"] if stem else sorted(folder.glob("*.json"))
+    for path in candidates:
+        try:
+            item = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(item, dict) or "properties" not in item:
+            continue
+        p = item["properties"]
+        meta: dict[str, Any] = {"sidecar": str(path)}
+        if p.get("datetime"):
+            meta["datetime"] = parse_time(p["datetime"])
+        if p.get("s2:processing_baseline"):
+            meta["baseline"] = p["s2:processing_baseline"]
+        if p.get("eo:cloud_cover") is not None:
+            meta["cloud_percentage"] = float(p["eo:cloud_cover"])
+        if p.get("s2:product_uri"):
+            meta["product_id"] = str(p["s2:product_uri"]).removesuffix(".SAFE")
+        if p.get("sat:orbit_state"):
+            meta["orbit_direction"] = str(p["sat:orbit_state"]).lower()
+        if "earthsearch:boa_offset_applied" in p:
+            meta["offset_applied"] = bool(p["earthsearch:boa_offset_applied"])
+        return meta
+    return {}
+
+
+def _tag_time(tags: dict[str, str]) -> datetime | None:
+    for key in ("SENSING_START", "ACQUISITION_START_TIME", "datetime", "DATETIME_UTC"):
+        if tags.get(key):
+            try:
+                return parse_time(tags[key])
+            except ValueError:
+                pass
+    if tags.get("system:time_start", "").isdigit():  # GEE exports: ms since the epoch
+        return datetime.utcfromtimestamp(int(tags["system:time_start"]) / 1000)
+    return None
+
+
+def _tag_orbit(tags: dict[str, str]) -> str | None:
+    for key in ("ORBIT_DIRECTION", "orbitProperties_pass", "sat:orbit_state", "PASS"):
+        v = tags.get(key, "").strip().lower()
+        if v in ("ascending", "descending"):
+            return v
+    return None
+
+
+def orbit_from_solar_time(when: datetime, lon: float) -> str:
+    """S1 flies a dawn-dusk orbit: descending passes near 06:00 local solar time,
+    ascending near 18:00; the pass follows from the local solar time."""
+    local_hours = (when.hour + when.minute / 60 + lon / 15.0) % 24
+    return "descending" if local_hours < 12 else "ascending"
+
+
+# ------------------------------------------------------------------ grouping (driver)
+
+
+def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, str, str | None]:
+    """(name info, group key, error) for one readable file."""
+    path = header["path"]
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    stem = re.sub(r"\.(tif|tiff|jp2|vrt)$", "", parts[-1], flags=re.I)
+    folder = parts[-2] if len(parts) > 1 else None
+    safe = next((i for i in range(len(parts) - 1, -1, -1) if parts[i].endswith(".SAFE")), None)
+    if path in landcover:
+        info = parse_product_name(stem)
+        info = NameInfo(sensor="landcover", product_id=stem, taxonomy=info.taxonomy, band="class",
+                        datetime=info.datetime)
+        return info, f"landcover|{path}", None
+    info = parse_file_name(stem, folder=parts[safe] if safe is not None else folder)
+    if info.band == "skip":
+        return info, "", None
+    if safe is not None and info.sensor == "s2":
+        product = parse_product_name(parts[safe])
+        if product.sensor == "s2":
+            info = NameInfo(**{**product.__dict__, "band": info.band, "resolution_m": info.resolution_m})
+            return info, f"s2|{PurePosixPath(*parts[: safe + 1])}", None
+    bands = [canonical_band(d) for d in header["descriptions"]]
+    if info.sensor in ("s1", "s2") and info.band is None and header["count"] > 1:
+        if None in bands:
+            return info, "", f"multiband {info.sensor.upper()} file without band descriptions ({header['count']} bands)"
+        return info, f"{info.sensor}|{path}", None
+    if info.sensor is None:
+        if header["count"] > 1 and None not in bands and set(bands) <= set(L1C_BANDS) | {"SCL"}:
+            info = NameInfo(sensor="s2", product_id=stem, level="L1C" if "B10" in bands else "L2A")
+        elif header["count"] >= 1 and set(bands) == {"VV", "VH"}:
+            info = NameInfo(sensor="s1", product_id=stem)
+        elif header["count"] == 1 and bands[0] in ("VV", "VH"):
+            info = NameInfo(sensor="s1", product_id=stem, band=bands[0])
+        else:
+            dtypes = ",".join(sorted(set(header["dtypes"])))
+            return info, "", (
+                f"not recognised as Sentinel-1, Sentinel-2 or land cover ({header['count']} band(s) {dtypes}, "
+                f"descriptions {[d for d in header['descriptions'] if d] or 'none'}, no Sentinel product name); "
+                "pass class rasters with --landcover"
+            )
+        if info.sensor in ("s1", "s2") and header["count"] > 1:
+            return info, f"{info.sensor}|{path}", None
+    if info.sensor == "landcover":
+        return NameInfo(**{**info.__dict__, "band": "class"}), f"landcover|{path}", None
+    if info.band is None:
+        if info.sensor == "s1" and header["count"] == 1 and bands[0] in ("VV", "VH"):
+            info = NameInfo(**{**info.__dict__, "band": bands[0]})
+        else:
+            return info, "", f"cannot tell which band this {str(info.sensor).upper()} file holds"
+    product = info.product_id or folder or stem
+    return info, f"{info.sensor}|{PurePosixPath(*parts[:-1]) if len(parts) > 1 else '.'}|{product}", None
+
+
+def _pick_bands(files: list[tuple[NameInfo, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Band -> {path, index, res_m, nodata, dtype}; per band the file at its native GSD,
+    else the finest resolution delivered."""
+    bands: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for info, h in files:
+        names = [info.band] if info.band else [canonical_band(d) for d in h["descriptions"]]
+        for i, band in enumerate(names):
+            if band is None:
+                continue
+            res = float(abs(h["res"][0]))
+            entry = {"path": h["path"], "index": i + 1, "res": [float(h["res"][0]), float(h["res"][1])],
+                     "nodata": h["nodata"], "dtype": h["dtypes"][i]}
+            native = S2_GSD.get(band)
+            rank = 0.0 if native is not None and math.isclose(res, native) else 1.0 + res
+            bands[band].append((rank, entry))
+    return {b: min(c, key=lambda x: (x[0], x[1]["path"]))[1] for b, c in sorted(bands.items())}
+
+
+def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
+                 config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Group file headers into scene rows (without probe results) and error rows."""
+    errors: list[dict[str, Any]] = []
+    groups: dict[str, list[tuple[NameInfo, dict[str, Any]]]] = defaultdict(list)
+    lc = set(landcover)
+    for h in headers:
+        if h["error"]:
+            errors.append(error_row(h["path"], "scan", h["error"]))
+            continue
+        info, key, err = _identify(h, lc)
+        if err:
+            errors.append(error_row(h["path"], "scan", err, info.product_id))
+        elif key:
+            groups[key].append((info, h))
+    scenes = []
+    for key in sorted(groups):
+        files = groups[key]
+        row, err = _scene_row(key, files, config)
+        if err:
+            for _, h in files:
+                errors.append(error_row(h["path"], "scan", err, row.get("product_id")))
+        else:
+            scenes.append(row)
+    return scenes, errors
+
+
+def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
+               config: IngestConfig) -> tuple[dict[str, Any], str | None]:
+    info = files[0][0]
+    first = files[0][1]
+    sensor = info.sensor or ""
+    location = key.split("|")[1]
+    row: dict[str, Any] = {
+        "sensor": sensor, "product_id": info.product_id or Path(first["path"]).stem, "location": location,
+        "level": info.level, "datetime": None, "baseline": info.baseline, "dn_offset": 0, "offset_rule": None,
+        "relative_orbit": info.relative_orbit, "orbit_direction": None, "orbit_rule": None,
+        "mgrs_tile": info.mgrs_tile, "cloud_percentage": None, "s1_unit": None, "taxonomy": None,
+        "crs_wkt": first["crs_wkt"], "epsg": first["epsg"], "bounds": list(first["bounds"]),
+        "footprint": first["footprint"], "paths": sorted({h["path"] for _, h in files}),
+        "nbytes": sum(h["size"] or 0 for _, h in files), "sidecar": None,
+    }
+    crss = {CRS.from_wkt(h["crs_wkt"]) for _, h in files}
+    if len(crss) > 1:
+        return row, f"files of one product are in different CRSs ({len(crss)})"
+    bands = _pick_bands(files)
+    row["bands"] = bands
+    # The scene's extent: the 10 m bands define it when present (20/60 m files may pad).
+    ref = next((h for _, h in files if h["path"] == bands.get("B2", {}).get("path")), first)
+    row["bounds"], row["footprint"] = list(ref["bounds"]), ref["footprint"]
+    when = info.datetime
+    if sensor == "landcover":
+        row["taxonomy"] = info.taxonomy or config.label_taxonomy
+        row["datetime"] = iso(when) if when else None
+        return row, None
+    tags = first["tags"]
+    if sensor == "s2":
+        side: dict[str, Any] = {}
+        if location.endswith(".SAFE"):
+            side = _safe_metadata(Path(location))
+        elif len(files) > 1 or info.band:
+            side = _stac_metadata(Path(location))
+        else:
+            side = _stac_metadata(Path(first["path"]).parent, Path(first["path"]).stem)
+        row["sidecar"] = side.get("sidecar")
+        if side.get("product_id"):
+            row["source_id"], row["product_id"] = row["product_id"], side["product_id"]
+            name = parse_product_name(side["product_id"])
+            row["relative_orbit"] = row["relative_orbit"] or name.relative_orbit
+            row["baseline"] = row["baseline"] or name.baseline
+        when = side.get("datetime") or when or _tag_time(tags)
+        row["baseline"] = side.get("baseline") or row["baseline"]
+        row["cloud_percentage"] = side.get("cloud_percentage")
+        level = row["level"] or ("L1C" if "B10" in bands else "L2A")
+        row["level"] = level
+        need = L2A_BANDS if level == "L2A" else L1C_BANDS
+        missing = [b for b in need if b not in bands]
+        if missing:
+            return row, (f"S2 {level} product without band(s) {', '.join(missing)}: every sample needs all "
+                         f"{len(need)} {level} bands")
+        if when is None:
+            return row, "no acquisition time (not in the name, the tags or a STAC/SAFE sidecar)"
+        row["datetime"] = iso(when)
+        if side.get("offset_applied"):
+            row["dn_offset"], row["offset_rule"] = 0, "sidecar: offset already applied"
+        elif "dn_offset" in side:
+            row["dn_offset"], row["offset_rule"] = side["dn_offset"], "sidecar BOA/RADIO_ADD_OFFSET"
+        elif row["baseline"]:
+            row["dn_offset"] = 1000 if row["baseline"] >= OFFSET_BASELINE else 0
+            row["offset_rule"] = f"baseline {row['baseline']}"
+        else:
+            row["dn_offset"] = 1000 if when >= OFFSET_SINCE else 0
+            row["offset_rule"] = "sensing date (no baseline known)"
+        return row, None
+    # Sentinel-1
+    if not {"VV", "VH"} <= set(bands):
+        return row, f"S1 product without {' and '.join(sorted({'VV', 'VH'} - set(bands)))}: samples need VV and VH"
+    when = when or _tag_time(tags)
+    if when is None:
+        return row, "no acquisition time (not in the name, the tags or a sidecar)"
+    row["datetime"] = iso(when)
+    direction = _tag_orbit(tags)
+    if direction:
+        row["orbit_direction"], row["orbit_rule"] = direction, "metadata"
+    else:
+        lon = shapely.from_wkb(row["footprint"]).centroid.x
+        row["orbit_direction"], row["orbit_rule"] = orbit_from_solar_time(when, lon), "local solar time"
+    units = (tags.get("UNITS") or "").lower()
+    row["s1_unit"] = "db" if "db" in units else "linear" if "linear" in units else None
+    return row, None
+
+
+# ------------------------------------------------------------------ probe (worker)
+
+
+def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
+    """A few pixel reads per scene: truncation, all-nodata, S1 unit. Returns updates
+    (``{"error": reason}`` when the scene cannot be used)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    out: dict[str, Any] = {}
+    try:
+        for path in scene["paths"]:
+            with rasterio.open(gdal_path(path)) as src:
+                bh, bw = src.block_shapes[0]
+                win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
+                src.read(1, window=win)
+        if scene["sensor"] == "s2":
+            b = scene["bands"]["B1"]
+            with rasterio.open(gdal_path(b["path"])) as src:
+                scale = max(1, max(src.width, src.height) // 256)
+                data = src.read(b["index"], out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
+            if not (data != 0).any():
+                return {"error": "no valid pixels: every S2 value is nodata (0)"}
+        elif scene["sensor"] == "s1":
+            values = _s1_probe(scene["bands"]["VV"])
+            if values.size == 0:
+                return {"error": "no valid pixels: every S1 value is NaN or 0 (nodata)"}
+            if scene["s1_unit"] is None:
+                out["s1_unit"] = "db" if (values < 0).any() else "linear"
+    except (RasterioError, OSError) as err:
+        return {"error": f"unreadable pixels (truncated or corrupt file?): {err}"}
+    return out
+
+
+def _s1_probe(band: dict[str, Any]) -> np.ndarray:
+    """Finite, non-zero values from an 8 x 8 grid of small windows (then the whole band,
+    decimated, if the grid found nothing)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(gdal_path(band["path"])) as src:
+        chunks = []
+        for fy in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
+            for fx in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
+                w = Window(int(fx * src.width), int(fy * src.height), min(16, src.width), min(16, src.height))
+                chunks.append(src.read(band["index"], window=w).ravel())
+        values = np.concatenate(chunks).astype(np.float64)
+        values = values[np.isfinite(values) & (values != 0)]
+        if values.size == 0:
+            scale = max(1, max(src.width, src.height) // 512)
+            data = src.read(band["index"], out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
+            values = data[np.isfinite(data) & (data != 0)].astype(np.float64)
+    return values
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, engine: Any) -> ScanResult:
+    """Discover, read headers and probe in parallel on ``engine``; group into scenes."""
+    inputs, landcover = list(inputs), list(landcover)
+    files, errors = discover(inputs)
+    lc_files, lc_errors = discover(landcover)
+    errors += lc_errors
+    all_files = sorted(set(files) | set(lc_files))
+    headers = []
+    for path, h in zip(all_files, engine.map(read_header, all_files, desc="scan headers", unit="file")):
+        if isinstance(h, BaseException):
+            h = {"path": path, "error": f"unreadable raster: {h}"}
+        headers.append(h)
+    scenes, group_errors = group_scenes(headers, lc_files, config)
+    errors += group_errors
+    probes = engine.map(probe_scene, scenes, desc="scan probe", unit="scene")
+    kept = []
+    for scene, probe in zip(scenes, probes):
+        if isinstance(probe, BaseException):
+            probe = {"error": f"probe failed: {probe}"}
+        if probe.get("error"):
+            errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in scene["paths"])
+            continue
+        scene.update(probe)
+        kept.append(scene)
+    for i, scene in enumerate(kept):
+        scene["scene"] = i
+    return ScanResult(kept, errors, len(all_files))

@@ -118,3 +118,28 @@ def real_data() -> Path:
     if not Path(path).is_dir():
         pytest.fail(f"EOFORGE_REAL_DATA={path} is not a folder")
     return Path(path)
+
+
+#: The ingest settings of the shared demo dataset: small tiles so 6 km of scenes make
+#: ~70 samples in several shards, quickly.
+DEMO_INGEST = dict(tile_size_px=64, samples_per_shard=16, read_block_tiles=2, split_block_tiles=8)
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic raw scenes (``eoforge demo-data --extent-km 6``); do not modify them."""
+    from eoforge.ingest.demo import generate_demo_data
+
+    out = tmp_path_factory.mktemp("raw") / "raw"
+    generate_demo_data(out, seed=0, extent_km=6, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_ingest(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``demo_raw`` ingested on a 2-worker LocalCluster; returns the IngestResult."""
+    from eoforge.ingest.config import IngestConfig
+    from eoforge.ingest.pipeline import run_ingest
+
+    out = tmp_path_factory.mktemp("demo") / "ds"
+    return run_ingest([str(demo_raw)], out, config=IngestConfig(**DEMO_INGEST), workers=2, progress=False)

@@ -1,0 +1,76 @@
+"""Names, config, scan grouping and planning rules, on metadata (no Dask)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from eoforge.ingest.config import ConfigError, IngestConfig
+from eoforge.ingest.names import canonical_band, parse_file_name, parse_product_name
+from eoforge.ingest.plan import season_of
+from eoforge.ingest.scan import gdal_path, orbit_from_solar_time
+
+
+def test_product_names() -> None:
+    s2 = parse_product_name("S2A_MSIL2A_20230715T101031_N0509_R022_T32TQM_20230715T153045.SAFE")
+    assert (s2.sensor, s2.level, s2.baseline, s2.relative_orbit, s2.mgrs_tile) == ("s2", "L2A", "05.09", 22, "32TQM")
+    assert s2.datetime == datetime(2023, 7, 15, 10, 10, 31)
+    s1 = parse_product_name("S1A_IW_GRDH_1SDV_20230715T053015_20230715T053040_049422_05F1B7_6C1A")
+    assert (s1.sensor, s1.datetime) == ("s1", datetime(2023, 7, 15, 5, 30, 15))
+    wc = parse_product_name("ESA_WorldCover_10m_2021_v200_N48E009_Map")
+    assert (wc.sensor, wc.taxonomy) == ("landcover", "worldcover")
+    assert parse_product_name("Spain_7370579_S1Hand").sensor is None
+
+
+@pytest.mark.parametrize(
+    ("stem", "folder", "expected"),
+    [
+        ("T32TQR_20210721T101027_B8A_20m", "S2A_MSIL2A_20210721T101027_N0301_R022_T32TQR_20210721T124534.SAFE",
+         ("s2", "B8A", 20.0)),
+        ("T32TQR_20230716T101028_B02", None, ("s2", "B2", None)),
+        ("S2A_MSIL2A_20170617T113321_4_55_B12", None, ("s2", "B12", None)),
+        ("B01", "S2A_33TTL_20221014_0_L2A", ("s2", "B1", None)),
+        ("nir08", "S2A_33TTL_20221014_0_L2A", ("s2", "B8A", None)),
+        ("vh", "S1A_IW_GRDH_1SDV_20221013T053107_20221013T053132_045397_056F36_56DA", ("s1", "VH", None)),
+        ("S1A_IW_GRDH_1SDV_20170617T064724_29UPU_4_55_VV", None, ("s1", "VV", None)),
+    ],
+)
+def test_file_names(stem: str, folder: str | None, expected: tuple) -> None:
+    info = parse_file_name(stem, folder)
+    assert (info.sensor, info.band, info.resolution_m) == expected
+
+
+def test_true_colour_is_skipped_and_bands_are_canonical() -> None:
+    assert parse_file_name("T29UNU_20221005T115411_TCI_60m").band == "skip"
+    assert [canonical_band(b) for b in ("B02", "b8a", "B10", "swir16", "B13", "vv")] == ["B2", "B8A", "B10", "B11", None, "VV"]
+
+
+def test_seasons_and_orbit_rules() -> None:
+    assert [season_of(datetime(2021, m, 1), 4) for m in (12, 1, 2, 3, 6, 9, 11)] == [0, 0, 0, 1, 2, 3, 3]
+    assert season_of(datetime(2021, 7, 1), 1) == 0
+    # Dawn-dusk orbit: 05:28 UTC at 12°E is ~06:16 local -> descending; 17:03 UTC -> ascending.
+    assert orbit_from_solar_time(datetime(2023, 7, 14, 5, 28), 12.0) == "descending"
+    assert orbit_from_solar_time(datetime(2023, 7, 16, 17, 3), 12.0) == "ascending"
+    assert orbit_from_solar_time(datetime(2017, 6, 17, 6, 47), -7.5) == "descending"
+
+
+def test_gdal_paths() -> None:
+    assert gdal_path("s3://bucket/a/b.tif") == "/vsis3/bucket/a/b.tif"
+    assert gdal_path("https://host/x.tif") == "/vsicurl/https://host/x.tif"
+    assert gdal_path("/data/x.tif") == "/data/x.tif"
+
+
+def test_config_yaml_and_overrides(tmp_path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("ingest:\n  tile_size_px: 128\n  max_dt_days: 5\n  cloud_classes: [8, 9]\n")
+    cfg = IngestConfig.load(recipe)
+    assert (cfg.tile_size_px, cfg.max_dt_days, cfg.cloud_classes) == (128, 5.0, (8, 9))
+    cfg = cfg.replace(max_dt_days=1.5, seasons=None)
+    assert (cfg.max_dt_days, cfg.seasons) == (1.5, 4)
+    assert IngestConfig.from_dict(cfg.to_dict()) == cfg
+    recipe.write_text("ingest:\n  tile_size: 128\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml: unknown ingest settings \['tile_size'\]"):
+        IngestConfig.load(recipe)
+    with pytest.raises(ConfigError, match="read_block_tiles"):
+        IngestConfig(split_block_tiles=8, read_block_tiles=3)

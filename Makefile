@@ -8,6 +8,8 @@
 #   LANDCOVER land-cover raster(s) for `make ingest`         (empty: found under RAW)
 #   DS        dataset folder (shards + manifest)             (demo/ds)
 #   WORKERS   Dask workers for ingest                        (2)
+#   CONFIG    ingest recipe (YAML)                           (ingest/recipes/demo.yaml for the demo)
+#   SCHEDULER existing Dask scheduler for ingest             (empty: a LocalCluster)
 #   METHOD    pretraining method: pera|softcon|cmid|dualenc  (pera)
 #   RUN       training run folder                            (demo/run-$(METHOD))
 #   SEED      seed for generated sample data                 (0)
@@ -20,6 +22,8 @@ RAW ?= demo/raw
 LANDCOVER ?=
 DS ?= demo/ds
 WORKERS ?= 2
+CONFIG ?=
+SCHEDULER ?=
 METHOD ?= pera
 RUN ?= demo/run-$(METHOD)
 SEED ?= 0
@@ -49,12 +53,16 @@ demo-data: $(STAMP)
 	$(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
 
 demo: $(STAMP)
-	$(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
-	@echo "make demo: ingest, pretraining and evaluation are not built yet (issues #3-#5);"
-	@echo "           the raw sample scenes are in $(RAW)." ; exit 1
+	test -f $(RAW)/truth.json || $(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
+	$(BIN)/eoforge ingest $(RAW) --out $(DS) --config ingest/recipes/demo.yaml --workers $(WORKERS)
+	$(BIN)/eoforge shards verify $(DS)
+	$(BIN)/eoforge shards inspect $(DS) --plot
+	@echo "make demo: pretraining and evaluation are not built yet (issues #4, #5);"
+	@echo "           the ingested dataset is in $(DS) (report: $(DS)/report.md)." ; exit 1
 
 ingest: $(STAMP)
-	@echo "make ingest: not built yet (issue #3)"; exit 1
+	$(BIN)/eoforge ingest $(RAW) --out $(DS) $(foreach lc,$(LANDCOVER),--landcover $(lc)) \
+		$(if $(CONFIG),--config $(CONFIG)) $(if $(SCHEDULER),--scheduler $(SCHEDULER),--workers $(WORKERS))
 
 pretrain: $(STAMP)
 	@echo "make pretrain: not built yet (issue #4)"; exit 1
@@ -64,7 +72,8 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	EOFORGE_REAL_DATA=$(REAL_DATA) $(BIN)/python -m eoforge.shards.bench --out build/bench
-	@echo "make bench: ingest and training benchmarks are not built yet (issues #3, #4)"
+	$(BIN)/python -m eoforge.ingest.bench --out build/bench
+	@echo "make bench: training benchmarks are not built yet (issue #4); results in build/bench/results.md"
 
 clean:
 	rm -rf build demo .pytest_cache

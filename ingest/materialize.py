@@ -89,21 +89,22 @@ class ShardBuilder:
     def _read_s2(self, cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:
         """``[13, H, W]`` uint16 harmonised DN (0 = nodata) and SCL ``[H, W]`` or None."""
         stack = np.zeros((len(S2_BAND_NAMES), target.height, target.width), dtype=np.uint16)
+        valid = np.ones((target.height, target.width), dtype=bool)
         bands = scene["bands"]
+        offset = int(scene.get("dn_offset") or 0)
         for i, name in enumerate(S2_BAND_NAMES):
             if name not in bands:
                 continue  # B10 of L2A
             b = bands[name]
-            stack[i] = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "uint16",
-                                 b["nodata"] if b["nodata"] is not None else 0, 0)
-        present = [i for i, name in enumerate(S2_BAND_NAMES) if name in bands]
-        valid = np.all(stack[present] != 0, axis=0)
-        stack[:, ~valid] = 0
-        offset = int(scene.get("dn_offset") or 0)
-        if offset:
-            # reflectance = (DN - offset) / 10000; clip at 1 so valid dark pixels stay valid.
-            shifted = np.maximum(stack.astype(np.int32) - offset, 1).astype(np.uint16)
-            stack = np.where(valid[None], shifted, np.uint16(0))
+            band = stack[i]
+            band[...] = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "uint16",
+                                  b["nodata"] if b["nodata"] is not None else 0, 0)
+            valid &= band != 0
+            if offset:
+                # reflectance = (DN - offset) / 10000; max(DN - offset, 1) keeps dark valid pixels valid.
+                np.maximum(band, offset + 1, out=band)
+                band -= offset
+        stack *= valid  # 0 (nodata) wherever any band lacks data
         scl = None
         if "SCL" in bands:
             b = bands["SCL"]

@@ -1,0 +1,339 @@
+"""Resumability of ``eoforge ingest`` under real failures (TESTING.md, section Dask).
+
+- Whole-run interruption: the command's whole process group (CLI + LocalCluster workers)
+  is SIGKILLed after the first shard is done; rerunning the same command must keep the
+  finished shards, redo the others and end with the bytes of an uninterrupted run.
+- Worker death: on a loopback ``dask scheduler`` + two ``dask worker --no-nanny``, one
+  worker holding a shard task is SIGKILLed mid-run (no nanny, so it stays dead); the run
+  must finish on the other worker with the bytes of the uninterrupted run.
+
+The reference is one uninterrupted ``--workers 1`` run shared by both tests, so the
+worker-death test also checks that a remote cluster writes what a LocalCluster writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eoforge.ingest.demo import generate_demo_data
+from eoforge.shards.manifest import read_manifest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+EOFORGE = str(BIN / "eoforge") if (BIN / "eoforge").exists() else shutil.which("eoforge") or "eoforge"
+DASK = str(BIN / "dask") if (BIN / "dask").exists() else shutil.which("dask") or "dask"
+
+# Small tiles, few samples per shard: ~40 samples in ~9 shards from a 3 km demo area,
+# a few seconds per run, so there is a run to interrupt between the first and last shard.
+RECIPE = """\
+ingest:
+  tile_size_px: 32
+  samples_per_shard: 8
+  read_block_tiles: 2
+  split_block_tiles: 4
+"""
+RUN_TIMEOUT_S = 300  # one ingest run; a hang fails the test instead of stalling CI
+POLL_S = 0.02
+
+
+def _env() -> dict[str, str]:
+    """The test's environment without a scheduler address (``--workers`` must mean a LocalCluster)."""
+    env = dict(os.environ)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _shard_files(ds: Path) -> dict[str, str]:
+    """Every file under ``DS/shards`` (stray ``.tmp`` files included) -> sha256."""
+    return {p.relative_to(ds).as_posix(): _sha256(p) for p in sorted((ds / "shards").rglob("*")) if p.is_file()}
+
+
+def _reports(ds: Path) -> list[Path]:
+    return sorted((ds / "task-reports").glob("*/shard-*.json"))
+
+
+def _nan_safe(value: Any) -> Any:
+    """Rows compared with ``==``: NaN (never equal to itself) replaced by a marker."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, list):
+        return [_nan_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_safe(v) for k, v in value.items()}
+    return value
+
+
+def _tar_keys(ds: Path) -> list[str]:
+    """Sample keys in the order they occur in the tars (one per ``.json`` member)."""
+    keys = []
+    for tar in sorted((ds / "shards").glob("*/shard-*.tar")):
+        with tarfile.open(tar) as f:
+            keys += [name.split(".", 1)[0] for name in f.getnames() if name.endswith(".json")]
+    return keys
+
+
+def assert_same_dataset(ds: Path, ref: Path) -> None:
+    """Same shard files with the same bytes, same manifest rows, every key exactly once."""
+    assert _shard_files(ds) == _shard_files(ref)
+    table, ref_table = read_manifest(ds), read_manifest(ref)
+    rows, ref_rows = table.to_pylist(), ref_table.to_pylist()
+    assert len(rows) == len(ref_rows)
+    for i, (row, ref_row) in enumerate(zip(rows, ref_rows)):
+        assert _nan_safe(row) == _nan_safe(ref_row), f"manifest row {i} ({ref_row['key']}) differs"
+    assert table.schema.metadata == ref_table.schema.metadata
+    keys = table.column("key").to_pylist()
+    assert len(keys) == len(set(keys)), "duplicate keys in the manifest"
+    assert set(keys) == set(ref_table.column("key").to_pylist())
+    tar_keys = _tar_keys(ds)
+    assert len(tar_keys) == len(set(tar_keys)), "a key occurs in two tars (or twice in one)"
+    assert sorted(tar_keys) == sorted(keys), "manifest and tars disagree on the keys"
+    assert [p.relative_to(ds) for p in _reports(ds)] == [p.relative_to(ref) for p in _reports(ref)]
+    assert json.loads((ds / "stats.json").read_text()) == json.loads((ref / "stats.json").read_text())
+
+
+def _ingest_cmd(inputs: list[Path], out: Path, recipe: Path, *extra: str) -> list[str]:
+    return [EOFORGE, "ingest", *map(str, inputs), "--out", str(out), "--config", str(recipe), "--quiet", *extra]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def _check_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-4000:]}"
+
+
+def _wait_for(condition: Any, proc: subprocess.Popen[Any], what: str, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    """Poll ``condition()`` until true; fail if ``proc`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the ingest ended (exit {proc.returncode}) before {what}; "
+                        "the test needs a run long enough to interrupt")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def _stop(procs: list[subprocess.Popen[Any]], group: bool = False) -> None:
+    """Terminate, then kill, processes this test started (their groups when ``group``)."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM) if group else p.terminate()
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL) if group else p.kill()
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("resume")
+
+
+@pytest.fixture(scope="module")
+def inputs(workdir: Path) -> list[Path]:
+    """A small demo area: two S2 L2A products of one MGRS tile, all S1, WorldCover."""
+    raw = workdir / "raw"
+    generate_demo_data(raw, seed=0, extent_km=3, progress=False)
+    s2 = sorted(p for p in (raw / "s2").glob("S2*_MSIL2A_*_T33TTL_*.SAFE"))[:2]
+    assert len(s2) == 2, sorted((raw / "s2").iterdir())
+    return [*s2, raw / "s1", raw / "worldcover"]
+
+
+@pytest.fixture(scope="module")
+def recipe(workdir: Path) -> Path:
+    path = workdir / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(workdir: Path, inputs: list[Path], recipe: Path) -> Path:
+    """One uninterrupted run (LocalCluster, one worker)."""
+    ds = workdir / "reference"
+    _check_ok(_run(_ingest_cmd(inputs, ds, recipe, "--workers", "1")))
+    reports = _reports(ds)
+    assert len(reports) >= 6, f"the recipe should give several shards, got {len(reports)}"
+    assert len(list((ds / "shards").glob("*/shard-*.tar"))) >= 6
+    assert read_manifest(ds).num_rows >= 24
+    return ds
+
+
+@pytest.fixture
+def loopback_cluster(tmp_path: Path) -> Iterator[tuple[str, Any, list[subprocess.Popen[bytes]]]]:
+    """``dask scheduler`` + two single-threaded ``dask worker --no-nanny`` on 127.0.0.1.
+
+    Without a nanny a killed worker stays dead, so the run has to finish on the other one.
+    Yields (address, client, worker processes).
+    """
+    from distributed import Client
+
+    scheduler_file = tmp_path / "scheduler.json"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    client = None
+
+    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(logs / f"{name}.log", "wb") as log:
+            p = subprocess.Popen([DASK, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        scheduler = start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                          "--scheduler-file", str(scheduler_file), "--no-dashboard")
+        deadline = time.monotonic() + 60
+        address = None
+        while address is None:
+            if scheduler.poll() is not None:
+                pytest.fail(f"dask scheduler exited: {(logs / 'scheduler.log').read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("dask scheduler did not write its scheduler file")
+            try:
+                address = json.loads(scheduler_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        workers = [
+            start(f"worker-{i}", "worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
+                  "--name", f"worker-{i}", "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                  "--death-timeout", "60")
+            for i in range(2)
+        ]
+        client = Client(scheduler_file=str(scheduler_file), timeout="60s")
+        client.wait_for_workers(2, timeout=120)
+        info = client.scheduler_info()["workers"]
+        pids = {info[addr]["name"]: pid for addr, pid in client.run(os.getpid).items()}
+        assert pids == {f"worker-{i}": w.pid for i, w in enumerate(workers)}, "unexpected workers"
+        yield address, client, workers
+    finally:
+        if client is not None:
+            client.close()
+        _stop(procs[::-1], group=True)
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_killed_run_resumes_to_the_uninterrupted_bytes(
+    workdir: Path, inputs: list[Path], recipe: Path, reference: Path, tmp_path: Path
+) -> None:
+    ds = tmp_path / "ds"
+    cmd = _ingest_cmd(inputs, ds, recipe, "--workers", "1")
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        T0=time.monotonic()
+        _wait_for(lambda: bool(_reports(ds)), proc, "the first shard was done")
+        print("first report", time.monotonic()-T0, flush=True)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its LocalCluster (scheduler, nanny, worker)
+        proc.wait(timeout=30)
+    finally:
+        _stop([proc], group=True)
+    assert proc.returncode == -signal.SIGKILL
+    # Give orphaned group members (already SIGKILLed) a moment to vanish; none may write on.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+
+    done = {p.relative_to(ds): (p.stat().st_ino, p.stat().st_mtime_ns) for p in _reports(ds)}
+    kept = {}
+    for report in done:
+        split, name = report.parts[-2], report.stem
+        tar = ds / "shards" / split / f"{name}.tar"
+        if tar.exists():
+            kept[tar] = (tar.stat().st_ino, tar.stat().st_mtime_ns, _sha256(tar))
+    assert done, "no shard was finished before the kill"
+    assert len(done) < len(_reports(reference)), "the run was not interrupted: every shard was already done"
+    assert not (ds / "manifest.parquet").exists(), "the run was not interrupted: it got to finalize"
+
+    print("before rerun", time.monotonic()-T0, len(done), flush=True)
+    _check_ok(_run(cmd))
+    print("after rerun", time.monotonic()-T0, flush=True)
+
+    # Finished shards were kept as they were (not rewritten), the rest was completed.
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (ds / r for r in done)} == \
+        {ds / r: v for r, v in done.items()}
+    for tar, (ino, mtime, sha) in kept.items():
+        assert (tar.stat().st_ino, tar.stat().st_mtime_ns, _sha256(tar)) == (ino, mtime, sha)
+    assert_same_dataset(ds, reference)
+
+
+def test_worker_killed_mid_run_on_a_loopback_cluster(
+    inputs: list[Path], recipe: Path, reference: Path, tmp_path: Path,
+    loopback_cluster: tuple[str, Any, list[subprocess.Popen[bytes]]],
+) -> None:
+    address, client, workers = loopback_cluster
+    ds = tmp_path / "ds"
+    cmd = _ingest_cmd(inputs, ds, recipe, "--scheduler", address)
+    with open(tmp_path / "ingest.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: bool(_reports(ds)), proc, "the first shard was done")
+        # Kill a worker that holds a shard task right now (running, or queued on it).
+        by_name = {f"worker-{i}": w for i, w in enumerate(workers)}
+        victim = None
+        deadline = time.monotonic() + 30
+        while victim is None:
+            info = client.scheduler_info()["workers"]
+            for addr, keys in client.processing().items():
+                if addr in info and any(str(k).startswith("materialize-") for k in keys):
+                    victim = by_name[info[addr]["name"]]
+                    break
+            else:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("no worker was holding a shard task to kill")
+                time.sleep(POLL_S)
+        reports_at_kill = len(_reports(ds))
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+        assert reports_at_kill < len(_reports(reference)), "the run was over before the worker died"
+
+        proc.wait(timeout=RUN_TIMEOUT_S)
+        log_text = (tmp_path / "ingest.log").read_text(errors="replace")
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{log_text[-4000:]}"
+    finally:
+        _stop([proc], group=True)
+
+    assert victim.returncode == -signal.SIGKILL
+    survivors = [w for w in workers if w is not victim]
+    assert all(w.poll() is None for w in survivors)
+    assert list(client.run(os.getpid).values()) == [survivors[0].pid]
+    assert_same_dataset(ds, reference)

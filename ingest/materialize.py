@@ -38,6 +38,7 @@ from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
 from eoforge.shards.sample import Sample
 from eoforge.shards.schema import S2_B10_INDEX, S2_BAND_NAMES, TAXONOMIES
+from eoforge.shards.stats import DatasetStats
 from eoforge.shards.writer import write_shard
 
 TASK_REPORTS = "task-reports"
@@ -45,6 +46,11 @@ TASK_REPORTS = "task-reports"
 
 def task_report_path(out: str | os.PathLike[str], split: str, shard: int) -> Path:
     return Path(out) / TASK_REPORTS / split / f"shard-{shard:06d}.json"
+
+
+def task_stats_path(out: str | os.PathLike[str], split: str, shard: int) -> Path:
+    """Per-band statistics of the shard's samples (merged into ``stats.json`` by finalize)."""
+    return Path(out) / TASK_REPORTS / split / f"shard-{shard:06d}.stats.npz"
 
 
 def _box(tiles: list[TileId], grid_tile_px: int, resolution_m: float) -> tuple[TargetGrid, int, int]:
@@ -76,6 +82,7 @@ class ShardBuilder:
         self.counts: Counter[str] = Counter()
         self.errors: list[dict[str, Any]] = []
         self._failed: set[int] = set()
+        self.stats = DatasetStats()
 
     # ------------------------------------------------------------------ reading
 
@@ -272,6 +279,7 @@ class ShardBuilder:
             width=self.n, height=self.n, split=rows[0]["split"], time_steps=steps, labels=labels,
             grid=grid.as_dict(),
         )
+        self.stats.add_sample(arrays)
         self.counts["samples_written"] += 1
         self.counts["time_steps_written"] += len(steps)
         self.counts["paired_steps_written"] += sum(s.s1_product_id is not None for s in steps)
@@ -308,9 +316,10 @@ def materialize_shard(job: dict[str, Any], scenes: dict[int, dict[str, Any]], co
         return json.loads(report_path.read_text())
     builder = ShardBuilder(job, scenes, IngestConfig.from_dict(config))
     rows = write_shard(out, split, shard, builder.samples(), codec=config["codec"])
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    builder.stats.save(task_stats_path(out, split, shard))
     report = {"split": split, "shard": shard, "samples": len(rows), "counts": dict(sorted(builder.counts.items())),
               "errors": builder.errors}
-    report_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = report_path.with_name(report_path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, report_path)

@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 from eoforge import __version__
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.engine import Engine
-from eoforge.ingest.materialize import TASK_REPORTS, materialize_shard
+from eoforge.ingest.materialize import TASK_REPORTS, materialize_shard, task_stats_path
 from eoforge.ingest.plan import plan_ingest, plan_shards
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
 from eoforge.shards.manifest import merge_parts, read_manifest
-from eoforge.shards.stats import compute_stats
+from eoforge.shards.stats import DatasetStats, write_stats
 from eoforge.shards.writer import shard_path
 
 JOB_NAME = "ingest.json"
@@ -155,8 +155,11 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         merge_parts(out, extra_metadata={"eoforge_ingest": {"plan_sha256": job["plan_sha256"],
                                                             "config": config.to_dict()}})
         manifest = read_manifest(out)
-        if any(r["samples"] for r in reports if r["split"] == "train"):
-            compute_stats(out, "train", workers=engine.workers if not engine.scheduler else None)
+        train_stats = DatasetStats()
+        for r in reports:
+            if r["split"] == "train":
+                train_stats.merge(DatasetStats.load(task_stats_path(out, r["split"], r["shard"])))
+        write_stats(out, train_stats, "train")
         write_errors(out, errors)
         timings["finalize"] = time.perf_counter() - t0
         report = build_report(inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover],

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from eoforge.shards.reader import read_samples, shard_urls
 from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
 
 STATS_NAME = "stats.json"
@@ -79,37 +78,101 @@ class BandAccumulator:
         return out
 
 
-def _shard_stats(url: str) -> tuple[int, BandAccumulator, BandAccumulator]:
-    s2 = BandAccumulator(1 << 16, len(S2_BAND_NAMES))
-    s1 = BandAccumulator(_S1_BINS, len(S1_BAND_NAMES))
-    n = 0
-    for sample in read_samples([url]):
-        n += 1
-        if "s2" in sample:
-            arr = sample["s2"]
+@dataclass
+class DatasetStats:
+    """Statistics being accumulated: sample count plus S2 and S1 band accumulators.
+
+    Ingest adds each sample while it is in memory (no second pass over the shards),
+    saves one ``.npz`` per shard and merges them; ``compute_stats`` streams existing shards.
+    """
+
+    num_samples: int = 0
+    s2: BandAccumulator = field(default_factory=lambda: BandAccumulator(1 << 16, len(S2_BAND_NAMES)))
+    s1: BandAccumulator = field(default_factory=lambda: BandAccumulator(_S1_BINS, len(S1_BAND_NAMES)))
+
+    def add_sample(self, arrays: dict[str, np.ndarray]) -> None:
+        self.num_samples += 1
+        if "s2" in arrays:
+            arr = arrays["s2"]
             for b in range(arr.shape[1]):
                 v = arr[:, b][arr[:, b] != 0]
-                s2.add(b, v, v)
-        if "s1" in sample:
-            arr, valid = sample["s1"], sample["s1valid"]
+                self.s2.add(b, v, v)
+        if "s1" in arrays:
+            arr, valid = arrays["s1"], arrays["s1valid"]
             for b in range(arr.shape[1]):
                 v = arr[:, b][valid].astype(np.float32)
                 v = v[np.isfinite(v)]
                 idx = np.clip(((v - S1_DB_MIN) / S1_DB_STEP).astype(np.int64), 0, _S1_BINS - 1)
-                s1.add(b, idx, v)
-    return n, s2, s1
+                self.s1.add(b, idx, v)
+
+    def merge(self, other: "DatasetStats") -> None:
+        self.num_samples += other.num_samples
+        self.s2.merge(other.s2)
+        self.s1.merge(other.s1)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write to ``path`` (``.npz``) atomically; non-zero histogram bins only."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {"num_samples": np.array(self.num_samples)}
+        for name, acc in (("s2", self.s2), ("s1", self.s1)):
+            band, bin_ = np.nonzero(acc.hist)
+            arrays.update({f"{name}_band": band, f"{name}_bin": bin_, f"{name}_count": acc.hist[band, bin_],
+                           f"{name}_total": acc.total, f"{name}_total_sq": acc.total_sq})
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "DatasetStats":
+        out = cls()
+        with np.load(path) as z:
+            out.num_samples = int(z["num_samples"])
+            for name, acc in (("s2", out.s2), ("s1", out.s1)):
+                acc.hist[z[f"{name}_band"], z[f"{name}_bin"]] = z[f"{name}_count"]
+                acc.total[:] = z[f"{name}_total"]
+                acc.total_sq[:] = z[f"{name}_total_sq"]
+        return out
+
+    def to_dict(self, split: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"split": split, "num_samples": self.num_samples}
+        if self.s2.hist.any():
+            out["s2"] = {"bands": list(S2_BAND_NAMES), "unit": "DN (reflectance * 10000)",
+                         **self.s2.summary(np.arange(1 << 16, dtype=np.float64))}
+        if self.s1.hist.any():
+            centres = S1_DB_MIN + (np.arange(_S1_BINS) + 0.5) * S1_DB_STEP
+            out["s1"] = {"bands": list(S1_BAND_NAMES), "unit": "dB", **self.s1.summary(centres)}
+        return out
+
+
+def write_stats(root: str | os.PathLike[str], stats: DatasetStats, split: str = "train") -> dict[str, Any]:
+    """Write ``DS/stats.json`` from accumulated statistics; return its content."""
+    out = stats.to_dict(split)
+    path = Path(root) / STATS_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, path)
+    return out
+
+
+def _shard_stats(url: str) -> DatasetStats:
+    from eoforge.shards.reader import read_samples
+
+    stats = DatasetStats()
+    for sample in read_samples([url]):
+        stats.add_sample(sample)
+    return stats
 
 
 def compute_stats(
     root: str | os.PathLike[str], split: str = "train", workers: int | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    """Compute per-band statistics of ``split`` and write ``DS/stats.json``; return them."""
+    """Compute per-band statistics of ``split`` from its shards and write ``DS/stats.json``; return them."""
+    from eoforge.shards.reader import shard_urls
+
     urls = shard_urls(root, split)
     if not urls:
         raise ValueError(f"{root}: no shards in split {split!r}")
-    s2 = BandAccumulator(1 << 16, len(S2_BAND_NAMES))
-    s1 = BandAccumulator(_S1_BINS, len(S1_BAND_NAMES))
-    total = 0
+    total = DatasetStats()
     workers = max(1, min(workers or os.cpu_count() or 1, len(urls)))
     bar = tqdm(total=len(urls), unit="shard", desc="stats", disable=not progress)
     if workers == 1:
@@ -119,24 +182,11 @@ def compute_stats(
         pool = ProcessPoolExecutor(workers)
         parts = pool.map(_shard_stats, urls)
     try:
-        for n, a2, a1 in parts:
-            total += n
-            s2.merge(a2)
-            s1.merge(a1)
+        for part in parts:
+            total.merge(part)
             bar.update()
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown()
-    out: dict[str, Any] = {"split": split, "num_samples": total}
-    if s2.hist.any():
-        out["s2"] = {"bands": list(S2_BAND_NAMES), "unit": "DN (reflectance * 10000)",
-                     **s2.summary(np.arange(1 << 16, dtype=np.float64))}
-    if s1.hist.any():
-        centres = S1_DB_MIN + (np.arange(_S1_BINS) + 0.5) * S1_DB_STEP
-        out["s1"] = {"bands": list(S1_BAND_NAMES), "unit": "dB", **s1.summary(centres)}
-    path = Path(root) / STATS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, path)
-    return out
+    return write_stats(root, total, split)

@@ -15,9 +15,12 @@ pair becomes one paired sample whose values are the source values.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +31,7 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
+from rasterio.errors import NotGeoreferencedWarning
 
 from eoforge.cli import main
 from eoforge.ingest.config import IngestConfig
@@ -106,8 +110,11 @@ def _make_bad_inputs(root: Path) -> BadInputs:
     # (c) a GeoTIFF without CRS (and without transform).
     no_crs = raw / "other" / "no_crs.tif"
     no_crs.parent.mkdir()
-    with rasterio.open(no_crs, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint16", nodata=0) as dst:
-        dst.write(np.full((1, 32, 32), 1234, np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(no_crs, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint16",
+                           nodata=0) as dst:
+            dst.write(np.full((1, 32, 32), 1234, np.uint16))
     # (d) an all-nodata S2 scene: every band (SCL too) set to 0.
     zero_s2_files = _files(s2[ZERO_S2])
     for path in zero_s2_files:
@@ -137,15 +144,26 @@ def _make_bad_inputs(root: Path) -> BadInputs:
 
 
 @pytest.fixture(scope="session")
+def scheduler() -> Iterator[str]:
+    """One loopback Dask cluster for every ingest of this file (``--scheduler`` / ``Engine(scheduler=)``),
+    so each run skips starting its own and its workers' imports."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1", silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> BadInputs:
     return _make_bad_inputs(tmp_path_factory.mktemp("bad_inputs"))
 
 
 @pytest.fixture(scope="session")
-def bad_run(bad_inputs: BadInputs, tmp_path_factory: pytest.TempPathFactory) -> IngestResult:
+def bad_run(bad_inputs: BadInputs, scheduler: str, tmp_path_factory: pytest.TempPathFactory) -> IngestResult:
     out = tmp_path_factory.mktemp("bad_ds")
     return run_ingest([str(bad_inputs.raw)], out, landcover=[str(bad_inputs.far_landcover)], config=CONFIG,
-                      workers=2, progress=False)
+                      scheduler=scheduler, progress=False)
 
 
 def _rows(result: IngestResult, path: Path) -> list[dict]:
@@ -299,13 +317,13 @@ def test_good_scene_values_survive_next_to_bad_inputs(bad_run: IngestResult, bad
 # ---------------------------------------------------------------- --strict
 
 
-def test_strict_stops_at_the_first_bad_file(bad_inputs: BadInputs, tmp_path: Path) -> None:
+def test_strict_stops_at_the_first_bad_file(bad_inputs: BadInputs, scheduler: str, tmp_path: Path) -> None:
     good_safe = bad_inputs.raw / "s2" / "S2B_MSIL2A_20230716T101028_N0509_R022_T32TQR_20230716T140425.SAFE"
     out = tmp_path / "ds"
     # Inputs in this order on purpose: the first bad file (in scan order, by path) is notes/something.tif.
     result = CliRunner().invoke(main, [
         "ingest", str(good_safe), str(bad_inputs.no_crs), str(bad_inputs.text_tif), "--out", str(out),
-        "--strict", "--workers", "1", "--tile-size", "64", "--quiet",
+        "--strict", "--scheduler", scheduler, "--tile-size", "64", "--quiet",
     ])
     assert result.exit_code != 0, result.output
     assert isinstance(result.exception, SystemExit)
@@ -332,11 +350,11 @@ def _real_product_id(path: Path) -> str:
 
 
 @pytest.mark.real_data
-def test_real_folder_is_ingested_or_explained(real_data: Path, tmp_path: Path) -> None:
+def test_real_folder_is_ingested_or_explained(real_data: Path, scheduler: str, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     result = CliRunner().invoke(main, [
         "ingest", str(real_data), "--landcover", str(real_data / "worldcover"), "--out", str(out),
-        "--min-valid-fraction", "0.2", "--workers", "2", "--quiet",
+        "--min-valid-fraction", "0.2", "--scheduler", scheduler, "--quiet",
     ])
     assert result.exit_code == 1, result.output  # inputs failed, the rest was written
     assert "input error(s)" in result.output

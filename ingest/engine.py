@@ -47,7 +47,7 @@ class Engine:
         else:
             self._cluster = LocalCluster(
                 n_workers=self.workers, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.ERROR,
+                dashboard_address=":0", silence_logs=logging.ERROR,  # any free port: no clash on shared hosts
             )
             self.client = Client(self._cluster)
         return self

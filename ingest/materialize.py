@@ -86,12 +86,17 @@ class ShardBuilder:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_error(self, scene: dict[str, Any], err: Exception) -> None:
-        if scene["scene"] not in self._failed:
-            self._failed.add(scene["scene"])
-            self.errors.append({"path": scene["paths"][0], "stage": "materialize",
-                                "reason": f"read failed (truncated or corrupt file?): {err}",
-                                "product_id": scene["product_id"]})
+    def _read_error(self, scene: dict[str, Any], err: Exception | None, path: str | None = None,
+                    reason: str | None = None) -> None:
+        """Record one error row per scene (later windows of a failed scene are skipped)."""
+        if scene["scene"] in self._failed:
+            return
+        self._failed.add(scene["scene"])
+        if reason is None:
+            cause = err.__cause__ if err is not None else None
+            reason = f"read failed (truncated or corrupt file?): {err}" + (f": {cause}" if cause else "")
+        self.errors.append({"path": path or scene["paths"][0], "stage": "materialize", "reason": reason,
+                            "product_id": scene["product_id"]})
 
     def _read_s2(self, cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:
         """``[13, H, W]`` uint16 harmonised DN (0 = nodata) and SCL ``[H, W]`` or None."""
@@ -99,6 +104,7 @@ class ShardBuilder:
         valid = np.ones((target.height, target.width), dtype=bool)
         bands = scene["bands"]
         offset = int(scene.get("dn_offset") or 0)
+        filled: dict[int, int] = {}  # band -> pixels with data
         for i, name in enumerate(S2_BAND_NAMES):
             if name not in bands:
                 continue  # B10 of L2A
@@ -106,11 +112,23 @@ class ShardBuilder:
             band = stack[i]
             band[...] = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "uint16",
                                   b["nodata"] if b["nodata"] is not None else 0, 0)
-            valid &= band != 0
+            nonzero = band != 0
+            filled[i] = int(np.count_nonzero(nonzero))
+            valid &= nonzero
             if offset:
                 # reflectance = (DN - offset) / 10000; max(DN - offset, 1) keeps dark valid pixels valid.
                 np.maximum(band, offset + 1, out=band)
                 band -= offset
+        # A band without any data where the others are well covered is a broken product
+        # (a band written as all zeros), not a swath edge.
+        has_data = [i for i, n in filled.items() if n > 0]
+        if has_data and len(has_data) < len(filled) and max(filled.values()) > 0.01 * valid.size:
+            empty = [n for i, n in enumerate(S2_BAND_NAMES) if n in bands and i not in has_data]
+            self._read_error(scene, None, bands[empty[0]]["path"],
+                             f"no valid pixels: band(s) {', '.join(empty)} all nodata (0) where the other bands "
+                             "have data; product skipped")
+            stack[:] = 0
+            return stack, None
         stack *= valid  # 0 (nodata) wherever any band lacks data
         scl = None
         if "SCL" in bands:
@@ -184,6 +202,8 @@ class ShardBuilder:
                         users[int(r[f"{kind}_scene"])].append((k, step))
             for sid in sorted(users):
                 scene = self.scenes[sid]
+                if sid in self._failed:
+                    continue
                 target, c0, r_top = _box([ids[k] for k, _ in users[sid]], n, self.config.resolution_m)
                 try:
                     data = self._read_s2(cache, scene, target) if kind == "s2" else self._read_s1(cache, scene, target)
@@ -303,8 +323,9 @@ class ShardBuilder:
 
 
 def shard_done(out: str | os.PathLike[str], split: str, shard: int) -> bool:
-    """A shard is done when its task report exists (written after the tar and manifest part)."""
-    return task_report_path(out, split, shard).is_file()
+    """A shard is done when its statistics and task report exist (written, in that order,
+    after the tar and its manifest part)."""
+    return task_report_path(out, split, shard).is_file() and task_stats_path(out, split, shard).is_file()
 
 
 def materialize_shard(job: dict[str, Any], scenes: dict[int, dict[str, Any]], config: dict[str, Any],
@@ -312,7 +333,7 @@ def materialize_shard(job: dict[str, Any], scenes: dict[int, dict[str, Any]], co
     """Write one shard (skipped when already done); return its task report."""
     split, shard = job["split"], int(job["shard"])
     report_path = task_report_path(out, split, shard)
-    if report_path.is_file():
+    if shard_done(out, split, shard):
         return json.loads(report_path.read_text())
     builder = ShardBuilder(job, scenes, IngestConfig.from_dict(config))
     rows = write_shard(out, split, shard, builder.samples(), codec=config["codec"])

@@ -76,10 +76,12 @@ def _check_job(out: Path, job: dict[str, Any]) -> None:
         return
     old = json.loads(path.read_text())
     started = (out / TASK_REPORTS).is_dir() and any((out / TASK_REPORTS).rglob("*.json"))
-    if started and old.get("plan_sha256") != job["plan_sha256"]:
-        changed = [k for k in ("inputs", "landcover", "config") if old.get(k) != job.get(k)] or ["input contents"]
+    if started and (old.get("plan_sha256") != job["plan_sha256"] or old.get("eoforge") != job["eoforge"]):
+        changed = [k for k in ("eoforge", "inputs", "landcover", "config") if old.get(k) != job.get(k)] \
+            or ["input contents"]
         raise IngestError(
-            f"{out}: holds shards of a different ingest ({', '.join(changed)} changed); "
+            f"{out}: holds shards of a different ingest ({', '.join(changed).replace('eoforge', 'eoforge version')} "
+            "changed); "
             "write to a new --out folder (or delete this one) to start over"
         )
 

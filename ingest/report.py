@@ -1,5 +1,5 @@
 """Stage 4 outputs a person reads: ``errors.parquet``, ``report.json``, ``report.md`` and
-two pictures (``report-dt.png``: S1-S2 Δt histogram; ``report-coverage.png``).
+pictures (``report-dt.png``: S1-S2 Δt histogram; ``report-coverage.png``; ``report-labels.png``).
 
 The report counts what happened at each stage (files, scenes, tiles, steps, samples),
 the dedup removals by reason, the pairing match rate with its Δt histogram, the label
@@ -125,7 +125,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"| {lo:+.1f} .. {hi:+.1f} | {c} |")
     lines += ["", "![Δt histogram](report-dt.png)", "![coverage](report-coverage.png)"]
     if report["labels"]:
-        lines += ["", "## Labels (samples with the class present)", ""]
+        lines += ["", "## Labels (samples with the class present)", "", "![labels](report-labels.png)", ""]
         for tax, d in report["labels"].items():
             for split, present in sorted(d["present"].items()):
                 lines.append(f"- {tax}, {split}: " + ", ".join(f"{k} {v}" for k, v in present.items() if v))
@@ -138,7 +138,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any], manifest: pa.Table | None) -> None:
-    from eoforge.shards.plots import _save, coverage_map, plt
+    from eoforge.shards.plots import _save, coverage_map, label_histogram, plt
 
     p = report["pairing"]["dt_days_histogram"]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
@@ -150,6 +150,8 @@ def write_report(out: Path, report: dict[str, Any], manifest: pa.Table | None) -
     _save(fig, out / "report-dt.png")
     if manifest is not None and manifest.num_rows:
         coverage_map(manifest, out / "report-coverage.png")
+    if report["labels"]:
+        label_histogram(report["labels"], out / "report-labels.png")
     for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
                        ("report.md", format_report(report))):
         tmp = out / (name + ".tmp")

@@ -139,7 +139,7 @@ def read_header(path: str) -> dict[str, Any]:
             )
             out["footprint"] = _footprint_wkb(out["crs_wkt"], out["bounds"])
     except (RasterioError, OSError) as err:
-        out["error"] = f"unreadable raster: {err}"
+        out["error"] = f"unreadable raster: {_gdal_reason(err)}"
     except Exception as err:  # noqa: BLE001 - e.g. PROJ failures on odd CRSs
         out["error"] = f"unreadable raster: {type(err).__name__}: {err}"
     try:
@@ -312,7 +312,8 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
     lc = set(landcover)
     for h in headers:
         if h["error"]:
-            errors.append(error_row(h["path"], "scan", h["error"]))
+            stem = re.sub(r"\.(tif|tiff|jp2|vrt)$", "", PurePosixPath(h["path"]).name, flags=re.I)
+            errors.append(error_row(h["path"], "scan", h["error"], parse_file_name(stem).product_id))
             continue
         info, key, err = _identify(h, lc)
         if err:
@@ -419,20 +420,30 @@ def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
 # ------------------------------------------------------------------ probe (worker)
 
 
+def _gdal_reason(err: BaseException) -> str:
+    """rasterio's message plus GDAL's underlying one (which names the file and the block)."""
+    cause = err.__cause__ or err.__context__
+    return f"{err}: {cause}" if cause is not None and str(cause) not in str(err) else str(err)
+
+
 def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
-    """A few pixel reads per scene: truncation, all-nodata, S1 unit. Returns updates
-    (``{"error": reason}`` when the scene cannot be used)."""
+    """A few pixel reads per scene: truncation, all-nodata, S1 unit. Returns updates, or
+    ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used."""
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     out: dict[str, Any] = {}
-    try:
-        for path in scene["paths"]:
+    for path in scene["paths"]:
+        try:
             with rasterio.open(gdal_path(path)) as src:
                 bh, bw = src.block_shapes[0]
                 win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
                 src.read(1, window=win)
+        except (RasterioError, OSError) as err:
+            return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}; "
+                             f"product {scene['product_id']} skipped", "error_paths": [path]}
+    try:
         if scene["sensor"] == "s2":
             b = scene["bands"]["B1"]
             with rasterio.open(gdal_path(b["path"])) as src:
@@ -441,13 +452,15 @@ def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
             if not (data != 0).any():
                 return {"error": "no valid pixels: every S2 value is nodata (0)"}
         elif scene["sensor"] == "s1":
-            values = _s1_probe(scene["bands"]["VV"])
-            if values.size == 0:
-                return {"error": "no valid pixels: every S1 value is NaN or 0 (nodata)"}
+            values = {pol: _s1_probe(scene["bands"][pol]) for pol in ("VV", "VH")}
+            empty = [pol for pol, v in values.items() if v.size == 0]
+            if empty:
+                return {"error": f"no valid pixels: every S1 {' and '.join(empty)} value is NaN or 0 (nodata)",
+                        "error_paths": sorted({scene["bands"][pol]["path"] for pol in empty})}
             if scene["s1_unit"] is None:
-                out["s1_unit"] = "db" if (values < 0).any() else "linear"
+                out["s1_unit"] = "db" if (values["VV"] < 0).any() else "linear"
     except (RasterioError, OSError) as err:
-        return {"error": f"unreadable pixels (truncated or corrupt file?): {err}"}
+        return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}"}
     return out
 
 
@@ -495,7 +508,8 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
         if isinstance(probe, BaseException):
             probe = {"error": f"probe failed: {probe}"}
         if probe.get("error"):
-            errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in scene["paths"])
+            paths = probe.get("error_paths") or scene["paths"]
+            errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in paths)
             continue
         scene.update(probe)
         kept.append(scene)

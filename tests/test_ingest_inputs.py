@@ -50,6 +50,7 @@ GOOD_S2 = {
     "S2B_MSIL2A_20220211T101032_N0400_R022_T32TQR_20220211T133516",
     "S2B_MSIL2A_20230716T101028_N0509_R022_T32TQR_20230716T140425",
 }
+GOOD_SUMMER_SAFE = "S2B_MSIL2A_20230716T101028_N0509_R022_T32TQR_20230716T140425.SAFE"
 GOOD_S1 = "S1A_IW_GRDH_1SDV_20230714T052947_20230714T053012_049393_05F0C5_FF47"
 TRUNCATED_S2 = "S2B_MSIL2A_20210417T101031_N0300_R022_T32TQR_20210417T150049"  # B02 cut in half
 ZERO_S2 = "S2B_MSIL2A_20211103T101029_N0301_R022_T32TQR_20211103T141453"  # every band 0
@@ -233,10 +234,6 @@ def test_truncated_s2_band_is_reported(bad_run: IngestResult, bad_inputs: BadInp
     assert row["product_id"] == TRUNCATED_S2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "scan.probe_scene reports a truncated band file with rasterio's generic 'Read failed. See previous "
-    "exception for details.' (the GDAL message naming the file is dropped) and copies that reason onto every "
-    "file of the scene, so errors.parquet cannot tell which of the 13 files is truncated"))
 def test_truncated_s2_band_is_singled_out(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
     blamed = [e for e in bad_run.errors if e["product_id"] == TRUNCATED_S2 and "truncated" in e["reason"]]
     name = bad_inputs.truncated_s2_band.name
@@ -294,10 +291,36 @@ def test_landcover_far_from_every_scene_is_reported(bad_run: IngestResult, bad_i
     assert "overlaps no planned tile" in row["reason"]
 
 
+def test_s1_with_an_all_nan_vh_band_is_reported(bad_inputs: BadInputs, scheduler: str, tmp_path: Path) -> None:
+    s1 = tmp_path / "s1" / f"{GOOD_S1}.tif"
+    s1.parent.mkdir()
+    shutil.copy(bad_inputs.raw / "s1" / s1.name, s1)
+    with rasterio.open(s1, "r+") as ds:
+        assert ds.descriptions == ("VV", "VH")
+        ds.write(np.full((ds.height, ds.width), np.nan, np.float32), 2)
+    result = run_ingest([str(bad_inputs.raw / "s2" / GOOD_SUMMER_SAFE), str(s1)], tmp_path / "ds", config=CONFIG,
+                        scheduler=scheduler, progress=False)
+    assert result.samples > 0  # the S2 steps stay
+    row = _one_row(result, s1)
+    assert "NaN" in row["reason"] or "no valid pixels" in row["reason"]
+    assert result.exit_code == 1
+
+
+def test_s2_with_one_all_nodata_band_is_reported(bad_inputs: BadInputs, scheduler: str, tmp_path: Path) -> None:
+    safe = Path(shutil.copytree(bad_inputs.raw / "s2" / GOOD_SUMMER_SAFE, tmp_path / GOOD_SUMMER_SAFE))
+    b02 = next(safe.rglob("*_B02_10m.tif"))
+    with rasterio.open(b02, "r+") as ds:
+        ds.write(np.zeros((ds.height, ds.width), np.uint16), 1)
+    result = run_ingest([str(safe)], tmp_path / "ds", config=CONFIG, scheduler=scheduler, progress=False)
+    assert result.samples == 0
+    assert result.exit_code == 1
+    assert any(e["path"] == str(b02) and "no valid pixels" in e["reason"] for e in result.errors), result.errors
+
+
 def test_good_scene_values_survive_next_to_bad_inputs(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
     """A 32632 tile's B02 equals the SAFE's B02 at the same map coordinate, minus the 05.09 offset."""
-    product = "S2B_MSIL2A_20230716T101028_N0509_R022_T32TQR_20230716T140425"
-    source = next((bad_inputs.raw / "s2" / f"{product}.SAFE").rglob("*_B02_10m.tif"))
+    product = GOOD_SUMMER_SAFE.removesuffix(".SAFE")
+    source = next((bad_inputs.raw / "s2" / GOOD_SUMMER_SAFE).rglob("*_B02_10m.tif"))
     urls = shard_urls(bad_run.out, "train") + shard_urls(bad_run.out, "val")
     sample = next(s for s in read_samples(urls) if s["meta"]["epsg"] == 32632
                   and s["meta"]["time_steps"][-1]["s2_product_id"] == product
@@ -318,7 +341,7 @@ def test_good_scene_values_survive_next_to_bad_inputs(bad_run: IngestResult, bad
 
 
 def test_strict_stops_at_the_first_bad_file(bad_inputs: BadInputs, scheduler: str, tmp_path: Path) -> None:
-    good_safe = bad_inputs.raw / "s2" / "S2B_MSIL2A_20230716T101028_N0509_R022_T32TQR_20230716T140425.SAFE"
+    good_safe = bad_inputs.raw / "s2" / GOOD_SUMMER_SAFE
     out = tmp_path / "ds"
     # Inputs in this order on purpose: the first bad file (in scan order, by path) is notes/something.tif.
     result = CliRunner().invoke(main, [

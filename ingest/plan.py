@@ -93,17 +93,13 @@ def _depth_in_zone(grid: Grid, tile: TileId) -> float:
     """Degrees of longitude between the tile centre and its zone's nearest edge
     (negative when the centre lies in the neighbouring zone)."""
     lon, _ = grid.centre_lonlat(tile)
-    half = 3.0 - abs(lon - zone_central_meridian(tile.zone))
-    return half
+    return 3.0 - abs(lon - zone_central_meridian(tile.zone))
 
 
-def plan_ingest(scenes: list[dict[str, Any]], config: IngestConfig) -> Plan:
-    """Plan samples from scene rows (``scan`` output); see the module docstring."""
-    grid = config.grid
-    removed: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    errors: list[dict[str, Any]] = []
-
-    # 1-2: level and duplicate deliveries.
+def _one_delivery_per_product(scenes: list[dict[str, Any]], config: IngestConfig,
+                              removed: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Steps 1-2: set other-level S2 aside; keep one delivery per product id (a SAFE
+    before its COG twin, then by location)."""
     by_product: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for s in scenes:
         if s["sensor"] == "s2" and s["level"] != config.s2_level:
@@ -121,6 +117,40 @@ def plan_ingest(scenes: list[dict[str, Any]], config: IngestConfig) -> Plan:
         for dup in copies[1:]:
             removed["duplicate_product"].append({"product_id": pid, "location": dup["location"],
                                                  "why": f"same product as {copies[0]['location']}"})
+    return kept
+
+
+def _drop_zone_edge_duplicates(grid: Grid, tiles: list[TileId], polys: dict[TileId, shapely.Polygon],
+                               min_iou: float, removed: dict[str, list[dict[str, Any]]]) -> set[TileId]:
+    """Step 5: visit tiles deepest-in-their-zone first; drop a tile whose footprint overlaps
+    an already kept tile of another zone by IoU >= ``min_iou``. Returns the kept tiles."""
+    tree = shapely.STRtree([polys[t] for t in tiles])
+    kept: set[TileId] = set()
+    for t in sorted(tiles, key=lambda t: (-_depth_in_zone(grid, t), t)):
+        clash = None
+        for h in tree.query(polys[t], predicate="intersects"):
+            other = tiles[h]
+            if other.zone == t.zone or other not in kept:
+                continue
+            inter = shapely.area(shapely.intersection(polys[t], polys[other]))
+            iou = inter / (shapely.area(polys[t]) + shapely.area(polys[other]) - inter)
+            if iou >= min_iou:
+                clash = (other, iou)
+                break
+        if clash:
+            removed["zone_edge_overlap"].append({"tile_id": str(t), "why": f"IoU {clash[1]:.2f} with {clash[0]}"})
+        else:
+            kept.add(t)
+    return kept
+
+
+def plan_ingest(scenes: list[dict[str, Any]], config: IngestConfig) -> Plan:
+    """Plan samples from scene rows (``scan`` output); see the module docstring."""
+    grid = config.grid
+    removed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    errors: list[dict[str, Any]] = []
+
+    kept = _one_delivery_per_product(scenes, config, removed)
     s2 = [s for s in kept if s["sensor"] == "s2"]
     s1 = [s for s in kept if s["sensor"] == "s1"]
     lcs = [s for s in kept if s["sensor"] == "landcover"]
@@ -162,29 +192,7 @@ def plan_ingest(scenes: list[dict[str, Any]], config: IngestConfig) -> Plan:
     candidates = {t: _best(t, sorted(c), c) for t, c in sorted(cover.items())}
     candidates = {t: c for t, c in candidates.items() if c}
 
-    # 5: zone-edge near-duplicates.
-    tiles = sorted(candidates, key=lambda t: (-_depth_in_zone(grid, t), t))
-    tree_tiles = sorted(candidates)
-    tree = shapely.STRtree([polys[t] for t in tree_tiles])
-    dropped: set[TileId] = set()
-    kept_tiles: set[TileId] = set()
-    for t in tiles:
-        hits = tree.query(polys[t], predicate="intersects")
-        clash = None
-        for h in hits:
-            other = tree_tiles[h]
-            if other.zone == t.zone or other not in kept_tiles:
-                continue
-            inter = shapely.area(shapely.intersection(polys[t], polys[other]))
-            iou = inter / (shapely.area(polys[t]) + shapely.area(polys[other]) - inter)
-            if iou >= config.zone_overlap_iou:
-                clash = (other, iou)
-                break
-        if clash:
-            dropped.add(t)
-            removed["zone_edge_overlap"].append({"tile_id": str(t), "why": f"IoU {clash[1]:.2f} with {clash[0]}"})
-        else:
-            kept_tiles.add(t)
+    kept_tiles = _drop_zone_edge_duplicates(grid, sorted(candidates), polys, config.zone_overlap_iou, removed)
 
     # 6: S1 candidates per tile (one product per acquisition).
     s1_cover: dict[TileId, dict[int, float]] = defaultdict(dict)

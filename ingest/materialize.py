@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
@@ -55,8 +56,6 @@ def task_stats_path(out: str | os.PathLike[str], split: str, shard: int) -> Path
 
 def _box(tiles: list[TileId], grid_tile_px: int, resolution_m: float) -> tuple[TargetGrid, int, int]:
     """The pixel grid spanning ``tiles`` (one zone) and the (col, row) of its top-left tile."""
-    from affine import Affine
-
     c0, c1 = min(t.col for t in tiles), max(t.col for t in tiles)
     r0, r1 = min(t.row for t in tiles), max(t.row for t in tiles)
     tile_m = grid_tile_px * resolution_m
@@ -83,6 +82,8 @@ class ShardBuilder:
         self.errors: list[dict[str, Any]] = []
         self._failed: set[int] = set()
         self.stats = DatasetStats()
+        self.cloud_lut = np.zeros(256, bool)  # SCL class -> counts as cloud
+        self.cloud_lut[list(config.cloud_classes)] = True
 
     # ------------------------------------------------------------------ reading
 
@@ -240,15 +241,13 @@ class ShardBuilder:
         keep: list[int] = []
         steps: list[TimeStep] = []
         pixels = float(self.n * self.n)
-        cloud_lut = np.zeros(256, bool)
-        cloud_lut[list(cfg.cloud_classes)] = True
         for i, r in enumerate(rows):
             scene = self.scenes[int(r["s2_scene"])]
             valid = np.all(np.delete(s2[i], S2_B10_INDEX, axis=0) != 0, axis=0) if "B10" not in scene["bands"] \
                 else np.all(s2[i] != 0, axis=0)
             n_valid = int(valid.sum())
             s2_valid = n_valid / pixels
-            cloud = float(cloud_lut[scl[i][valid]].sum() / n_valid) if has_scl[i] and n_valid else None
+            cloud = float(self.cloud_lut[scl[i][valid]].sum() / n_valid) if has_scl[i] and n_valid else None
             if s2_valid < cfg.min_valid_fraction:
                 self.counts["steps_dropped_low_valid_fraction"] += 1
                 continue

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from eoforge import __version__
 from eoforge.ingest.config import IngestConfig
@@ -28,7 +27,7 @@ from eoforge.ingest.materialize import TASK_REPORTS, materialize_shard, task_sta
 from eoforge.ingest.plan import plan_ingest, plan_shards
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
-from eoforge.shards.manifest import merge_parts, read_manifest
+from eoforge.shards.manifest import merge_parts, read_manifest, write_parquet_atomic
 from eoforge.shards.stats import DatasetStats, write_stats
 from eoforge.shards.writer import shard_path
 
@@ -53,10 +52,7 @@ class IngestResult:
 
 
 def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    table = pa.Table.from_pylist([_flat(r) for r in rows]) if rows else pa.table({})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet_atomic(pa.Table.from_pylist([_flat(r) for r in rows]) if rows else pa.table({}), path)
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from eoforge.shards.manifest import write_parquet_atomic
 
 ERRORS_NAME = "errors.parquet"
 ERRORS_SCHEMA = pa.schema([
@@ -24,16 +25,10 @@ ERRORS_SCHEMA = pa.schema([
 ])
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def write_errors(out: Path, errors: list[dict[str, Any]]) -> Path:
     rows = sorted({(e["path"], e["stage"], e["reason"], e.get("product_id")) for e in errors})
     table = pa.Table.from_pylist([dict(zip(ERRORS_SCHEMA.names, r)) for r in rows], schema=ERRORS_SCHEMA)
-    _write_atomic(table, out / ERRORS_NAME)
+    write_parquet_atomic(table, out / ERRORS_NAME)
     return out / ERRORS_NAME
 
 

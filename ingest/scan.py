@@ -72,6 +72,11 @@ def _is_raster(name: str) -> bool:
     return name.lower().endswith(RASTER_SUFFIXES)
 
 
+def _stem(name: str) -> str:
+    """File name without its raster suffix (``T32TQR_…_B02_10m.jp2`` -> ``T32TQR_…_B02_10m``)."""
+    return re.sub(r"\.(tif|tiff|jp2|vrt)$", "", name, flags=re.I)
+
+
 def discover(inputs: Iterable[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Raster files under the given folders, files and URLs (sorted, unique), and error rows
     for inputs that do not exist or cannot be listed."""
@@ -238,7 +243,7 @@ def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, st
     """(name info, group key, error) for one readable file."""
     path = header["path"]
     parts = PurePosixPath(path.replace("\\", "/")).parts
-    stem = re.sub(r"\.(tif|tiff|jp2|vrt)$", "", parts[-1], flags=re.I)
+    stem = _stem(parts[-1])
     folder = parts[-2] if len(parts) > 1 else None
     safe = next((i for i in range(len(parts) - 1, -1, -1) if parts[i].endswith(".SAFE")), None)
     if path in landcover:
@@ -312,8 +317,8 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
     lc = set(landcover)
     for h in headers:
         if h["error"]:
-            stem = re.sub(r"\.(tif|tiff|jp2|vrt)$", "", PurePosixPath(h["path"]).name, flags=re.I)
-            errors.append(error_row(h["path"], "scan", h["error"], parse_file_name(stem).product_id))
+            product_id = parse_file_name(_stem(PurePosixPath(h["path"]).name)).product_id
+            errors.append(error_row(h["path"], "scan", h["error"], product_id))
             continue
         info, key, err = _identify(h, lc)
         if err:

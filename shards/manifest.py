@@ -225,7 +225,8 @@ def _with_metadata(table: pa.Table, extra_metadata: dict[str, Any] | None = None
     return table.replace_schema_metadata(meta)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` via ``.tmp`` + fsync + rename (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd", write_statistics=True)
@@ -237,7 +238,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
 def write_part(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write one shard's manifest rows to ``path`` atomically (tmp file + rename)."""
     path = Path(path)
-    _write_atomic(rows_to_table(rows), path)
+    write_parquet_atomic(rows_to_table(rows), path)
     return path
 
 
@@ -263,7 +264,7 @@ def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | N
         tables.append(t)
     merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     out = root / MANIFEST_NAME
-    _write_atomic(_with_metadata(merged.replace_schema_metadata(None), extra_metadata), out)
+    write_parquet_atomic(_with_metadata(merged.replace_schema_metadata(None), extra_metadata), out)
     return out
 
 

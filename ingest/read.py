@@ -4,8 +4,9 @@ Two paths, chosen per file:
 
 - **aligned**: the source is in the target CRS and its pixel grid lines up with the target
   grid at an integer ratio (S2 in its own UTM zone: 10 m bands 1:1, 20/60 m bands 2:1 and
-  6:1). One ``DatasetReader.read`` of the window, upsampled by GDAL with the given
-  resampling; 10 m values are copied exactly.
+  6:1). One ``DatasetReader.read`` of the window (plus a one-pixel halo) at the source's
+  own resolution, upsampled in numpy (:func:`upsample`: separable bilinear that leaves
+  nodata out of the weights, or nearest); 10 m values are copied exactly.
 - **warped**: anything else (another UTM zone, EPSG:4326 S1 and land cover, unaligned
   grids) goes through a ``WarpedVRT`` onto the target grid; GDAL reads only the source
   blocks the target needs and skips nodata in the resampling kernel.
@@ -89,6 +90,59 @@ def _aligned_ratio(src: Any, target: TargetGrid) -> int | None:
     return r
 
 
+def _bilinear_axis(n_out: int, ratio: int, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weight of i1 for ``n_out`` target pixels, ``ratio`` target
+    pixels per source pixel, the target's first pixel being source pixel ``first`` (pixel
+    centres: target j sits at source coordinate (j + 0.5) / ratio - 0.5)."""
+    s = (np.arange(n_out) + 0.5) / ratio - 0.5 + first
+    i0 = np.floor(s).astype(np.intp)
+    return i0, i0 + 1, (s - i0).astype(np.float32)
+
+
+def upsample(data: np.ndarray, ratio: int, resampling: Resampling, first_row: int, first_col: int,
+             n_rows: int, n_cols: int, nodata: float | None) -> np.ndarray:
+    """``n_rows x n_cols`` target pixels from source ``data`` at ``ratio`` target pixels per
+    source pixel; the target's first pixel lies in source pixel (``first_row``, ``first_col``)
+    of ``data``. Nearest repeats pixels; bilinear is separable, rows then columns, with source
+    pixels equal to ``nodata`` left out of the weights (0 weight everywhere -> ``nodata``).
+
+    ``data`` must hold one source pixel of margin around the target where the source has one
+    (a halo), so tile values do not depend on where a read window starts; indices past the
+    edge of ``data`` are clamped (edge pixels repeated).
+    """
+    if resampling == Resampling.nearest:
+        rows = np.arange(n_rows) // ratio + first_row
+        cols = np.arange(n_cols) // ratio + first_col
+        return data[rows[:, None], cols[None, :]]
+    h, w = data.shape
+    r0, r1, wr = _bilinear_axis(n_rows, ratio, first_row)
+    c0, c1, wc = _bilinear_axis(n_cols, ratio, first_col)
+    r0, r1 = np.clip(r0, 0, h - 1), np.clip(r1, 0, h - 1)
+    c0, c1 = np.clip(c0, 0, w - 1), np.clip(c1, 0, w - 1)
+    src = data.astype(np.float32)
+    has_nodata = nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)) \
+        and bool((data == nodata).any())
+    if has_nodata:
+        weight = (data != nodata).astype(np.float32)
+        src *= weight
+    else:
+        weight = None
+
+    def interp(a: np.ndarray) -> np.ndarray:
+        rows = a[r0] * (1.0 - wr)[:, None] + a[r1] * wr[:, None]
+        return rows[:, c0] * (1.0 - wc)[None, :] + rows[:, c1] * wc[None, :]
+
+    out = interp(src)
+    if weight is not None:
+        total = interp(weight)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out /= total
+        out[total < 1e-6] = nodata
+    if np.issubdtype(data.dtype, np.integer):
+        np.rint(out, out=out)
+    return out.astype(data.dtype, copy=False)
+
+
 def read_band(cache: SourceCache, path: str, index: int, target: TargetGrid, resampling: Resampling,
               dtype: str, src_nodata: float | None, fill: float) -> np.ndarray:
     """Band ``index`` of ``path`` on ``target`` as ``dtype`` ``[height, width]``; ``fill``
@@ -102,18 +156,27 @@ def read_band(cache: SourceCache, path: str, index: int, target: TargetGrid, res
         row0 = round((s.f - t.f) / -s.e)
         n_cols = math.ceil(target.width / ratio)
         n_rows = math.ceil(target.height / ratio)
-        c0, r0 = max(col0, 0), max(row0, 0)
-        c1, r1 = min(col0 + n_cols, src.width), min(row0 + n_rows, src.height)
+        halo = 1 if ratio > 1 else 0  # bilinear needs the neighbours of edge pixels
+        c0, r0 = max(col0 - halo, 0), max(row0 - halo, 0)
+        c1, r1 = min(col0 + n_cols + halo, src.width), min(row0 + n_rows + halo, src.height)
         if c1 <= c0 or r1 <= r0:
             return out
-        window = Window(c0, r0, c1 - c0, r1 - r0)
-        data = src.read(index, window=window, out_shape=((r1 - r0) * ratio, (c1 - c0) * ratio),
-                        resampling=resampling, out_dtype=dtype) if ratio > 1 else \
-            src.read(index, window=window, out_dtype=dtype)
-        y0, x0 = (r0 - row0) * ratio, (c0 - col0) * ratio
-        h = min(data.shape[0], target.height - y0)
-        w = min(data.shape[1], target.width - x0)
-        out[y0:y0 + h, x0:x0 + w] = data[:h, :w]
+        data = src.read(index, window=Window(c0, r0, c1 - c0, r1 - r0))
+        # Target pixels covered by the source, and where they start in ``data``.
+        y0, x0 = max(0, -row0) * ratio, max(0, -col0) * ratio
+        y1 = min(target.height, (src.height - row0) * ratio)
+        x1 = min(target.width, (src.width - col0) * ratio)
+        if y1 <= y0 or x1 <= x0:
+            return out
+        if ratio > 1:
+            block = upsample(data, ratio, resampling, row0 + y0 // ratio - r0, col0 + x0 // ratio - c0,
+                             y1 - y0, x1 - x0, src_nodata)
+        else:
+            block = data[row0 + y0 - r0:row0 + y1 - r0, col0 + x0 - c0:col0 + x1 - c0]
+        if block.dtype != out.dtype and np.issubdtype(out.dtype, np.integer):
+            info = np.iinfo(out.dtype)  # saturate like GDAL's conversion, never wrap
+            block = np.clip(block, info.min, info.max)
+        out[y0:y1, x0:x1] = block
         if src_nodata is not None and not (isinstance(src_nodata, float) and math.isnan(src_nodata)) \
                 and src_nodata != fill:
             out[out == src_nodata] = fill

@@ -35,10 +35,15 @@ _S1_BINS = int(round((S1_DB_MAX - S1_DB_MIN) / S1_DB_STEP))
 
 @dataclass
 class BandAccumulator:
-    """Mergeable per-band histogram + sums."""
+    """Mergeable per-band histogram + sums.
+
+    With ``bins_are_values`` (S2: bin index == DN) the sums are exact functions of the
+    histogram, so ``add`` only counts and the sums are derived when summarising.
+    """
 
     bins: int
     nbands: int
+    bins_are_values: bool = False
     hist: np.ndarray = field(init=False)
     total: np.ndarray = field(init=False)
     total_sq: np.ndarray = field(init=False)
@@ -48,8 +53,10 @@ class BandAccumulator:
         self.total = np.zeros(self.nbands, dtype=np.float64)
         self.total_sq = np.zeros(self.nbands, dtype=np.float64)
 
-    def add(self, band: int, bin_index: np.ndarray, values: np.ndarray) -> None:
+    def add(self, band: int, bin_index: np.ndarray, values: np.ndarray | None = None) -> None:
         self.hist[band] += np.bincount(bin_index, minlength=self.bins)
+        if self.bins_are_values:
+            return
         v = values.astype(np.float64)
         self.total[band] += v.sum()
         self.total_sq[band] += np.square(v).sum()
@@ -61,9 +68,12 @@ class BandAccumulator:
 
     def summary(self, bin_value: np.ndarray) -> dict[str, list[float | int | None]]:
         count = self.hist.sum(axis=1)
+        total, total_sq = self.total, self.total_sq
+        if self.bins_are_values:
+            total, total_sq = self.hist @ bin_value, self.hist @ np.square(bin_value)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self.total / count
-            var = np.maximum(self.total_sq / count - mean**2, 0.0)
+            mean = total / count
+            var = np.maximum(total_sq / count - mean**2, 0.0)
         out: dict[str, list[Any]] = {"count": count.tolist(), "mean": [], "std": [], "p01": [], "p99": []}
         for b in range(self.nbands):
             if count[b] == 0:
@@ -87,7 +97,7 @@ class DatasetStats:
     """
 
     num_samples: int = 0
-    s2: BandAccumulator = field(default_factory=lambda: BandAccumulator(1 << 16, len(S2_BAND_NAMES)))
+    s2: BandAccumulator = field(default_factory=lambda: BandAccumulator(1 << 16, len(S2_BAND_NAMES), True))
     s1: BandAccumulator = field(default_factory=lambda: BandAccumulator(_S1_BINS, len(S1_BAND_NAMES)))
 
     def add_sample(self, arrays: dict[str, np.ndarray]) -> None:
@@ -95,8 +105,10 @@ class DatasetStats:
         if "s2" in arrays:
             arr = arrays["s2"]
             for b in range(arr.shape[1]):
-                v = arr[:, b][arr[:, b] != 0]
-                self.s2.add(b, v, v)
+                band = arr[:, b].ravel()
+                counts = np.bincount(band, minlength=1 << 16)
+                counts[0] = 0  # 0 is nodata
+                self.s2.hist[b] += counts
         if "s1" in arrays:
             arr, valid = arrays["s1"], arrays["s1valid"]
             for b in range(arr.shape[1]):

@@ -90,13 +90,27 @@ def _aligned_ratio(src: Any, target: TargetGrid) -> int | None:
     return r
 
 
-def _bilinear_axis(n_out: int, ratio: int, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (i0, i1) and weight of i1 for ``n_out`` target pixels, ``ratio`` target
-    pixels per source pixel, the target's first pixel being source pixel ``first`` (pixel
-    centres: target j sits at source coordinate (j + 0.5) / ratio - 0.5)."""
-    s = (np.arange(n_out) + 0.5) / ratio - 0.5 + first
-    i0 = np.floor(s).astype(np.intp)
-    return i0, i0 + 1, (s - i0).astype(np.float32)
+def _bilinear_axis(a: np.ndarray, axis: int, ratio: int, first: int, n_out: int) -> np.ndarray:
+    """Upsample ``axis`` (0 or 1) of ``a`` (float32, padded by one edge pixel on each side) by
+    ``ratio``: target pixel j sits at source coordinate ``first + (j + 0.5) / ratio - 0.5``.
+
+    Target pixels come in ``ratio`` phases with fixed weights, so each phase is two slices
+    and one blend (no fancy-indexed copies)."""
+    k = -(-n_out // ratio)  # source pixels spanned
+    p = first + 1  # index of source pixel ``first`` in the padded array
+    shape = (k, ratio, a.shape[1]) if axis == 0 else (a.shape[0], k, ratio)
+    out = np.empty(shape, dtype=np.float32)
+    for m in range(ratio):
+        f = (m + 0.5) / ratio - 0.5  # offset from the source pixel centre, in source pixels
+        lo, w = (p - 1, 1.0 + f) if f < 0 else (p, f)  # blend pixels lo and lo + 1, weight w on lo + 1
+        if axis == 0:
+            dst, x0, x1 = out[:, m], a[lo:lo + k], a[lo + 1:lo + 1 + k]
+        else:
+            dst, x0, x1 = out[:, :, m], a[:, lo:lo + k], a[:, lo + 1:lo + 1 + k]
+        np.multiply(x0, 1.0 - w, out=dst)
+        dst += x1 * w
+    out = out.reshape((k * ratio, a.shape[1]) if axis == 0 else (a.shape[0], k * ratio))
+    return out[:n_out] if axis == 0 else out[:, :n_out]
 
 
 def upsample(data: np.ndarray, ratio: int, resampling: Resampling, first_row: int, first_col: int,
@@ -114,23 +128,17 @@ def upsample(data: np.ndarray, ratio: int, resampling: Resampling, first_row: in
         rows = np.arange(n_rows) // ratio + first_row
         cols = np.arange(n_cols) // ratio + first_col
         return data[rows[:, None], cols[None, :]]
-    h, w = data.shape
-    r0, r1, wr = _bilinear_axis(n_rows, ratio, first_row)
-    c0, c1, wc = _bilinear_axis(n_cols, ratio, first_col)
-    r0, r1 = np.clip(r0, 0, h - 1), np.clip(r1, 0, h - 1)
-    c0, c1 = np.clip(c0, 0, w - 1), np.clip(c1, 0, w - 1)
     src = data.astype(np.float32)
     has_nodata = nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)) \
         and bool((data == nodata).any())
-    if has_nodata:
-        weight = (data != nodata).astype(np.float32)
+    weight = (data != nodata).astype(np.float32) if has_nodata else None
+    if weight is not None:
         src *= weight
-    else:
-        weight = None
 
     def interp(a: np.ndarray) -> np.ndarray:
-        rows = a[r0] * (1.0 - wr)[:, None] + a[r1] * wr[:, None]
-        return rows[:, c0] * (1.0 - wc)[None, :] + rows[:, c1] * wc[None, :]
+        a = np.pad(a, 1, mode="edge")  # clamp at the edges of ``data``
+        rows = _bilinear_axis(a, 0, ratio, first_row, n_rows)
+        return _bilinear_axis(rows, 1, ratio, first_col, n_cols)
 
     out = interp(src)
     if weight is not None:

@@ -159,7 +159,7 @@ def manifest_row(meta: SampleMeta, shard: str, members: "list[MemberInfo]") -> d
         "geometry": shapely.to_wkb(poly),
         "bbox": {"xmin": bx0, "ymin": by0, "xmax": bx1, "ymax": by1},
         "num_time_steps": len(steps),
-        "datetimes": [_timestamp(t.datetime) for t in steps],
+        "datetimes": [_timestamp(t.datetime) if t.datetime else None for t in steps],
         "s2_product_ids": [t.s2_product_id for t in steps],
         "s1_product_ids": [t.s1_product_id for t in steps],
         "s1_orbit_directions": [t.s1_orbit_direction for t in steps],

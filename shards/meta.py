@@ -19,7 +19,8 @@ class TimeStep:
     """One time step of a sample: the S2 acquisition and the S1 paired to it.
 
     Attributes:
-        datetime: acquisition time (UTC) of the step's reference image (S2, else S1).
+        datetime: acquisition time (UTC) of the step's reference image (S2, else S1); None
+            when the source does not say (reference datasets such as EuroSAT).
         s2_product_id: S2 product name, e.g. ``S2B_MSIL2A_20230716T101029_N0509_R022_T32TQR_…``.
         s2_level: ``"L2A"`` or ``"L1C"``.
         s2_processing_baseline: e.g. ``"05.09"``.
@@ -36,7 +37,7 @@ class TimeStep:
         relative_orbit: S2 relative orbit number.
     """
 
-    datetime: str
+    datetime: str | None
     s2_product_id: str | None = None
     s2_level: str | None = None
     s2_processing_baseline: str | None = None

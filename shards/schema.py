@@ -15,7 +15,9 @@ member                  dtype     shape                meaning
                                                        ``s1valid`` is False
 ``<key>.s1valid.npy``   bool      ``[T, H, W]``        True where both VV and VH hold data
 ``<key>.scl.npy``       uint8     ``[T, H, W]``        S2 L2A scene classification (optional)
-``<key>.lc.npy``        uint8     ``[T or 1, H, W]``   land-cover class codes (optional)
+``<key>.lc.npy``        uint8     ``[T or 1, H, W]``   class codes of ``labels.taxonomy`` (land
+                                                       cover, or a segmentation label such as
+                                                       Sen1Floods11 water; optional)
 ``<key>.json``          JSON      --                   :class:`~eoforge.shards.meta.SampleMeta`
 ======================  ========  ===================  ==========================================
 
@@ -118,12 +120,15 @@ class Taxonomy:
         codes: raster values of the classes, in label-vector order.
         names: class names, same order.
         nodata: raster value that means "no label" (never a class).
+        single_label: every sample has exactly one class (scene classification, e.g.
+            EuroSAT); otherwise labels are multi-label (multi-hot).
     """
 
     name: str
     codes: tuple[int, ...]
     names: tuple[str, ...]
     nodata: int | None
+    single_label: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -176,6 +181,66 @@ DYNAMIC_WORLD = Taxonomy(
 )
 
 TAXONOMIES: dict[str, Taxonomy] = {t.name: t for t in (WORLDCOVER, DYNAMIC_WORLD)}
+
+# Class lists of the reference datasets that eval adapters turn into labelled shards. They are
+# not land-cover rasters for ingest (hence not in TAXONOMIES); codes are label-vector indices,
+# except SEN1FLOODS11, whose codes are the values of the ``lc`` member (LabelHand: -1 ignore ->
+# 255, 0 dry, 1 water).
+
+#: EuroSAT-MS (Helber et al. 2019): one class per 64x64 patch, the dataset's folder names.
+EUROSAT = Taxonomy(
+    name="eurosat",
+    codes=tuple(range(10)),
+    names=(
+        "AnnualCrop",
+        "Forest",
+        "HerbaceousVegetation",
+        "Highway",
+        "Industrial",
+        "Pasture",
+        "PermanentCrop",
+        "Residential",
+        "River",
+        "SeaLake",
+    ),
+    nodata=None,
+    single_label=True,
+)
+
+#: BigEarthNet 19-class nomenclature (Sumbul et al. 2020), multi-label, official order.
+BIGEARTHNET19 = Taxonomy(
+    name="bigearthnet19",
+    codes=tuple(range(19)),
+    names=(
+        "Urban fabric",
+        "Industrial or commercial units",
+        "Arable land",
+        "Permanent crops",
+        "Pastures",
+        "Complex cultivation patterns",
+        "Land principally occupied by agriculture, with significant areas of natural vegetation",
+        "Agro-forestry areas",
+        "Broad-leaved forest",
+        "Coniferous forest",
+        "Mixed forest",
+        "Natural grassland and sparsely vegetated areas",
+        "Moors, heathland and sclerophyllous vegetation",
+        "Transitional woodland, shrub",
+        "Beaches, dunes, sands",
+        "Inland wetlands",
+        "Coastal wetlands",
+        "Inland waters",
+        "Marine waters",
+    ),
+    nodata=None,
+)
+
+#: Sen1Floods11 hand labels as stored in ``lc``: 0 dry, 1 water, 255 no label (source -1).
+SEN1FLOODS11 = Taxonomy(name="sen1floods11", codes=(0, 1), names=("dry", "water"), nodata=255)
+
+DATASET_TAXONOMIES: dict[str, Taxonomy] = {t.name: t for t in (EUROSAT, BIGEARTHNET19, SEN1FLOODS11)}
+#: Every class list a sample's ``labels.taxonomy`` may name.
+ALL_TAXONOMIES: dict[str, Taxonomy] = {**TAXONOMIES, **DATASET_TAXONOMIES}
 
 #: WorldCover code -> Dynamic World code (SoftCon's mapping, METHODS.md).
 WORLDCOVER_TO_DYNAMIC_WORLD: dict[int, int] = {

@@ -1,0 +1,154 @@
+"""Per-band normalisation from the dataset's own ``stats.json``.
+
+Two modes, both an affine map per band, ``x_norm = (x - offset) * scale``:
+
+- ``"minmax2sigma"`` (default): ``mean - 2σ -> 0`` and ``mean + 2σ -> 1``, i.e.
+  ``offset = mean - 2σ``, ``scale = 1 / (4σ)``. Values beyond ±2σ land outside [0, 1]; with
+  ``clip=True`` they are clipped to [0, 1] as SoftCon does (``clip((x - (μ - 2σ)) / 4σ, 0, 1)``).
+  Not clipping keeps bright targets (cloud, snow, urban) distinguishable; the backbone does not
+  need bounded inputs.
+- ``"zscore"``: ``offset = mean``, ``scale = 1 / σ``.
+
+Units: S2 statistics and inputs are DN (reflectance x 10000, uint16), S1 statistics and inputs
+are dB. Pixels without data are 0 after normalisation, in both modes: S2 DN 0 (the nodata value;
+``stats.json`` excludes those pixels too) and S1 pixels where ``s1valid`` is False or the value is
+not finite (stored NaN). A band with no statistics or a zero / non-finite σ (the zero-filled B10
+placeholder of L2A) gets ``offset = scale = 0``: it normalises to 0 everywhere, never NaN/inf.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NORMALIZATIONS = ("minmax2sigma", "zscore")
+
+
+@dataclass(frozen=True)
+class BandNorm:
+    """Per-band affine normalisation of one modality.
+
+    Attributes:
+        modality: ``"s2"`` or ``"s1"``.
+        bands: band names in channel order.
+        offset: float32 ``[C]``, in the stored unit (DN or dB).
+        scale: float32 ``[C]``, per stored unit; 0 for bands without usable statistics.
+        mode: ``"minmax2sigma"`` or ``"zscore"``.
+        clip: clip results to [0, 1] (``"minmax2sigma"`` only).
+    """
+
+    modality: str
+    bands: tuple[str, ...]
+    offset: np.ndarray
+    scale: np.ndarray
+    mode: str
+    clip: bool = False
+
+    def apply(self, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Normalise ``x`` (``[..., C, H, W]``, any dtype) to float32 of the same shape.
+
+        Args:
+            x: stored values (uint16 DN, float16/32 dB); channel axis third from last.
+            valid: bool, True where a value holds data: per pixel ``[..., H, W]`` (all bands) or
+                per value (same shape as ``x``); None for "all". Values outside it, and any
+                non-finite result, are set to 0.
+        """
+        shape = (-1, 1, 1)
+        out = x.astype(np.float32)  # always a fresh array: the in-place ops below are safe
+        out -= self.offset.reshape(shape)
+        out *= self.scale.reshape(shape)
+        if self.clip:
+            np.clip(out, 0.0, 1.0, out=out)
+        if valid is not None:
+            mask = valid if valid.ndim == x.ndim else np.expand_dims(valid, -3)
+            np.copyto(out, 0.0, where=~mask)
+        if x.dtype.kind == "f":
+            # stored NaN (S1 outside its footprint) or inf must not reach the model
+            np.copyto(out, 0.0, where=~np.isfinite(out))
+        return out
+
+
+def read_stats(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``stats.json`` from a dataset folder, a file path or a URL (``http(s)://``, ``pipe:``).
+
+    Raises:
+        FileNotFoundError: when there is no ``stats.json`` (it says how to make one).
+        ValueError: when it is not valid JSON.
+    """
+    from eoforge.train.data.shardlists import is_url
+
+    text = str(source)
+    if is_url(text) and not text.startswith("file:"):
+        import webdataset as wds
+
+        try:
+            with wds.gopen(text) as stream:
+                raw = stream.read()
+        except Exception as err:
+            raise FileNotFoundError(f"{text}: cannot read stats.json: {err}") from err
+    else:
+        path = Path(text.removeprefix("file://"))
+        if path.is_dir():
+            path = path / "stats.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no stats.json (normalisation needs it: run `eoforge shards stats DS`)"
+            )
+        raw = path.read_bytes()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{text}: stats.json is not valid JSON: {err}") from err
+
+
+def band_norm(stats: dict[str, Any], modality: str, mode: str = "minmax2sigma", clip: bool = False) -> BandNorm:
+    """The normalisation of ``modality`` (``"s2"`` / ``"s1"``) from ``stats.json`` content.
+
+    Raises:
+        ValueError: unknown mode, or ``stats`` has no section for ``modality``.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {mode!r} (known: {NORMALIZATIONS})")
+    section = stats.get(modality)
+    if not section:
+        raise ValueError(f"stats.json has no {modality!r} statistics (keys: {sorted(stats)})")
+    bands = tuple(section["bands"])
+    offset = np.zeros(len(bands), dtype=np.float64)
+    scale = np.zeros(len(bands), dtype=np.float64)
+    for b, (mean, std) in enumerate(zip(section["mean"], section["std"])):
+        if not _usable(mean) or not _usable(std) or std <= 0:
+            continue  # no data in this band (B10 in L2A): it maps to 0
+        if mode == "minmax2sigma":
+            offset[b], scale[b] = mean - 2.0 * std, 1.0 / (4.0 * std)
+        else:
+            offset[b], scale[b] = mean, 1.0 / std
+    return BandNorm(modality, bands, offset.astype(np.float32), scale.astype(np.float32), mode,
+                    clip and mode == "minmax2sigma")
+
+
+def _usable(v: Any) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def normalize_s2(dn: np.ndarray, norm: BandNorm) -> np.ndarray:
+    """S2 DN uint16 ``[..., 13, H, W]`` -> float32 same shape; DN 0 (nodata) -> 0."""
+    return norm.apply(dn, dn != 0)
+
+
+def normalize_s1(db: np.ndarray, valid: np.ndarray, norm: BandNorm) -> tuple[np.ndarray, np.ndarray]:
+    """S1 dB ``[..., 2, H, W]`` + ``s1valid`` bool ``[..., H, W]`` -> (float32 ``[..., 2, H, W]``, bool).
+
+    The returned mask is ``s1valid`` and-ed with finiteness of both polarisations, so it is
+    exactly the set of pixels that carry data after normalisation (the rest are 0).
+    """
+    valid = valid & np.isfinite(db).all(axis=-3)
+    return norm.apply(db, valid), valid
+
+
+__all__ = ["NORMALIZATIONS", "BandNorm", "band_norm", "normalize_s1", "normalize_s2", "read_stats"]

@@ -1,0 +1,148 @@
+"""A training run -> a plain timm backbone: ``MODEL.safetensors`` + ``MODEL.json``.
+
+``export_run(RUN, "model.safetensors")`` rebuilds the method from ``RUN/config.yaml``, loads
+the latest checkpoint, takes ``method.export_backbone()`` (PerA: the EMA teacher's backbone)
+and writes its state dict with safetensors. ``MODEL.json`` beside it says how to use it::
+
+    {"timm_model": "vit_small_patch16_224",      # timm.create_model name
+     "timm_kwargs": {"in_chans": 13, "num_classes": 0, "img_size": 224},
+     "in_chans": 13, "img_size": 224,
+     "bands": ["B1", ..., "B12"],                # input channel order
+     "normalization": {"mode": "minmax2sigma", "bands": [...], "lo": [...], "hi": [...]}
+                                                 # or "mean"/"std" for "zscore"
+     "method": "pera", "step": 1000, "config": {...the run's PretrainConfig...},
+     "manifest_sha256": "…",                     # sha256 of the dataset's manifest.parquet bytes
+     "data": "/path/to/DS", "run": "/path/to/RUN"}
+
+Loading it back needs only timm (plus ``import eoforge.train.models`` for the tiny test ViT,
+which that module registers)::
+
+    meta = json.load(open("model.json"))
+    model = timm.create_model(meta["timm_model"], **meta["timm_kwargs"])
+    model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eoforge.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
+from eoforge.train.config import PretrainConfig
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_run` wrote.
+
+    Attributes:
+        weights: the ``.safetensors`` file (timm state dict of the backbone).
+        meta: the ``.json`` file beside it.
+        checkpoint: the checkpoint exported.
+        num_tensors: tensors in the state dict.
+        num_params: scalar weights in the state dict.
+    """
+
+    weights: Path
+    meta: Path
+    checkpoint: Path
+    num_tensors: int
+    num_params: int
+
+
+def timm_kwargs(cfg: PretrainConfig, in_chans: int, backbone: torch.nn.Module) -> dict[str, Any]:
+    """Keyword arguments of ``timm.create_model`` that rebuild the exported backbone's shapes."""
+    from eoforge.train.models import is_vit
+
+    kwargs: dict[str, Any] = {"in_chans": in_chans, "num_classes": 0}
+    if is_vit(backbone):
+        kwargs["img_size"] = cfg.model.img_size_px
+        if cfg.model.patch_size_px is not None:
+            kwargs["patch_size"] = cfg.model.patch_size_px
+    return kwargs
+
+
+def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
+               checkpoint: str | os.PathLike[str] | None = None) -> ExportResult:
+    """Export the backbone of a training run as a timm state dict plus metadata.
+
+    Args:
+        run: the run folder written by :func:`eoforge.train.engine.train`.
+        out: the ``.safetensors`` file to write; the metadata goes to the same name with
+            ``.json``.
+        checkpoint: a specific checkpoint (default: ``RUN/checkpoints/latest``).
+
+    Raises:
+        FileNotFoundError: the run has no config or no checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    from eoforge.train.methods import create_method
+
+    run = Path(run)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_name(out.name + ".safetensors")
+    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run / CHECKPOINT_DIR)
+    if ckpt is None or not ckpt.is_file():
+        raise FileNotFoundError(f"{run}: no checkpoint in {run / CHECKPOINT_DIR} (has the run saved one yet?)")
+    state = load_checkpoint(ckpt)
+    # the checkpoint carries its config: it is the truth even if RUN/config.yaml was edited
+    cfg = PretrainConfig.from_dict(state["config"], source=f"{ckpt} (config)")
+    facts_path = run / "dataset.json"
+    if not facts_path.is_file():
+        raise FileNotFoundError(f"{run}: no dataset.json (written at the start of training)")
+    facts = json.loads(facts_path.read_text())
+    in_chans = int(facts["in_chans"])
+
+    method = create_method(cfg.method_name, cfg.method, cfg.model, in_chans=in_chans,
+                           total_steps=cfg.engine.steps, world_size=1)
+    method.load_state_dict(state["model"])
+    backbone = method.export_backbone()
+    # safetensors refuses shared storage: clone every tensor into its own contiguous buffer
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
+    meta: dict[str, Any] = {
+        "format": "eoforge-backbone/1",
+        "timm_model": cfg.model.name,
+        "timm_kwargs": timm_kwargs(cfg, in_chans, backbone),
+        "in_chans": in_chans,
+        "img_size": cfg.model.img_size_px,
+        "bands": facts.get("bands"),
+        "normalization": facts.get("normalization"),
+        "method": cfg.method_name,
+        "step": int(state["step"]),
+        "config": cfg.to_dict(),
+        "manifest_sha256": facts.get("manifest_sha256"),
+        "data": facts.get("data"),
+        "run": str(run.resolve()),
+        "checkpoint": ckpt.name,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"timm_model": cfg.model.name, "method": cfg.method_name})
+    os.replace(tmp, out)
+    meta_path = out.with_suffix(".json")
+    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp_meta, meta_path)
+    return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(tensors),
+                        num_params=int(sum(t.numel() for t in tensors.values())))
+
+
+def load_exported(weights: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an exported backbone with timm and load its weights (strict); return it and its meta."""
+    import timm
+    from safetensors.torch import load_file
+
+    import eoforge.train.models  # noqa: F401  (registers the tiny test ViT with timm)
+
+    weights = Path(weights)
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    model = timm.create_model(meta["timm_model"], pretrained=False, **meta["timm_kwargs"])
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model, meta

@@ -10,8 +10,17 @@
 #   WORKERS   Dask workers for ingest                        (2)
 #   CONFIG    ingest recipe (YAML)                           (ingest/recipes/demo.yaml for the demo)
 #   SCHEDULER existing Dask scheduler for ingest             (empty: a LocalCluster)
-#   METHOD    pretraining method: pera|softcon|cmid|dualenc  (pera)
+#   METHOD    pretraining method (pera)                      (pera)
 #   RUN       training run folder                            (demo/run-$(METHOD))
+#   PRETRAIN_CONFIG training recipe (YAML)          (train/recipes/$(METHOD)-tiny-demo.yaml)
+#   NPROC_PER_NODE  training processes per node (GPUs)       (1)
+#   NNODES          nodes; >1 uses a static rendezvous       (1)
+#   NODE_RANK       this node's index 0..NNODES-1            (0)
+#   MASTER_ADDR     address of node 0                        (127.0.0.1)
+#   MASTER_PORT     rendezvous port on node 0                (29500)
+#   PRETRAIN_ARGS   extra `eoforge pretrain` options, e.g. --steps 1000 --device cpu
+#   WEIGHTS   exported backbone for `make eval`              ($(RUN)/model.safetensors)
+#   EVAL_DATA labelled dataset for `make eval`               ($(DS))
 #   SEED      seed for generated sample data                 (0)
 #   REAL_DATA real sample products for `make bench`          (../shared/data/real if present)
 #   PYTEST_ARGS extra arguments for pytest                   (empty)
@@ -29,9 +38,19 @@ RUN ?= demo/run-$(METHOD)
 SEED ?= 0
 REAL_DATA ?= $(wildcard ../shared/data/real)
 PYTEST_ARGS ?=
+PRETRAIN_CONFIG ?= $(wildcard train/recipes/$(METHOD)-tiny-demo.yaml)
+NPROC_PER_NODE ?= 1
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+PRETRAIN_ARGS ?=
+WEIGHTS ?= $(RUN)/model.safetensors
+EVAL_DATA ?= $(DS)
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.eoforge-installed
+BENCH_STAMP := $(VENV)/.eoforge-bench-installed
 
 .PHONY: help install test demo demo-data ingest pretrain eval bench clean
 
@@ -44,6 +63,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
 install: $(STAMP)
 
 test: $(STAMP)
@@ -52,28 +75,42 @@ test: $(STAMP)
 demo-data: $(STAMP)
 	$(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
 
+# generate scenes -> ingest (local Dask cluster) -> verify -> inspect -> pretrain a tiny ViT
+# with PerA -> export -> kNN + linear probes against random init. Each stage says where it wrote.
 demo: $(STAMP)
 	test -f $(RAW)/truth.json || $(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
 	$(BIN)/eoforge ingest $(RAW) --out $(DS) --config ingest/recipes/demo.yaml --workers $(WORKERS)
 	$(BIN)/eoforge shards verify $(DS)
 	$(BIN)/eoforge shards inspect $(DS) --plot
-	@echo "make demo: pretraining and evaluation are not built yet (issues #4, #5);"
-	@echo "           the ingested dataset is in $(DS) (report: $(DS)/report.md)." ; exit 1
+	$(BIN)/eoforge pretrain --data $(DS) --method pera --out $(RUN) --config train/recipes/pera-tiny-demo.yaml --resume
+	$(BIN)/eoforge export $(RUN) --out $(RUN)/model.safetensors
+	$(BIN)/eoforge eval --weights $(RUN)/model.safetensors --data $(DS) --probe knn --probe linear --out $(RUN)/eval
+	@echo "make demo: done. dataset $(DS) (report.md, coverage/label PNGs), run $(RUN) (loss.png, metrics.jsonl),"
+	@echo "           model $(RUN)/model.safetensors, probes $(RUN)/eval/results.md"
 
 ingest: $(STAMP)
 	$(BIN)/eoforge ingest $(RAW) --out $(DS) $(foreach lc,$(LANDCOVER),--landcover $(lc)) \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(SCHEDULER),--scheduler $(SCHEDULER),--workers $(WORKERS))
 
+# torchrun: one node by default; NNODES>1 with NODE_RANK/MASTER_ADDR/MASTER_PORT on every node
+# (see train/slurm/pretrain.sbatch for SLURM). --resume makes a rerun continue an interrupted run.
 pretrain: $(STAMP)
-	@echo "make pretrain: not built yet (issue #4)"; exit 1
+	$(BIN)/python -m torch.distributed.run \
+		$(if $(filter 1,$(NNODES)),--standalone,--nnodes $(NNODES) --node-rank $(NODE_RANK) --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT)) \
+		--nproc-per-node $(NPROC_PER_NODE) \
+		-m eoforge.cli pretrain --data $(DS) --method $(METHOD) --out $(RUN) \
+		$(if $(PRETRAIN_CONFIG),--config $(PRETRAIN_CONFIG)) --resume $(PRETRAIN_ARGS)
+	$(BIN)/eoforge export $(RUN) --out $(WEIGHTS)
 
 eval: $(STAMP)
-	@echo "make eval: not built yet (issue #5)"; exit 1
+	$(BIN)/eoforge eval --weights $(WEIGHTS) --data $(EVAL_DATA)
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	EOFORGE_REAL_DATA=$(REAL_DATA) $(BIN)/python -m eoforge.shards.bench --out build/bench
 	$(BIN)/python -m eoforge.ingest.bench --out build/bench
-	@echo "make bench: training benchmarks are not built yet (issue #4); results in build/bench/results.md"
+	$(BIN)/python -m eoforge.train.data.bench --out build/bench
+	$(BIN)/python -m eoforge.train.bench_pera --out build/bench
+	@echo "make bench: results in build/bench/results.md"
 
 clean:
 	rm -rf build demo .pytest_cache

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from eoforge import __version__
+from eoforge.eval.cli import adapt, eval_cmd
 from eoforge.ingest.cli import demo_data, ingest
 from eoforge.shards.cli import shards
+from eoforge.train.cli import export, pretrain
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +20,10 @@ def main() -> None:
 main.add_command(demo_data)
 main.add_command(ingest)
 main.add_command(shards)
+main.add_command(pretrain)
+main.add_command(export)
+main.add_command(eval_cmd)
+main.add_command(adapt)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eoforge.shards.meta import json_finite
+
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
@@ -25,17 +27,6 @@ _COLUMNS = (
     ("water_iou", "water IoU", True),
     ("pixel_accuracy", "pixel acc", True),
 )
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf -> None (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _fmt(v: Any, percent: bool) -> str:
@@ -105,7 +96,7 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> tuple[P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / RESULTS_JSON, out / RESULTS_MD
-    for path, text in ((json_path, json.dumps(_finite(report), indent=2) + "\n"), (md_path, to_markdown(report))):
+    for path, text in ((json_path, json.dumps(json_finite(report), indent=2) + "\n"), (md_path, to_markdown(report))):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -132,7 +132,7 @@ class SampleMeta:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["transform"] = list(self.transform)
-        return _finite(out)
+        return json_finite(out)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SampleMeta":
@@ -148,12 +148,12 @@ class SampleMeta:
         return cls(**d)
 
 
-def _finite(obj: Any) -> Any:
+def json_finite(obj: Any) -> Any:
     """Replace NaN/inf floats by None: JSON has no NaN and the manifest wants nulls."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_finite(v) for v in obj]
     return obj

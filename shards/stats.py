@@ -38,7 +38,7 @@ class BandAccumulator:
     """Mergeable per-band histogram + sums.
 
     With ``bins_are_values`` (S2: bin index == DN) the sums are exact functions of the
-    histogram, so ``add`` only counts and the sums are derived when summarising.
+    histogram: fill it with ``add_counts`` and the sums are derived when summarising.
     """
 
     bins: int
@@ -53,10 +53,12 @@ class BandAccumulator:
         self.total = np.zeros(self.nbands, dtype=np.float64)
         self.total_sq = np.zeros(self.nbands, dtype=np.float64)
 
-    def add(self, band: int, bin_index: np.ndarray, values: np.ndarray | None = None) -> None:
+    def add_counts(self, band: int, counts: np.ndarray) -> None:
+        """Add a histogram of ``band`` (``bins`` counts); only for ``bins_are_values``."""
+        self.hist[band] += counts
+
+    def add(self, band: int, bin_index: np.ndarray, values: np.ndarray) -> None:
         self.hist[band] += np.bincount(bin_index, minlength=self.bins)
-        if self.bins_are_values:
-            return
         v = values.astype(np.float64)
         self.total[band] += v.sum()
         self.total_sq[band] += np.square(v).sum()
@@ -108,7 +110,7 @@ class DatasetStats:
                 band = arr[:, b].ravel()
                 counts = np.bincount(band, minlength=1 << 16)
                 counts[0] = 0  # 0 is nodata
-                self.s2.hist[b] += counts
+                self.s2.add_counts(b, counts)
         if "s1" in arrays:
             arr, valid = arrays["s1"], arrays["s1valid"]
             for b in range(arr.shape[1]):

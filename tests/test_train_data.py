@@ -344,3 +344,37 @@ def test_config_is_validated():
         DataConfig(time_step="last")
     with pytest.raises(ValueError, match="batch_size"):
         DataConfig(batch_size=0)
+
+
+def test_random_time_step_is_one_stored_step_decoded_only_that_far(ds):
+    stats = read_stats(ds)
+    norm2 = band_norm(stats, "s2")
+    stored = {s["__key__"]: s for s in iter_dataset(ds, "train")}
+    steps_seen = set()
+    for batch in run(ds, views=identity_views, num_steps=6, time_step="random", modality="s2"):
+        for i, key in enumerate(batch["__key__"]):
+            candidates = [normalize_s2(step, norm2) for step in stored[key]["s2"]]
+            matches = [t for t, c in enumerate(candidates) if np.array_equal(batch["s2"][i].numpy(), c)]
+            assert matches, key
+            steps_seen.update(matches)
+    assert steps_seen == {0, 1}  # conftest samples have 2 steps; both get drawn
+
+
+def test_metadata_listing_more_steps_than_stored_is_skipped(ds_copy, caplog):
+    def add_step(name: str, data: bytes) -> bytes:
+        if not name.endswith(".json") or "__" in name:
+            return data
+        meta = json.loads(data)
+        meta["time_steps"].append(meta["time_steps"][-1])
+        return json.dumps(meta).encode()
+
+    for url in shard_urls(ds_copy, "train")[:1]:
+        rewrite_shard(Path(url), add_step)
+    counter = SkipCounter("test")
+    from eoforge.train.data.loader import MemberSelector, decode_inputs
+
+    raws = list(read_shard(shard_urls(ds_copy, "train")[0], MemberSelector({"s2", "json"}), counter))
+    with caplog.at_level(logging.WARNING):
+        kept = list(decode_inputs(raws, "s2", "all", random.Random(0), counter))
+    assert kept == [] and counter.count == len(raws) > 0
+    assert "metadata lists 3 time steps" in caplog.text

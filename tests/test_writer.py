@@ -147,3 +147,50 @@ def test_iter_dataset_follows_manifest(tmp_path):
     keys = [s["__key__"] for s in iter_dataset(tmp_path, "val")]
     assert keys == [make_sample(i).key for i in (5, 6)]
     assert len(list(iter_dataset(tmp_path))) == 7
+
+
+# ------------------------------------------------------------------ member codecs
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(4 * 3 * 5 * 7, dtype=np.uint16).reshape(4, 3, 5, 7),
+    np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.zeros((0, 3), dtype=bool),
+])
+def test_zstd_members_decode_whole_or_up_to_an_entry_in_any_framing(arr):
+    import zstandard
+
+    from eoforge.shards.encoding import decode_array, encode_array, npy_bytes
+
+    ours = encode_array(arr)
+    raw = npy_bytes(arr)
+    half = len(raw) // 2
+    foreign = {
+        "ours": ours,
+        "no content size (zstd reading a pipe)": zstandard.ZstdCompressor(write_content_size=False).compress(raw),
+        "two frames (pzstd)": zstandard.ZstdCompressor().compress(raw[:half]) + zstandard.ZstdCompressor().compress(raw[half:]),
+    }
+    for name, data in foreign.items():
+        out = decode_array(data, "npy.zst")
+        assert out.dtype == arr.dtype and out.shape == arr.shape and np.array_equal(out, arr), name
+        assert out.flags.writeable, name
+        out[...] = 0  # writable and not shared with anything else
+        np.testing.assert_array_equal(decode_array(data, "npy.zst", leading=2), arr[:2])
+    np.testing.assert_array_equal(decode_array(raw, "npy", leading=1), arr[:1])
+
+
+def test_truncated_or_foreign_members_are_decode_errors_with_the_reason():
+    import zstandard
+
+    from eoforge.shards.encoding import DecodeError, decode_array, encode_array
+
+    arr = np.arange(200_000, dtype=np.uint16).reshape(2, 100_000)
+    data = encode_array(arr)
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_array(data[: len(data) // 2], "npy.zst")
+    with pytest.raises(DecodeError, match="NUMPY magic"):
+        decode_array(zstandard.ZstdCompressor().compress(b"not an array"), "npy.zst")
+    with pytest.raises(DecodeError, match="object arrays"):
+        decode_array(zstandard.ZstdCompressor().compress(
+            b"\x93NUMPY\x01\x00" + (118).to_bytes(2, "little")
+            + b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(117) + b"\n"), "npy.zst")

@@ -5,8 +5,7 @@ call alone on any iterator, webdataset style)::
 
     resampled(its shards, rng)            endless, seeded, with replacement   (shardlists.py)
       -> interleave(read_shard, k)         raw samples from k open shards, round-robin
-      -> decode_samples                    explicit .npy / .npy.zst decoding, never pickle
-      -> select_inputs                     modality + time step, stored dtypes
+      -> decode_inputs                     modality + time step, decoded only up to that step
       -> wds.shuffle(buffer, rng)          seeded shuffle buffer
       -> normalize_inputs                  float32 tensors, no-data pixels 0   (normalize.py)
       -> apply_views                       views(inputs, generator) per sample
@@ -15,10 +14,11 @@ call alone on any iterator, webdataset style)::
 Why the stages sit in this order:
 
 - Only the members the modality needs are read out of the tar and decoded (``lc``/``scl`` and
-  the other modality are skipped unread), and one time step is copied out of the ``[T, ...]``
-  stack before the shuffle buffer, so the buffer holds one step at stored dtype (S2: 13 x H x W
-  uint16, 1.8 MB at 264 px; ``shuffle_buffer=1000`` is ~1.8 GB per worker). Float conversion
-  and the views run after the buffer, on the way out.
+  the other modality are skipped unread); the time step is drawn from the JSON first and each
+  ``[T, ...]`` stack is decompressed only up to it, then that one step is kept, so the shuffle
+  buffer holds one step at stored dtype (S2: 13 x H x W uint16, 1.8 MB at 264 px;
+  ``shuffle_buffer=1000`` is ~1.8 GB per worker). Float conversion and the views run after the
+  buffer, on the way out.
 - The buffer spans many shards: each worker keeps ``open_shards`` shards open and takes
   samples from them in turn, so even the first ``shuffle_initial`` samples come from
   ``open_shards`` different shards, and a full buffer of N samples holds samples of about
@@ -70,8 +70,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 from webdataset.tariterators import base_plus_ext
 
-from eoforge.shards.reader import decode_sample
+from eoforge.shards.encoding import DecodeError, decode_array, decode_json
 from eoforge.shards.schema import META_MEMBER
+from eoforge.train.data.malloc import retain_freed_memory
 from eoforge.train.data.normalize import NORMALIZATIONS, BandNorm, band_norm, normalize_s1, normalize_s2, read_stats
 from eoforge.train.data.shardlists import (
     check_enough_shards, derive_seed, resampled, resolve_shards, split_by_rank, split_by_worker,
@@ -273,57 +274,65 @@ def interleave(urls: Iterator[str], read: Callable[[str], Iterator[dict]], open_
         active.append(shard)
 
 
-def decode_samples(src: Iterable[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
-    """:func:`eoforge.shards.reader.decode_sample` on each raw sample; failures skipped and counted."""
-    for raw in src:
-        try:
-            yield decode_sample(raw)
-        except Exception as err:
-            counter.skip(raw.get("__url__"), raw.get("__key__"), str(err))
-
-
-def select_inputs(
+def decode_inputs(
     src: Iterable[dict[str, Any]], modality: str, time_step: str, rng: random.Random, counter: SkipCounter
 ) -> Iterator[dict[str, Any]]:
-    """Keep the arrays of ``modality`` at one time step, still at stored dtype.
+    """Raw samples -> the arrays of ``modality`` at one time step, still at stored dtype.
 
     Yields ``{"__key__": str, "s2": uint16 [13, H, W], "s1": float16/32 [2, H, W] dB,
     "s1valid": bool [H, W], "labels": float32 [K]}`` (only the modalities asked for; a ``[T, ...]``
-    leading axis with ``time_step="all"``). The step is drawn from ``rng`` for ``"random"``;
-    S1 and S2 share it. Arrays are copies, so the decoded ``[T, ...]`` stacks are freed.
-    Samples lacking a member or with wrong shapes are skipped and counted.
+    leading axis with ``time_step="all"``). The JSON is decoded first and the step drawn from
+    ``rng`` among its ``time_steps`` (``"random"``; S1 and S2 share it); each image member is
+    then decoded only up to that step (:func:`~eoforge.shards.encoding.decode_array` with
+    ``leading``), so a random step of T costs on average (T + 1) / 2T of a full decode, the
+    first step 1 / T. The kept step is copied out unless it is all that was decoded, so a
+    shuffle buffer holds one step per sample. Never unpickles. Samples lacking a member, with
+    undecodable members or with shapes that disagree with their metadata are skipped and counted.
     """
     want = tuple(m for m in ("s2", "s1", "s1valid") if m in MODALITY_MEMBERS[modality])
-    for s in src:
+    for raw in src:
         try:
-            out = _select(s, want, time_step, rng)
-        except (KeyError, ValueError, TypeError, IndexError) as err:
-            counter.skip(s.get("__url__"), s.get("__key__"), f"unusable sample: {err}")
+            out = _decode_selected(raw, want, time_step, rng)
+        except (DecodeError, KeyError, ValueError, TypeError, IndexError) as err:
+            reason = str(err) if isinstance(err, DecodeError) else f"unusable sample: {err}"
+            counter.skip(raw.get("__url__"), raw.get("__key__"), reason)
             continue
         counter.ok()
         yield out
 
 
-def _select(s: dict[str, Any], want: tuple[str, ...], time_step: str, rng: random.Random) -> dict[str, Any]:
-    missing = [name for name in want if name not in s]
+def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str, rng: random.Random) -> dict[str, Any]:
+    key, url = raw.get("__key__"), raw.get("__url__")
+    members = {ext.split(".", 1)[0]: ext for ext in raw if not ext.startswith("__")}
+    missing = [name for name in (*want, META_MEMBER) if name not in members]
     if missing:
         raise KeyError(f"no {', '.join(missing)} member")
-    ref = s["s2"] if "s2" in want else s["s1"]
+    meta = decode_json(raw[members[META_MEMBER]])
+    steps = len(meta.get("time_steps") or [])
+    if steps < 1:
+        raise ValueError("metadata lists no time_steps")
+    pick = None if time_step == "all" else rng.randrange(steps) if time_step == "random" else 0
+    decoded = steps if pick is None else pick + 1
+    arrays: dict[str, np.ndarray] = {}
+    for name in want:
+        ext = members[name]
+        try:
+            arrays[name] = decode_array(raw[ext], ext.split(".", 1)[1] if "." in ext else "", decoded)
+        except DecodeError as err:
+            raise DecodeError(f"{url}: {key}.{ext}: {err}") from err
+    ref = arrays["s2"] if "s2" in arrays else arrays["s1"]
     if ref.ndim != 4:
         raise ValueError(f"image member has shape {ref.shape}, expected [T, C, H, W]")
-    steps, hw = ref.shape[0], ref.shape[-2:]
-    expected = {"s2": (steps, 13, *hw), "s1": (steps, 2, *hw), "s1valid": (steps, *hw)}
+    hw = ref.shape[-2:]
+    expected = {"s2": (decoded, 13, *hw), "s1": (decoded, 2, *hw), "s1valid": (decoded, *hw)}
     for name in want:
-        if s[name].shape != expected[name]:
-            raise ValueError(f"{name} has shape {s[name].shape}, expected {expected[name]}")
-    if time_step == "all":
-        pick: Any = slice(None)
-    else:
-        pick = rng.randrange(steps) if time_step == "random" else 0
-    out: dict[str, Any] = {"__key__": s["__key__"]}
-    for name in want:
-        out[name] = np.array(s[name][pick], copy=True)
-    labels = (s["meta"].get("labels") or {}).get("multi_hot") or []
+        if arrays[name].shape != expected[name]:
+            raise ValueError(f"{name} has shape {arrays[name].shape}, expected {expected[name]}"
+                             f" (the metadata lists {steps} time steps)")
+    out: dict[str, Any] = {"__key__": key}
+    for name, arr in arrays.items():
+        out[name] = arr if pick is None else arr[pick] if decoded == 1 else np.array(arr[pick], copy=True)
+    labels = (meta.get("labels") or {}).get("multi_hot") or []
     out["labels"] = np.asarray(labels, dtype=np.float32)
     return out
 
@@ -407,6 +416,8 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            retain_freed_memory()  # per-sample MB buffers reuse pages instead of faulting in fresh ones
         return self.batches(worker, num_workers)
 
     def batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
@@ -421,8 +432,7 @@ class ShardStream(IterableDataset):
         urls = split_by_worker(self.urls, worker, num_workers)
         read = partial(read_shard, members=MemberSelector(MODALITY_MEMBERS[cfg.modality]), counter=counter)
         samples: Iterator[dict[str, Any]] = interleave(resampled(urls, rng("shards")), read, cfg.open_shards)
-        samples = decode_samples(samples, counter)
-        samples = select_inputs(samples, cfg.modality, cfg.time_step, rng("time_step"), counter)
+        samples = decode_inputs(samples, cfg.modality, cfg.time_step, rng("time_step"), counter)
         if cfg.shuffle_buffer > 1:
             samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_initial, rng=rng("shuffle"))(samples)
         samples = normalize_inputs(samples, self.norms)
@@ -540,6 +550,5 @@ def build_loader(
 
 __all__ = [
     "DataConfig", "MODALITIES", "ShardLoader", "ShardStream", "SkipCounter", "Views", "apply_views", "batched",
-    "build_loader", "decode_samples", "identity_views", "interleave", "normalize_inputs", "read_shard",
-    "select_inputs",
+    "build_loader", "decode_inputs", "identity_views", "interleave", "normalize_inputs", "read_shard",
 ]

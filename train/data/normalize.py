@@ -60,8 +60,8 @@ class BandNorm:
                 non-finite result, are set to 0.
         """
         shape = (-1, 1, 1)
-        out = x.astype(np.float32)  # always a fresh array: the in-place ops below are safe
-        out -= self.offset.reshape(shape)
+        # a fresh float32 array (the in-place ops below are safe), without a separate astype pass
+        out = np.subtract(x, self.offset.reshape(shape), dtype=np.float32)
         out *= self.scale.reshape(shape)
         if self.clip:
             np.clip(out, 0.0, 1.0, out=out)
@@ -138,7 +138,9 @@ def _usable(v: Any) -> bool:
 
 def normalize_s2(dn: np.ndarray, norm: BandNorm) -> np.ndarray:
     """S2 DN uint16 ``[..., 13, H, W]`` -> float32 same shape; DN 0 (nodata) -> 0."""
-    return norm.apply(dn, dn != 0)
+    out = norm.apply(dn)
+    np.copyto(out, 0.0, where=dn == 0)  # one mask pass (apply's ``valid`` would add a negation)
+    return out
 
 
 def normalize_s1(db: np.ndarray, valid: np.ndarray, norm: BandNorm) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ save ~20% more but would no longer be a plain ``.npy``. Decoding never unpickles
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from typing import Any
@@ -94,8 +95,12 @@ def _npy_header(prefix: bytes) -> tuple[int, int]:
     return major, len(NPY_MAGIC) + 2 + length_bytes + header_len
 
 
+@functools.lru_cache(maxsize=256)
 def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) parsed by numpy's own header reader; object dtypes refused."""
+    """(shape, fortran_order, dtype) parsed by numpy's own header reader; object dtypes refused.
+
+    Cached: the members of a dataset share a handful of headers, and numpy parses each with
+    ``ast.literal_eval``, a noticeable cost next to decompressing a small member."""
     fp = io.BytesIO(header)
     version = np.lib.format.read_magic(fp)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0

@@ -83,8 +83,8 @@ def decode_array(data: bytes, suffix: str, leading: int | None = None) -> np.nda
 _NPY_PREFIX_BYTES = len(NPY_MAGIC) + 2 + 4
 
 
-def _npy_header(prefix: bytes) -> tuple[int, int]:
-    """(format major version, offset of the payload) from the first bytes of a ``.npy``."""
+def _npy_payload_offset(prefix: bytes) -> int:
+    """Where the payload of a ``.npy`` starts, from its first bytes (magic, version, header length)."""
     if not prefix.startswith(NPY_MAGIC) or len(prefix) < len(NPY_MAGIC) + 4:
         raise ValueError(f"not a .npy payload (no NUMPY magic in its first {len(prefix)} bytes; truncated?)")
     major = prefix[len(NPY_MAGIC)]
@@ -92,7 +92,7 @@ def _npy_header(prefix: bytes) -> tuple[int, int]:
         raise ValueError(f"unsupported .npy format version {major}")
     length_bytes = 2 if major == 1 else 4
     header_len = int.from_bytes(prefix[len(NPY_MAGIC) + 2 : len(NPY_MAGIC) + 2 + length_bytes], "little")
-    return major, len(NPY_MAGIC) + 2 + length_bytes + header_len
+    return len(NPY_MAGIC) + 2 + length_bytes + header_len
 
 
 @functools.lru_cache(maxsize=256)
@@ -119,7 +119,7 @@ def _decode_zstd_npy(data: bytes, leading: int | None) -> np.ndarray:
     """
     reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
     prefix = reader.read(_NPY_PREFIX_BYTES)
-    _, start = _npy_header(prefix)
+    start = _npy_payload_offset(prefix)
     header = prefix + reader.read(start - len(prefix))
     if len(header) < start:
         raise ValueError(f"truncated .npy header: {len(header)} of {start} bytes")

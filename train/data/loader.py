@@ -303,7 +303,7 @@ def decode_inputs(
 
 def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str, rng: random.Random) -> dict[str, Any]:
     key, url = raw.get("__key__"), raw.get("__url__")
-    members = {ext.split(".", 1)[0]: ext for ext in raw if not ext.startswith("__")}
+    members = {ext.partition(".")[0]: ext for ext in raw if not ext.startswith("__")}  # "s2" -> "s2.npy.zst"
     missing = [name for name in (*want, META_MEMBER) if name not in members]
     if missing:
         raise KeyError(f"no {', '.join(missing)} member")
@@ -317,7 +317,7 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
     for name in want:
         ext = members[name]
         try:
-            arrays[name] = decode_array(raw[ext], ext.split(".", 1)[1] if "." in ext else "", decoded)
+            arrays[name] = decode_array(raw[ext], ext.partition(".")[2], decoded)
         except DecodeError as err:
             raise DecodeError(f"{url}: {key}.{ext}: {err}") from err
     ref = arrays["s2"] if "s2" in arrays else arrays["s1"]

@@ -462,9 +462,11 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
     def torchgeo_run(dataset: Any, chips: int) -> dict[str, float]:
         sampler = RandomGeoSampler(dataset, size=chip_px, generator=torch.Generator().manual_seed(0),
                                    length=(warmup + math.ceil(chips / batch_size)) * batch_size)
-        # fork: the dataset classes are made on first use (torchgeo is optional), so not picklable
+        # fork: the dataset classes are made on first use (torchgeo is optional), so not picklable.
+        # Its workers keep freed memory as ours do: the same allocator on both sides.
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                             collate_fn=stack_samples, multiprocessing_context="fork")
+                                             collate_fn=stack_samples, multiprocessing_context="fork",
+                                             worker_init_fn=_retain_freed_memory_in_worker)
         return _timed(loader, batch_size, warmup)
 
     scene_cls, tiles_cls = _torchgeo_dataset_classes()
@@ -523,6 +525,10 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
         "",
     ])
     return result, md
+
+
+def _retain_freed_memory_in_worker(_: int) -> None:
+    retain_freed_memory()
 
 
 def _torchgeo_dataset_classes() -> tuple[type, type]:

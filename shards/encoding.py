@@ -12,6 +12,13 @@ decodes ~100 four-season 13-band samples/s per core; level 3 saves only ~3% more
 but encodes 4x slower, which ingest pays on every sample. A byte-shuffled variant would
 save ~20% more but would no longer be a plain ``.npy``. Decoding never unpickles
 (``allow_pickle=False``).
+
+A ``zstd`` member is written as one Zstandard frame per entry of axis 0 (per time step of a
+``[T, ...]`` stack; the first frame also holds the ``.npy`` header). Concatenated frames are
+one valid stream (``zstd -d`` reads them as one file), and a loader that keeps one time step
+decompresses only that step's frame (:func:`decode_entry`): frame boundaries are found from
+the frames' block headers without decompressing anything. Members framed any other way
+(one frame, ``pzstd`` chunks, no content sizes) decode too, by streaming up to the entry.
 """
 
 from __future__ import annotations
@@ -44,39 +51,81 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def encode_array(arr: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
-    """Serialise one array; deterministic for equal inputs and settings."""
-    raw = npy_bytes(arr)
+    """Serialise one array; deterministic for equal inputs and settings.
+
+    ``zstd``: one frame per entry of axis 0, the ``.npy`` header in the first (module docstring).
+    """
     if codec == "npy":
-        return raw
-    if codec == "zstd":
-        # Single-threaded with the content size in the frame: same bytes on every machine.
-        return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
-    raise ValueError(f"unknown codec {codec!r} (known: {CODECS})")
+        return npy_bytes(arr)
+    if codec != "zstd":
+        raise ValueError(f"unknown codec {codec!r} (known: {CODECS})")
+    # Single-threaded with the content size in every frame: same bytes on every machine, and
+    # each frame's size is known before it is decompressed.
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    raw = npy_bytes(arr)
+    arr = np.ascontiguousarray(arr)
+    if arr.ndim == 0 or arr.shape[0] <= 1 or arr.nbytes == 0:
+        return compressor.compress(raw)
+    entry = arr.nbytes // arr.shape[0]
+    start = len(raw) - arr.nbytes  # the header's length
+    view = memoryview(raw)
+    frames = [compressor.compress(view[: start + entry])]
+    frames += [compressor.compress(view[start + i * entry : start + (i + 1) * entry]) for i in range(1, arr.shape[0])]
+    return b"".join(frames)
 
 
-def decode_array(data: bytes, suffix: str, leading: int | None = None) -> np.ndarray:
+def decode_array(data: bytes, suffix: str) -> np.ndarray:
     """Decode member bytes whose name ends in ``suffix`` (``"npy"`` or ``"npy.zst"``).
-
-    Args:
-        data: the member's bytes.
-        suffix: ``"npy"`` or ``"npy.zst"``.
-        leading: decode only the first ``leading`` entries along axis 0 (e.g. the time steps
-            up to the one a loader keeps): a ``.npy.zst`` member is decompressed only that far.
-            None: the whole array.
 
     Returns:
         A writable array (for ``.npy.zst``, a view of the one buffer it was decompressed into).
     """
+    codec = _codec(suffix)
+    try:
+        if codec == "zstd":
+            return _decode_zstd_npy(data)
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except (zstandard.ZstdError, ValueError, EOFError, OSError) as err:
+        raise DecodeError(f"cannot decode .{suffix} member: {err}") from err
+
+
+def decode_entry(data: bytes, suffix: str, index: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Entry ``index`` of axis 0 of a member (one time step of ``[T, C, H, W]``), and the member's shape.
+
+    A ``.npy.zst`` member framed one frame per entry (as :func:`encode_array` writes them)
+    decompresses the header and that entry's frame only; other framings are decompressed up to
+    the entry, the entries before it into one small scratch buffer. A ``.npy`` member copies the
+    entry out of its bytes.
+
+    Returns:
+        (a writable C-contiguous array of shape ``shape[1:]``, the member's whole shape).
+
+    Raises:
+        DecodeError: undecodable bytes, a 0-d array or ``index`` outside axis 0.
+    """
+    codec = _codec(suffix)
+    try:
+        if codec == "zstd":
+            return _decode_zstd_entry(data, index)
+        arr = _npy_view(data)
+        _check_index(arr.shape, index)
+        return np.array(arr[index], order="C"), arr.shape
+    except (zstandard.ZstdError, ValueError, EOFError, OSError) as err:
+        raise DecodeError(f"cannot decode .{suffix} member: {err}") from err
+
+
+def _codec(suffix: str) -> str:
     codec = _CODEC_OF_SUFFIX.get(suffix)
     if codec is None:
         raise DecodeError(f"not an array member suffix: {suffix!r}")
-    try:
-        if codec == "zstd":
-            return _decode_zstd_npy(data, leading)
-        arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-        return arr if leading is None else arr[:leading]
-    except (zstandard.ZstdError, ValueError, EOFError, OSError) as err:
-        raise DecodeError(f"cannot decode .{suffix} member: {err}") from err
+    return codec
+
+
+def _check_index(shape: tuple[int, ...], index: int) -> None:
+    if not shape:
+        raise ValueError("a 0-d array has no entries")
+    if not 0 <= index < shape[0]:
+        raise ValueError(f"entry {index} asked of an array of shape {shape}")
 
 
 #: magic + version + the 4-byte header length of a format >= 2.0 ``.npy`` (1.0 uses 2 bytes)
@@ -110,29 +159,115 @@ def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     return tuple(shape), bool(fortran_order), dtype
 
 
-def _decode_zstd_npy(data: bytes, leading: int | None) -> np.ndarray:
-    """A ``.npy.zst`` member decompressed into one fresh buffer, the array a view of it.
+def _npy_view(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """A read-only array over the payload of ``.npy`` bytes (no copy)."""
+    start = _npy_payload_offset(bytes(data[:_NPY_PREFIX_BYTES]))
+    shape, fortran_order, dtype = _npy_layout(bytes(data[:start]))
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - start < count * dtype.itemsize:
+        raise ValueError(f"truncated .npy payload: {len(data) - start} of {count * dtype.itemsize} bytes")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    return arr.reshape(shape[::-1]).T if fortran_order else arr.reshape(shape)
 
-    The ``.npy`` payload is not copied again after decompression, and with ``leading`` the
-    stream is decompressed only up to the end of entry ``leading - 1`` of axis 0. Frames without
-    a content size (``zstd`` reading a pipe) and multi-frame members (``pzstd``) are read whole.
-    """
+
+def _open_zstd_npy(data: bytes) -> tuple[Any, int, tuple[int, ...], bool, np.dtype]:
+    """A stream reader positioned at the ``.npy`` payload, the header's length and the layout."""
     reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
     prefix = reader.read(_NPY_PREFIX_BYTES)
     start = _npy_payload_offset(prefix)
     header = prefix + reader.read(start - len(prefix))
     if len(header) < start:
         raise ValueError(f"truncated .npy header: {len(header)} of {start} bytes")
-    shape, fortran_order, dtype = _npy_layout(header)
-    if leading is not None and shape and not fortran_order:
-        shape = (min(leading, shape[0]), *shape[1:])
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    payload = np.empty(nbytes, dtype=np.uint8)
-    got = reader.readinto(memoryview(payload)) if nbytes else 0
-    if got < nbytes:
-        raise ValueError(f"truncated .npy payload: {got} of {nbytes} bytes")
+    return (reader, start, *_npy_layout(header))
+
+
+def _read_exactly(reader: Any, buffer: np.ndarray) -> None:
+    got = reader.readinto(memoryview(buffer).cast("B")) if buffer.nbytes else 0
+    if got < buffer.nbytes:
+        raise ValueError(f"truncated .npy payload: {got} of {buffer.nbytes} bytes")
+
+
+def _decode_zstd_npy(data: bytes) -> np.ndarray:
+    """A ``.npy.zst`` member decompressed into one fresh buffer, the array a view of it.
+
+    The ``.npy`` payload is not copied again after decompression. Frames without a content
+    size (``zstd`` reading a pipe) and multi-frame members (``pzstd``) are read whole.
+    """
+    reader, _, shape, fortran_order, dtype = _open_zstd_npy(data)
+    payload = np.empty(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, dtype=np.uint8)
+    _read_exactly(reader, payload)
     arr = payload.view(dtype)
     return arr.reshape(shape[::-1]).T if fortran_order else arr.reshape(shape)
+
+
+def _decode_zstd_entry(data: bytes, index: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    reader, start, shape, fortran_order, dtype = _open_zstd_npy(data)
+    _check_index(shape, index)
+    if fortran_order:  # entries are not contiguous in the stream: decode all, copy one out
+        return np.array(_decode_zstd_npy(data)[index], order="C"), shape
+    out = np.empty(shape[1:], dtype=dtype)
+    entry_bytes = out.nbytes
+    if index > 0:
+        frame = _entry_frame(data, index, start, entry_bytes)
+        if frame is not None:
+            reader = zstandard.ZstdDecompressor().stream_reader(memoryview(data)[frame[0] : frame[1]])
+        else:  # another framing: decompress the entries before ``index`` into a scratch buffer
+            scratch = np.empty(entry_bytes, dtype=np.uint8)
+            for _ in range(index):
+                _read_exactly(reader, scratch)
+    _read_exactly(reader, out)
+    return out, shape
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE_MASK, _ZSTD_SKIPPABLE_MAGIC = 0xFFFFFFF0, 0x184D2A50
+
+
+def _entry_frame(data: bytes, index: int, header_bytes: int, entry_bytes: int) -> tuple[int, int] | None:
+    """Byte range of the frame that holds exactly entry ``index`` (``index >= 1``), or None.
+
+    Walks the frames before it by their headers and block headers (RFC 8878, nothing is
+    decompressed) and checks the one-frame-per-entry layout by the frames' content sizes:
+    ``header_bytes + entry_bytes`` for the first, ``entry_bytes`` for each other. None for any
+    other layout, or when a frame does not record its content size.
+    """
+    buf = memoryview(data)
+    pos = 0
+    frame = 0
+    while pos + 8 <= len(buf):
+        magic = int.from_bytes(buf[pos : pos + 4], "little")
+        if magic & _ZSTD_SKIPPABLE_MASK == _ZSTD_SKIPPABLE_MAGIC:
+            pos += 8 + int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            continue
+        if magic != _ZSTD_MAGIC:
+            return None
+        descriptor = buf[pos + 4]
+        single_segment = descriptor >> 5 & 1
+        size_field = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        if size_field == 0:
+            return None  # content size not recorded
+        p = pos + 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+        content = int.from_bytes(buf[p : p + size_field], "little") + (256 if size_field == 2 else 0)
+        expected = header_bytes + entry_bytes if frame == 0 else entry_bytes
+        if content != expected:
+            return None
+        p += size_field
+        while True:  # blocks: 3-byte header (last flag, type, size), then the block's bytes
+            if p + 3 > len(buf):
+                return None
+            block = int.from_bytes(buf[p : p + 3], "little")
+            kind = block >> 1 & 3
+            if kind == 3:
+                return None  # reserved block type: corrupt
+            p += 3 + (1 if kind == 1 else block >> 3)  # an RLE block stores one byte
+            if block & 1:
+                break
+        p += 4 if descriptor >> 2 & 1 else 0  # content checksum
+        if frame == index:
+            return (pos, p) if p <= len(buf) else None
+        pos = p
+        frame += 1
+    return None
 
 
 def encode_json(meta: dict[str, Any]) -> bytes:

@@ -157,26 +157,60 @@ def test_iter_dataset_follows_manifest(tmp_path):
     np.asfortranarray(np.arange(12.0).reshape(3, 4)),
     np.zeros((0, 3), dtype=bool),
 ])
-def test_zstd_members_decode_whole_or_up_to_an_entry_in_any_framing(arr):
+def test_zstd_members_decode_whole_or_one_entry_in_any_framing(arr):
     import zstandard
 
-    from eoforge.shards.encoding import decode_array, encode_array, npy_bytes
+    from eoforge.shards.encoding import decode_array, decode_entry, encode_array, npy_bytes
 
     ours = encode_array(arr)
     raw = npy_bytes(arr)
     half = len(raw) // 2
     foreign = {
         "ours": ours,
+        "one frame": zstandard.ZstdCompressor().compress(raw),
         "no content size (zstd reading a pipe)": zstandard.ZstdCompressor(write_content_size=False).compress(raw),
         "two frames (pzstd)": zstandard.ZstdCompressor().compress(raw[:half]) + zstandard.ZstdCompressor().compress(raw[half:]),
     }
+    # what `zstd -d` sees: the frames of our member concatenate to the plain .npy
+    assert zstandard.ZstdDecompressor().stream_reader(ours, read_across_frames=True).read() == raw
     for name, data in foreign.items():
         out = decode_array(data, "npy.zst")
         assert out.dtype == arr.dtype and out.shape == arr.shape and np.array_equal(out, arr), name
         assert out.flags.writeable, name
         out[...] = 0  # writable and not shared with anything else
-        np.testing.assert_array_equal(decode_array(data, "npy.zst", leading=2), arr[:2])
-    np.testing.assert_array_equal(decode_array(raw, "npy", leading=1), arr[:1])
+        for i in range(arr.shape[0]):
+            entry, shape = decode_entry(data, "npy.zst", i)
+            assert shape == arr.shape and entry.flags.c_contiguous and entry.flags.writeable, (name, i)
+            np.testing.assert_array_equal(entry, arr[i], err_msg=f"{name}, entry {i}")
+    for i in range(arr.shape[0]):
+        np.testing.assert_array_equal(decode_entry(raw, "npy", i)[0], arr[i])
+
+
+def test_zstd_members_hold_one_frame_per_time_step_and_one_step_decodes_alone():
+    """A loader that keeps step 2 of 4 decompresses that step's frame only: corrupting the
+    frames of the other steps does not touch it (while a whole decode fails)."""
+    import zstandard
+
+    from eoforge.shards.encoding import DecodeError, _entry_frame, decode_array, decode_entry, encode_array, npy_bytes
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(1, 10_000, size=(4, 13, 40, 40), dtype=np.uint16)
+    data = encode_array(arr)
+    header = len(npy_bytes(arr)) - arr.nbytes
+    ranges = [_entry_frame(data, i, header, arr[0].nbytes) for i in (1, 2, 3)]
+    assert ranges[0][1] == ranges[1][0] and ranges[1][1] == ranges[2][0] and ranges[2][1] == len(data)
+    for i, (a, b) in zip((1, 2, 3), ranges):  # each range is one frame holding exactly that step
+        assert zstandard.ZstdDecompressor().decompress(data[a:b]) == arr[i].tobytes()
+    a, b = ranges[1]
+    broken = bytearray(data)
+    for lo, hi in (ranges[0], ranges[2]):  # garble the block bytes of steps 1 and 3
+        broken[lo + 20 : hi - 20] = bytes(hi - lo - 40)
+    broken = bytes(broken)
+    np.testing.assert_array_equal(decode_entry(broken, "npy.zst", 2)[0], arr[2])
+    with pytest.raises(DecodeError):
+        decode_array(broken, "npy.zst")
+    with pytest.raises(DecodeError, match="entry 4"):
+        decode_entry(data, "npy.zst", 4)
 
 
 def test_truncated_or_foreign_members_are_decode_errors_with_the_reason():

@@ -5,7 +5,7 @@ call alone on any iterator, webdataset style)::
 
     resampled(its shards, rng)            endless, seeded, with replacement   (shardlists.py)
       -> interleave(read_shard, k)         raw samples from k open shards, round-robin
-      -> decode_inputs                     modality + time step, decoded only up to that step
+      -> decode_inputs                     modality + time step, only that step decoded
       -> wds.shuffle(buffer, rng)          seeded shuffle buffer
       -> normalize_inputs                  float32 tensors, no-data pixels 0   (normalize.py)
       -> apply_views                       views(inputs, generator) per sample
@@ -14,9 +14,9 @@ call alone on any iterator, webdataset style)::
 Why the stages sit in this order:
 
 - Only the members the modality needs are read out of the tar and decoded (``lc``/``scl`` and
-  the other modality are skipped unread); the time step is drawn from the JSON first and each
-  ``[T, ...]`` stack is decompressed only up to it, then that one step is kept, so the shuffle
-  buffer holds one step at stored dtype (S2: 13 x H x W uint16, 1.8 MB at 264 px;
+  the other modality are skipped unread); the time step is drawn from the JSON first and of
+  each ``[T, ...]`` stack only that step's zstd frame is decompressed, so the shuffle buffer
+  holds one step at stored dtype (S2: 13 x H x W uint16, 1.8 MB at 264 px;
   ``shuffle_buffer=1000`` is ~1.8 GB per worker). Float conversion and the views run after the
   buffer, on the way out.
 - The buffer spans many shards: each worker keeps ``open_shards`` shards open and takes
@@ -70,7 +70,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 from webdataset.tariterators import base_plus_ext
 
-from eoforge.shards.encoding import DecodeError, decode_array, decode_json
+from eoforge.shards.encoding import DecodeError, decode_array, decode_entry, decode_json
 from eoforge.shards.schema import META_MEMBER
 from eoforge.train.data.malloc import retain_freed_memory
 from eoforge.train.data.normalize import NORMALIZATIONS, BandNorm, band_norm, normalize_s1, normalize_s2, read_stats
@@ -282,12 +282,12 @@ def decode_inputs(
     Yields ``{"__key__": str, "s2": uint16 [13, H, W], "s1": float16/32 [2, H, W] dB,
     "s1valid": bool [H, W], "labels": float32 [K]}`` (only the modalities asked for; a ``[T, ...]``
     leading axis with ``time_step="all"``). The JSON is decoded first and the step drawn from
-    ``rng`` among its ``time_steps`` (``"random"``; S1 and S2 share it); each image member is
-    then decoded only up to that step (:func:`~eoforge.shards.encoding.decode_array` with
-    ``leading``), so a random step of T costs on average (T + 1) / 2T of a full decode, the
-    first step 1 / T. The kept step is copied out unless it is all that was decoded, so a
+    ``rng`` among its ``time_steps`` (``"random"``; S1 and S2 share it); of each image member
+    only that step is decoded (:func:`~eoforge.shards.encoding.decode_entry`: eoforge writes
+    one zstd frame per time step, so one step of T costs 1 / T of a full decode), and a
     shuffle buffer holds one step per sample. Never unpickles. Samples lacking a member, with
-    undecodable members or with shapes that disagree with their metadata are skipped and counted.
+    undecodable members or with shapes that disagree with their metadata (the number of time
+    steps included) are skipped and counted.
     """
     want = tuple(m for m in ("s2", "s1", "s1valid") if m in MODALITY_MEMBERS[modality])
     for raw in src:
@@ -312,26 +312,28 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
     if steps < 1:
         raise ValueError("metadata lists no time_steps")
     pick = None if time_step == "all" else rng.randrange(steps) if time_step == "random" else 0
-    decoded = steps if pick is None else pick + 1
-    arrays: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {"__key__": key}
+    shapes: dict[str, tuple[int, ...]] = {}
     for name in want:
         ext = members[name]
+        suffix = ext.partition(".")[2]
         try:
-            arrays[name] = decode_array(raw[ext], ext.partition(".")[2], decoded)
+            if pick is None:
+                out[name] = decode_array(raw[ext], suffix)
+                shapes[name] = out[name].shape
+            else:
+                out[name], shapes[name] = decode_entry(raw[ext], suffix, pick)
         except DecodeError as err:
             raise DecodeError(f"{url}: {key}.{ext}: {err}") from err
-    ref = arrays["s2"] if "s2" in arrays else arrays["s1"]
-    if ref.ndim != 4:
-        raise ValueError(f"image member has shape {ref.shape}, expected [T, C, H, W]")
-    hw = ref.shape[-2:]
-    expected = {"s2": (decoded, 13, *hw), "s1": (decoded, 2, *hw), "s1valid": (decoded, *hw)}
+    ref = shapes["s2"] if "s2" in shapes else shapes["s1"]
+    if len(ref) != 4:
+        raise ValueError(f"image member has shape {ref}, expected [T, C, H, W]")
+    hw = ref[-2:]
+    expected = {"s2": (steps, 13, *hw), "s1": (steps, 2, *hw), "s1valid": (steps, *hw)}
     for name in want:
-        if arrays[name].shape != expected[name]:
-            raise ValueError(f"{name} has shape {arrays[name].shape}, expected {expected[name]}"
+        if shapes[name] != expected[name]:
+            raise ValueError(f"{name} has shape {shapes[name]}, expected {expected[name]}"
                              f" (the metadata lists {steps} time steps)")
-    out: dict[str, Any] = {"__key__": key}
-    for name, arr in arrays.items():
-        out[name] = arr if pick is None else arr[pick] if decoded == 1 else np.array(arr[pick], copy=True)
     labels = (meta.get("labels") or {}).get("multi_hot") or []
     out["labels"] = np.asarray(labels, dtype=np.float32)
     return out

@@ -7,6 +7,8 @@ peak memory per worker, measured side by side in one run on one full-size S2 sce
   ``build/bench/scene``.
 - **read floor**: every pixel of every file read and decoded once with rasterio, block by
   block, by as many processes as the ingest has workers.
+- **encoding**: the array members the ingest wrote, zstd-encoded again by as many processes
+  (read back first, untimed): what writing the output costs at the least, for scale.
 - **ingest**: ``run_ingest`` end to end (scan, plan, materialize, finalize) on a
   LocalCluster of 2 and of 1 worker; ratio = ingest / read floor on 2 workers,
   speed-up = time(1 worker) / time(2 workers).
@@ -109,6 +111,30 @@ def read_floor(folder: Path, processes: int) -> dict[str, float]:
     return {"seconds": seconds, "pixels": pixels, "mpixels_per_s": pixels / seconds / 1e6}
 
 
+def _encode_members(url: str) -> float:
+    """Seconds to encode the array members of one written shard as ingest does (zstd, level 1);
+    decoding them back first is not timed."""
+    from eoforge.shards.encoding import encode_array
+    from eoforge.shards.reader import read_samples
+    from eoforge.shards.schema import MEMBERS
+
+    arrays = [sample[m] for sample in read_samples([url]) for m in MEMBERS if m in sample]
+    t0 = time.perf_counter()
+    for arr in arrays:
+        encode_array(arr)
+    return time.perf_counter() - t0
+
+
+def encode_floor(ds: Path, processes: int) -> dict[str, float]:
+    """Time ``processes`` processes need just to encode the members an ingest wrote (its
+    output's share of the floor: every ingest writing these members pays at least this)."""
+    from eoforge.shards.reader import shard_urls
+
+    with ProcessPoolExecutor(processes) as pool:
+        seconds = list(pool.map(_encode_members, shard_urls(ds)))
+    return {"seconds": sum(seconds) / processes, "cpu_seconds": sum(seconds)}
+
+
 class PeakRSS:
     """Peak resident memory per descendant process, sampled in a thread."""
 
@@ -174,6 +200,8 @@ def main(out: Path, scene_px: int) -> None:
     click.echo(f"read floor (2 processes): {floor['seconds']:.1f} s")
     two = ingest_once(scene, out / "ds-2w", 2)
     click.echo(f"ingest, 2 workers: {two['seconds']:.1f} s")
+    encode = encode_floor(out / "ds-2w", 2)
+    click.echo(f"encoding the written members alone (2 processes): {encode['seconds']:.1f} s")
     one = ingest_once(scene, out / "ds-1w", 1)
     click.echo(f"ingest, 1 worker: {one['seconds']:.1f} s")
     # The locality end of the trade-off: one 8 x 8-tile read cluster per shard (no mixing).
@@ -189,7 +217,9 @@ def main(out: Path, scene_px: int) -> None:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "scene": {"px": scene_px, "files": len(list(scene.glob('*.tif'))), "mb": input_mb, "format": "GeoTIFF DEFLATE, 1024 blocks"},
-        "read_floor_2proc": floor, "ingest_2_workers": two, "ingest_1_worker": one, "ingest_2_workers_local": local,
+        "read_floor_2proc": floor, "encode_floor_2proc": encode,
+        "ratio_read_plus_encode_over_read_floor": (floor["seconds"] + encode["seconds"]) / floor["seconds"],
+        "ingest_2_workers": two, "ingest_1_worker": one, "ingest_2_workers_local": local,
         "ratio_local_over_floor": local["seconds"] / floor["seconds"],
         "ratio_ingest_over_floor": ratio, "speedup_2_vs_1": speedup, "peak_rss_per_worker_mb": peak,
         "targets": {"ratio_ingest_over_floor": "<= 2.0", "speedup_2_vs_1": ">= 1.6", "peak_rss_per_worker_mb": "<= 1536"},
@@ -201,6 +231,9 @@ def main(out: Path, scene_px: int) -> None:
         f"{two['shards']} shards).", "",
         "| measure | value | target |", "|---|---:|---:|",
         f"| read floor, 2 processes | {floor['seconds']:.1f} s ({floor['mpixels_per_s']:.0f} Mpx/s) | |",
+        f"| encoding the written members alone (zstd 1), 2 processes | {encode['seconds']:.1f} s | |",
+        f"| (read floor + encoding) / read floor: the ratio of an ingest that did nothing else | "
+        f"{(floor['seconds'] + encode['seconds']) / floor['seconds']:.2f} | |",
         f"| ingest end to end, 2 workers | {two['seconds']:.1f} s | |",
         f"| ingest end to end, 1 worker | {one['seconds']:.1f} s | |",
         f"| **ingest / read floor** (2 workers) | **{ratio:.2f}** | <= 2.0 |",

@@ -38,7 +38,7 @@ from eoforge.ingest.read import GDAL_READ_ENV, SourceCache, TargetGrid, read_ban
 from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
 from eoforge.shards.sample import Sample
-from eoforge.shards.schema import S2_B10_INDEX, S2_BAND_NAMES, TAXONOMIES
+from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
 from eoforge.shards.writer import write_shard
 
@@ -243,8 +243,8 @@ class ShardBuilder:
         pixels = float(self.n * self.n)
         for i, r in enumerate(rows):
             scene = self.scenes[int(r["s2_scene"])]
-            valid = np.all(np.delete(s2[i], S2_B10_INDEX, axis=0) != 0, axis=0) if "B10" not in scene["bands"] \
-                else np.all(s2[i] != 0, axis=0)
+            # _read_s2 zeroed every band where any band lacks data, so one band tells validity
+            valid = s2[i, S2_BAND_NAMES.index(next(b for b in S2_BAND_NAMES if b in scene["bands"]))] != 0
             n_valid = int(valid.sum())
             s2_valid = n_valid / pixels
             cloud = float(self.cloud_lut[scl[i][valid]].sum() / n_valid) if has_scl[i] and n_valid else None

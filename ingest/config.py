@@ -50,13 +50,22 @@ class IngestConfig:
         val_fraction: share of split blocks that go to ``val`` (0 = no validation split).
         split_block_tiles: split blocks are this many tiles square (all tiles of a block
             share a split, so val is spatially separate from train).
-        read_block_tiles: tiles are read in square clusters of this many tiles per side
-            (one window read per source band and cluster); must divide split_block_tiles.
-        samples_per_shard: target samples per shard.
+        read_task_rows: tile rows one read task covers (one task reads one source scene
+            north to south; a 10980 px S2 product, 42 rows of 264 px tiles, is two tasks).
+            Fewer rows: more parallelism per scene, more source blocks decoded twice where
+            two tasks meet.
+        read_window_tiles: most tiles one window read spans along a tile row (bounds a
+            task's pixel buffers; GDAL's block cache keeps the source blocks between rows).
+        samples_per_shard: target samples per shard (tiles are dealt to shards in a seeded
+            random order, so every shard mixes places and scenes from the whole area).
         codec: array member codec (``"zstd"`` or ``"npy"``).
         s1_dtype: ``"float16"`` or ``"float32"`` for stored dB.
         seed: seed of the split and shard shuffles.
-        gdal_cache_mb: GDAL block cache per worker process, MB.
+        stats_pixel_stride: ``stats.json`` counts every n-th pixel of every n-th row of each
+            tile (2: a regular quarter; 1: every pixel, exact; see ``shards/stats.py``).
+        gdal_cache_mb: GDAL block cache per worker process, MB. A read task decodes each source
+            block once when the cache holds two block rows of every band it reads (a 10980 px
+            S2 product in 1024 px blocks: ~350 MB).
     """
 
     tile_size_px: int = 264
@@ -75,12 +84,14 @@ class IngestConfig:
     zone_overlap_iou: float = 0.1
     val_fraction: float = 0.1
     split_block_tiles: int = 8
-    read_block_tiles: int = 4
+    read_task_rows: int = 24
+    read_window_tiles: int = 48
     samples_per_shard: int = 64
     codec: str = "zstd"
     s1_dtype: str = "float16"
     seed: int = 0
-    gdal_cache_mb: int = 256
+    stats_pixel_stride: int = 2
+    gdal_cache_mb: int = 512
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cloud_classes", tuple(int(c) for c in self.cloud_classes))
@@ -99,8 +110,11 @@ class IngestConfig:
             (self.label_taxonomy in TAXONOMIES, f"label_taxonomy must be one of {sorted(TAXONOMIES)}"),
             (0 < self.zone_overlap_iou <= 1, "zone_overlap_iou must be in (0, 1]"),
             (0 <= self.val_fraction < 1, "val_fraction must be in 0..1"),
-            (self.read_block_tiles >= 1 and self.split_block_tiles % self.read_block_tiles == 0,
-             "read_block_tiles must be >= 1 and divide split_block_tiles"),
+            (self.split_block_tiles >= 1, "split_block_tiles must be >= 1"),
+            (self.read_task_rows >= 1, "read_task_rows must be >= 1"),
+            (self.read_window_tiles >= 1, "read_window_tiles must be >= 1"),
+            (self.gdal_cache_mb >= 16, "gdal_cache_mb must be >= 16"),
+            (self.stats_pixel_stride >= 1, "stats_pixel_stride must be >= 1"),
             (self.samples_per_shard >= 1, "samples_per_shard must be >= 1"),
             (self.codec in ("zstd", "npy"), "codec must be zstd or npy"),
             (self.s1_dtype in ("float16", "float32"), "s1_dtype must be float16 or float32"),

@@ -1,10 +1,19 @@
-"""``eoforge ingest``: scan -> plan -> materialize -> finalize, resumable.
+"""``eoforge ingest``: scan -> plan -> read -> materialize -> finalize, resumable.
+
+- scan and plan work on metadata (:mod:`.scan`, :mod:`.plan`);
+- read: one Dask task per source scene and band of tile rows reads its windows once, in
+  raster order, into encoded per-tile pieces (:mod:`.pieces`);
+- materialize: one Dask task per shard assembles its geography-mixed samples from the
+  pieces, without decoding pixels again (:mod:`.materialize`);
+- finalize: manifest parts merged, statistics and reports written,
+  the staging folder removed.
 
 The dataset folder records the job in ``DS/ingest.json`` (inputs, config and a
 fingerprint of the plan). Rerunning the same command re-scans and re-plans (cheap,
 metadata only); when the plan's fingerprint matches, finished shards (those with a task
-report) are skipped and unfinished ones are rewritten, so an interrupted run ends with
-the same bytes as an uninterrupted one. A different plan over existing shards is refused.
+report) are skipped, finished read tasks are reused and the rest is redone, so an
+interrupted run ends with the same bytes as an uninterrupted one. A different plan over
+existing shards is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,8 +33,11 @@ import pyarrow as pa
 from eoforge import __version__
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.engine import Engine
-from eoforge.ingest.materialize import TASK_REPORTS, materialize_shard, task_stats_path
-from eoforge.ingest.plan import plan_ingest, plan_shards
+from eoforge.ingest.materialize import (
+    TASK_REPORTS, materialize_shard, piece_key, shard_done, task_report_path, task_stats_path,
+)
+from eoforge.ingest.pieces import STAGING, load_read, read_done, read_report_paths, read_source
+from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
 from eoforge.shards.manifest import merge_parts, read_manifest, write_parquet_atomic
@@ -120,49 +133,42 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             write_errors(out, errors)
             raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
 
-        t0 = time.perf_counter()
         by_scene = {s["scene"]: s for s in scanned.scenes}
         jobs = plan_shards(plan.rows)
-        payloads = []
-        for j in jobs:
-            needed = {int(r[k]) for rows in j["tiles"] for r in rows for k in ("s2_scene", "s1_scene") if r[k] is not None}
-            needed |= {i for rows in j["tiles"] for i in rows[0]["landcover_scenes"]}
-            payloads.append((j, {i: by_scene[i] for i in sorted(needed)}))
-        task = partial(_materialize_payload, config=config.to_dict(), out=str(out.resolve()))
-        reports: list[dict[str, Any]] = []
-        for index, result in engine.as_completed(task, payloads, desc="materialize", unit="shard",
-                                                 key_prefix="materialize"):
-            j = jobs[index]
-            if isinstance(result, BaseException):
-                errors.append({"path": str(shard_path(out, j["split"], j["shard"])), "stage": "materialize",
-                               "reason": f"shard task failed: {type(result).__name__}: {result}", "product_id": None})
-                if strict:
-                    write_errors(out, errors)
-                    raise IngestError(f"{errors[-1]['path']}: {errors[-1]['reason']}")
-                continue
-            reports.append(result)
-            errors += result["errors"]
-            if strict and result["errors"]:
-                write_errors(out, errors)
-                e = result["errors"][0]
-                raise IngestError(f"{e['path']}: {e['reason']} (--strict stops at the first error)")
-        reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
+        reads = plan_reads(plan.rows, config)
+
+        t0 = time.perf_counter()
+        pending = [j for j in jobs if not shard_done(out, j["split"], j["shard"])]
+        read_results, failed = _run_reads(engine, reads, pending, by_scene, config, out, errors, strict)
+        timings["read"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        reports, failed_shards = _run_shards(engine, jobs, pending, reads, read_results, by_scene, config,
+                                                      out, errors, strict)
+        failed = failed or failed_shards
         timings["materialize"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         merge_parts(out, extra_metadata={"eoforge_ingest": {"plan_sha256": job["plan_sha256"],
                                                             "config": config.to_dict()}})
         manifest = read_manifest(out)
-        train_stats = DatasetStats()
+        train_stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
         for r in reports:
             if r["split"] == "train":
                 train_stats.merge(DatasetStats.load(task_stats_path(out, r["split"], r["shard"])))
+        for r in reads:  # S2 statistics were taken when reading
+            stats_path = read_report_paths(out, r["task"])[1]
+            if r["kind"] == "s2" and any(r["train"]) and stats_path.is_file():
+                train_stats.merge(DatasetStats.load(stats_path))
         write_stats(out, train_stats, "train")
         write_errors(out, errors)
+        if not failed:
+            shutil.rmtree(out / STAGING, ignore_errors=True)  # every shard is written: pieces are spent
         timings["finalize"] = time.perf_counter() - t0
         report = build_report(inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover],
                               engine=engine.description, config=config.to_dict(), files_seen=scanned.files_seen,
-                              scenes=scanned.scenes, plan=plan, task_reports=reports, errors=errors,
+                              scenes=scanned.scenes, plan=plan, task_reports=reports, read_reports=list(read_results.values()),
+                              errors=errors,
                               manifest=manifest, timings_s=timings)
         write_report(out, report, manifest)
         return IngestResult(out, manifest.num_rows, sum(1 for r in reports if r["samples"]), errors, report)
@@ -171,7 +177,97 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             engine.__exit__(None, None, None)
 
 
-def _materialize_payload(payload: tuple[dict[str, Any], dict[int, dict[str, Any]]], config: dict[str, Any],
-                         out: str) -> dict[str, Any]:
-    job, scenes = payload
-    return materialize_shard(job, scenes, config, out)
+def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[str, Any]],
+               scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
+               strict: bool) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Run the read tasks that are not done and that a pending shard needs (or that left no
+    report); load the others. Returns (task -> result, whether a task failed); the tasks'
+    errors are appended to ``errors``."""
+    needed_tiles = {rows[0]["tile_id"] for j in pending for rows in j["tiles"]}
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for r in reads:
+        report_path = read_report_paths(out, r["task"])[0]
+        if read_done(out, r["task"]):
+            results[r["task"]] = load_read(out, r["task"])
+        elif report_path.is_file() and not needed_tiles.intersection(r["tiles"]):
+            results[r["task"]] = json.loads(report_path.read_text())  # its pieces are in finished shards
+        else:
+            todo.append(r)
+    failed = False
+    task_fn = partial(_read_payload, config=config.to_dict(), out=str(out.resolve()))
+    payloads = [(r, scenes[r["scene"]]) for r in todo]
+    for index, result in engine.as_completed(task_fn, payloads, desc="read", unit="task", key_prefix="read"):
+        r = todo[index]
+        if isinstance(result, BaseException):
+            failed = True
+            scene = scenes[r["scene"]]
+            result = {"task": r["task"], "errors": [{
+                "path": scene["paths"][0], "stage": "materialize", "product_id": scene["product_id"],
+                "reason": f"read task {r['task']} failed: {type(result).__name__}: {result}"}]}
+        results[r["task"]] = result
+        if strict and result["errors"]:
+            write_errors(out, errors + result["errors"])
+            e = result["errors"][0]
+            raise IngestError(f"{e['path']}: {e['reason']} (--strict stops at the first error)")
+    for r in reads:
+        errors += results.get(r["task"], {}).get("errors", [])
+    return results, failed
+
+
+def _shard_payload(job: dict[str, Any], piece_task: dict[tuple[str, int, str], str],
+                   read_results: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]]) -> tuple[Any, ...]:
+    """What one shard task gets: its job, the pieces its tiles use (with their read task) and
+    those scenes' rows."""
+    pieces: dict[str, dict[str, Any]] = {}
+    used: set[int] = set()
+    for rows in job["tiles"]:
+        tile = rows[0]["tile_id"]
+        sources = [("s2", r["s2_scene"]) for r in rows] + [("s1", r["s1_scene"]) for r in rows]
+        for kind, scene in sources + [("lc", i) for i in rows[0]["landcover_scenes"]]:
+            if scene is None:
+                continue
+            used.add(int(scene))
+            task = piece_task[(kind, int(scene), tile)]
+            piece = read_results.get(task, {}).get("pieces", {}).get(tile)
+            if piece is not None:  # None: the read failed before this tile
+                pieces[piece_key(kind, int(scene), tile)] = {**piece, "task": task}
+    return job, pieces, {i: scenes[i] for i in sorted(used)}
+
+
+def _run_shards(engine: Engine, jobs: list[dict[str, Any]], pending: list[dict[str, Any]], reads: list[dict[str, Any]],
+                read_results: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]], config: IngestConfig,
+                out: Path, errors: list[dict[str, Any]], strict: bool) -> tuple[list[dict[str, Any]], bool]:
+    """Write the pending shards. Returns (the reports of every shard, whether a task failed);
+    failures are appended to ``errors``."""
+    piece_task = {(r["kind"], r["scene"], t): r["task"] for r in reads for t in r["tiles"]}
+    payloads = [_shard_payload(j, piece_task, read_results, scenes) for j in pending]
+    todo = {(j["split"], j["shard"]) for j in pending}
+    reports = [json.loads(task_report_path(out, j["split"], j["shard"]).read_text())
+               for j in jobs if (j["split"], j["shard"]) not in todo]
+    failed = False
+    task_fn = partial(_materialize_payload, config=config.to_dict(), out=str(out.resolve()))
+    for index, result in engine.as_completed(task_fn, payloads, desc="write", unit="shard", key_prefix="materialize"):
+        j = pending[index]
+        if isinstance(result, BaseException):
+            failed = True
+            errors.append({"path": str(shard_path(out, j["split"], j["shard"])), "stage": "materialize",
+                           "reason": f"shard task failed: {type(result).__name__}: {result}", "product_id": None})
+            if strict:
+                write_errors(out, errors)
+                raise IngestError(f"{errors[-1]['path']}: {errors[-1]['reason']}")
+            continue
+        reports.append(result)
+    reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
+    return reports, failed
+
+
+def _read_payload(payload: tuple[dict[str, Any], dict[str, Any]], config: dict[str, Any], out: str) -> dict[str, Any]:
+    task, scene = payload
+    return read_source(task, scene, config, out)
+
+
+def _materialize_payload(payload: tuple[dict[str, Any], dict[str, dict[str, Any]], dict[int, dict[str, Any]]],
+                         config: dict[str, Any], out: str) -> dict[str, Any]:
+    job, pieces, scenes = payload
+    return materialize_shard(job, pieces, scenes, config, out)

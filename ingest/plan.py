@@ -18,9 +18,11 @@ From the scene inventory to one row per (tile, time step) in ``plan.parquet``:
 7. **Seasons**: per tile and season the clearest S2 candidate (scene cloud cover, then
    paired, then coverage); up to ``seasons`` steps, in time order.
 8. **Split**: blocks of ``split_block_tiles`` tiles go to val or train as a whole.
-9. **Shards**: tiles are read in clusters of ``read_block_tiles``² (one window read per
-   source band); clusters are dealt, in a seeded random order, to the currently smallest
-   shard, so every shard mixes clusters from all over the area.
+9. **Shards**: the tiles of a split, in a seeded random order, are cut into shards of
+   ``samples_per_shard``, so every shard mixes places and scenes from the whole area.
+10. **Reads** (:func:`plan_reads`): per source scene (S2, S1, land cover) the tiles it
+    serves, north to south and west to east, in tasks of ``read_task_rows`` tile rows: each
+    source is read once, in raster order, whichever shards its tiles go to.
 """
 
 from __future__ import annotations
@@ -290,47 +292,72 @@ def plan_ingest(scenes: list[dict[str, Any]], config: IngestConfig) -> Plan:
 
 
 def assign_splits_and_shards(rows: list[dict[str, Any]], lc_tiles: dict[str, list[int]], config: IngestConfig) -> None:
-    """Add ``split``, ``cluster``, ``shard``, ``position`` and ``landcover_scenes`` to rows (in place)
-    and sort them by (split, shard, position, step)."""
+    """Add ``split``, ``shard``, ``position`` and ``landcover_scenes`` to rows (in place) and
+    sort them by (split, shard, position, step)."""
     tiles = sorted({r["tile_id"] for r in rows})
     parsed = {t: TileId.parse(t) for t in tiles}
-    B, R = config.split_block_tiles, config.read_block_tiles
+    B = config.split_block_tiles
 
-    def block(t: TileId, size: int) -> str:
-        return f"{t.zone:02d}{t.hemisphere}_{t.col // size}_{t.row // size}"
+    def block(t: TileId) -> str:
+        return f"{t.zone:02d}{t.hemisphere}_{t.col // B}_{t.row // B}"
 
-    blocks = sorted({block(p, B) for p in parsed.values()}, key=lambda b: (_hash(config.seed, "split", b), b))
+    blocks = sorted({block(p) for p in parsed.values()}, key=lambda b: (_hash(config.seed, "split", b), b))
     n_val = round(config.val_fraction * len(blocks))
     if config.val_fraction > 0 and len(blocks) >= 2:
         n_val = max(1, n_val)
     val_blocks = set(blocks[:n_val])
-    split = {t: "val" if block(p, B) in val_blocks else "train" for t, p in parsed.items()}
-    shard_of: dict[str, tuple[int, int, str]] = {}
+    split = {t: "val" if block(p) in val_blocks else "train" for t, p in parsed.items()}
+    shard_of: dict[str, tuple[int, int]] = {}
     for name in ("train", "val"):
-        members = [t for t in tiles if split[t] == name]
-        clusters: dict[str, list[str]] = defaultdict(list)
-        for t in members:
-            clusters[block(parsed[t], R)].append(t)
-        order = sorted(clusters, key=lambda c: (_hash(config.seed, "shard", c), c))
-        n_shards = max(1, math.ceil(len(members) / config.samples_per_shard)) if members else 0
-        sizes = [0] * n_shards
-        content: list[list[str]] = [[] for _ in range(n_shards)]
-        for c in order:
-            k = min(range(n_shards), key=lambda i: (sizes[i], i))
-            content[k].append(c)
-            sizes[k] += len(clusters[c])
-        for k, cs in enumerate(content):
-            position = 0
-            for c in cs:
-                for t in sorted(clusters[c]):
-                    shard_of[t] = (k, position, c)
-                    position += 1
+        members = sorted((t for t in tiles if split[t] == name), key=lambda t: (_hash(config.seed, "shard", t), t))
+        n_shards = math.ceil(len(members) / config.samples_per_shard)
+        for i, t in enumerate(members):  # dealt round-robin: shard sizes differ by one at most
+            shard_of[t] = (i % n_shards, i // n_shards)
     for r in rows:
         t = r["tile_id"]
         r["split"] = split[t]
-        r["shard"], r["position"], r["cluster"] = shard_of[t]
+        r["shard"], r["position"] = shard_of[t]
         r["landcover_scenes"] = sorted(lc_tiles.get(t, []))
     rows.sort(key=lambda r: (r["split"] != "train", r["shard"], r["position"], r["step"]))
+
+
+def read_order(tile: TileId) -> tuple[int, int, int]:
+    """Sort key of tiles in the order a source is read: zone, north to south, west to east."""
+    return tile.epsg, -tile.row, tile.col
+
+
+def plan_reads(rows: list[dict[str, Any]], config: IngestConfig) -> list[dict[str, Any]]:
+    """The read tasks of a plan: ``{"task", "kind", "scene", "tiles", "train"}``.
+
+    One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles it serves, in
+    :func:`read_order`, split into tasks of at most ``read_task_rows`` tile rows (as even as
+    possible, so a scene's tasks take about equally long); ``train`` flags the tiles of the
+    train split (their S2 values go into ``stats.json``). Task names are
+    ``<kind>-<scene:06d>-<part:03d>``.
+    """
+    users: dict[tuple[str, int], dict[str, bool]] = defaultdict(dict)
+    for r in rows:
+        train = r["split"] == "train"
+        for kind, scenes in (("s2", [r["s2_scene"]]), ("s1", [r["s1_scene"]]), ("lc", r["landcover_scenes"])):
+            for scene in scenes:
+                if scene is not None:
+                    users[(kind, int(scene))][r["tile_id"]] = train
+    order = {"s2": 0, "s1": 1, "lc": 2}
+    tasks: list[dict[str, Any]] = []
+    for (kind, scene), tiles in sorted(users.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        parsed = sorted((TileId.parse(t) for t in tiles), key=read_order)
+        tile_rows: list[list[TileId]] = []
+        for t in parsed:
+            if not tile_rows or (tile_rows[-1][0].epsg, tile_rows[-1][0].row) != (t.epsg, t.row):
+                tile_rows.append([])
+            tile_rows[-1].append(t)
+        parts = math.ceil(len(tile_rows) / config.read_task_rows)
+        for part in range(parts):
+            chunk = tile_rows[part * len(tile_rows) // parts:(part + 1) * len(tile_rows) // parts]
+            ids = [str(t) for row in chunk for t in row]
+            tasks.append({"task": f"{kind}-{scene:06d}-{part:03d}", "kind": kind, "scene": scene,
+                          "tiles": ids, "train": [tiles[t] for t in ids]})
+    return tasks
 
 
 def plan_shards(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -39,7 +39,11 @@ def error_reason_class(reason: str) -> str:
 
 def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], files_seen: int,
                  scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
-                 errors: list[dict[str, Any]], manifest: pa.Table | None, timings_s: dict[str, float]) -> dict[str, Any]:
+                 read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: pa.Table | None,
+                 timings_s: dict[str, float]) -> dict[str, Any]:
+    pieces: Counter[str] = Counter()
+    for r in read_reports:
+        pieces.update({f"{r.get('kind', '?')}_{k}": v for k, v in r.get("counts", {}).items()})
     counts: Counter[str] = Counter()
     for r in task_reports:
         counts.update(r["counts"])
@@ -63,6 +67,7 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
                      "errors": sum(e["stage"] == "scan" for e in errors)},
             "plan": {"tiles": plan.num_tiles, "time_steps": len(plan.rows),
                      "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
+            "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items()))},
             "materialize": {"shards": len(task_reports), **dict(sorted(counts.items()))},
             "finalize": {"samples": 0 if manifest is None else manifest.num_rows},
         },
@@ -97,12 +102,15 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"| scan | {st['scan']['files']} raster files -> {scenes or 'no'} scenes, {st['scan']['errors']} errors |")
     lines.append(f"| plan | {st['plan']['tiles']} tiles, {st['plan']['time_steps']} time steps from "
                  f"{st['plan']['s2_scenes_used']} S2 scenes |")
+    pieces = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in st["read"]["pieces"].items())
+    lines.append(f"| read | {st['read']['tasks']} tasks (one per source and band of tile rows), pieces: {pieces or 'none'} |")
     m = st["materialize"]
     lines.append(f"| materialize | {m['shards']} shards, {m.get('samples_written', 0)} samples, "
                  f"{m.get('time_steps_written', 0)} time steps; dropped: "
                  f"{m.get('steps_dropped_low_valid_fraction', 0)} steps under min valid fraction, "
-                 f"{m.get('steps_dropped_cloudy', 0)} cloudy steps, {m.get('s1_dropped_low_valid_fraction', 0)} S1 "
-                 f"under min valid fraction, {m.get('tiles_dropped_no_valid_step', 0)} tiles without a valid step |")
+                 f"{m.get('steps_dropped_cloudy', 0)} cloudy steps, {m.get('steps_dropped_read_failed', 0)} steps "
+                 f"whose read failed, {m.get('s1_dropped_low_valid_fraction', 0)} S1 under min valid fraction, "
+                 f"{m.get('tiles_dropped_no_valid_step', 0)} tiles without a valid step |")
     lines.append(f"| finalize | {st['finalize']['samples']} samples in the manifest |")
     lines += ["", "## Dedup and selection", "", "| reason | removed | example |", "|---|---|---|"]
     for reason, d in report["dedup"].items():

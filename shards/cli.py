@@ -81,7 +81,9 @@ def inspect(dataset: Path, plot: bool, plot_dir: Path | None, as_json: bool) -> 
 @_DS
 @click.option("--split", default="train", show_default=True, help="Split to compute statistics on.")
 @click.option("--workers", type=int, default=None, help="Processes reading shards in parallel [default: CPU count].")
-def stats(dataset: Path, split: str, workers: int | None) -> None:
+@click.option("--pixel-stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Count every N-th pixel of every N-th row (1: all pixels, exact; ingest uses 2).")
+def stats(dataset: Path, split: str, workers: int | None, pixel_stride: int) -> None:
     """Compute per-band mean/std/percentiles over valid pixels -> DATASET/stats.json.
 
     \b
@@ -89,7 +91,8 @@ def stats(dataset: Path, split: str, workers: int | None) -> None:
         eoforge shards stats /data/ssl4eo-ds --split train
     """
     try:
-        out = compute_stats(dataset, split=split, workers=workers, progress=sys.stderr.isatty())
+        out = compute_stats(dataset, split=split, workers=workers, progress=sys.stderr.isatty(),
+                            pixel_stride=pixel_stride)
     except (ManifestError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"{dataset / STATS_NAME}: {out['num_samples']} samples of split {split!r}")

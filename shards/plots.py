@@ -42,7 +42,7 @@ def coverage_map(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     ax.set_xlabel("longitude (°)")
     ax.set_ylabel("latitude (°)")
     ax.set_title(f"Coverage: {table.num_rows} samples")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # "best" searches the polygons: seconds for 10^3 tiles
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

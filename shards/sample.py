@@ -50,22 +50,40 @@ class MemberInfo:
     shape: tuple[int, ...] | None
 
 
-def encode_sample(sample: Sample, codec: str = DEFAULT_CODEC) -> list[tuple[MemberInfo, bytes]]:
-    """Validate and serialise a sample into ``(info, bytes)`` pairs in :data:`MEMBER_ORDER`."""
+@dataclass(frozen=True)
+class EncodedSample:
+    """A sample as its tar members: ``(info, bytes)`` pairs in :data:`MEMBER_ORDER`, and its metadata."""
+
+    meta: SampleMeta
+    members: list[tuple[MemberInfo, bytes]]
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+def array_member(name: str, data: bytes, dtype: str, shape: tuple[int, ...], codec: str) -> tuple[MemberInfo, bytes]:
+    """The ``(info, bytes)`` of an array member encoded elsewhere (``name`` without suffix)."""
+    return MemberInfo(f"{name}.{SUFFIX[codec]}", _sha256(data), len(data), dtype, tuple(shape)), data
+
+
+def meta_member(meta: SampleMeta) -> tuple[MemberInfo, bytes]:
+    """The ``(info, bytes)`` of the JSON metadata member."""
+    data = encode_json(meta.to_dict())
+    return MemberInfo(META_MEMBER, _sha256(data), len(data), None, None), data
+
+
+def encode_sample(sample: Sample, codec: str = DEFAULT_CODEC) -> EncodedSample:
+    """Validate and serialise a sample into its members, in :data:`MEMBER_ORDER`."""
     sample.validate()
     out: list[tuple[MemberInfo, bytes]] = []
     for name in MEMBER_ORDER:
         if name == META_MEMBER:
-            data = encode_json(sample.meta.to_dict())
-            info = MemberInfo(META_MEMBER, _sha256(data), len(data), None, None)
+            out.append(meta_member(sample.meta))
         elif name in sample.arrays:
             arr = sample.arrays[name]
-            data = encode_array(arr, codec)
-            info = MemberInfo(f"{name}.{SUFFIX[codec]}", _sha256(data), len(data), arr.dtype.name, tuple(arr.shape))
-        else:
-            continue
-        out.append((info, data))
-    return out
+            out.append(array_member(name, encode_array(arr, codec), arr.dtype.name, arr.shape, codec))
+    return EncodedSample(sample.meta, out)
 
 
 def _sha256(data: bytes) -> str:

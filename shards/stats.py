@@ -2,16 +2,22 @@
 
 Training normalises with these (mean ± 2σ -> [0, 1], or z-score). Pixels count only where
 they hold data: S2 DN != 0 (per band; the zero B10 placeholder of L2A gets no statistics),
-S1 where ``s1valid`` is True. Statistics are exact: S2 uses a full 65 536-bin histogram per
-band (uint16 DN), S1 a 0.01 dB histogram plus float64 sums, so the mean, standard deviation
-and percentiles do not depend on shard order or on how the work was split.
+S1 where ``s1valid`` is True. S2 uses a full 65 536-bin histogram per band (uint16 DN), S1 a
+0.01 dB histogram plus float64 sums, so the mean, standard deviation and percentiles do not
+depend on shard order or on how the work was split.
+
+``pixel_stride`` s counts every s-th pixel of every s-th row (1: all pixels, exact). Ingest
+takes its statistics with s = 2 (``IngestConfig.stats_pixel_stride``): a regular quarter of
+every tile's pixels, which changes the figures in the third or fourth digit and saves the
+histogram work (~1.4 ms of a 264 px tile's ~10 ms, measured). ``eoforge shards stats``
+recounts with s = 1 unless told otherwise. ``stats.json`` records the stride.
 
 ``stats.json``::
 
     {"s2": {"bands": [...13], "unit": "DN (reflectance * 10000)",
             "mean": [...], "std": [...], "p01": [...], "p99": [...], "count": [...]},
      "s1": {"bands": ["VV", "VH"], "unit": "dB", ...},
-     "split": "train", "num_samples": N}
+     "split": "train", "num_samples": N, "pixel_stride": 1}
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,8 @@ from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
 STATS_NAME = "stats.json"
 S1_DB_MIN, S1_DB_MAX, S1_DB_STEP = -60.0, 30.0, 0.01
 _S1_BINS = int(round((S1_DB_MAX - S1_DB_MIN) / S1_DB_STEP))
+#: S2 arrays counted per ``bincount`` call (see :meth:`DatasetStats.add_s2`)
+S2_BATCH = 16
 
 
 @dataclass
@@ -99,35 +108,63 @@ class DatasetStats:
     """
 
     num_samples: int = 0
+    pixel_stride: int = 1
     s2: BandAccumulator = field(default_factory=lambda: BandAccumulator(1 << 16, len(S2_BAND_NAMES), True))
     s1: BandAccumulator = field(default_factory=lambda: BandAccumulator(_S1_BINS, len(S1_BAND_NAMES)))
+    _pending: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     def add_sample(self, arrays: dict[str, np.ndarray]) -> None:
         self.num_samples += 1
         if "s2" in arrays:
-            arr = arrays["s2"]
-            for b in range(arr.shape[1]):
-                band = arr[:, b].ravel()
-                counts = np.bincount(band, minlength=1 << 16)
-                counts[0] = 0  # 0 is nodata
-                self.s2.add_counts(b, counts)
+            self.add_s2(arrays["s2"])
         if "s1" in arrays:
-            arr, valid = arrays["s1"], arrays["s1valid"]
-            for b in range(arr.shape[1]):
-                v = arr[:, b][valid].astype(np.float32)
-                v = v[np.isfinite(v)]
-                idx = np.clip(((v - S1_DB_MIN) / S1_DB_STEP).astype(np.int64), 0, _S1_BINS - 1)
-                self.s1.add(b, idx, v)
+            self.add_s1(arrays["s1"], arrays["s1valid"])
+
+    def add_s2(self, arr: np.ndarray) -> None:
+        """S2 DN ``[..., 13, H, W]`` (uint16; 0 is nodata and is not counted).
+
+        Counted in batches of :data:`S2_BATCH` arrays: one ``bincount`` per band and batch
+        instead of one per array keeps the 65 536-bin histogram out of the per-tile cost."""
+        k = self.pixel_stride
+        counted = np.ascontiguousarray(arr[..., ::k, ::k])
+        self._pending.append(counted.reshape(-1, counted.shape[-3], counted.shape[-2] * counted.shape[-1]))
+        if len(self._pending) >= S2_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = np.concatenate(self._pending)  # [N, 13, pixels]
+        self._pending.clear()
+        for b in range(batch.shape[1]):
+            counts = np.bincount(batch[:, b].ravel(), minlength=1 << 16)
+            counts[0] = 0  # 0 is nodata
+            self.s2.add_counts(b, counts)
+
+    def add_s1(self, arr: np.ndarray, valid: np.ndarray) -> None:
+        """S1 dB ``[..., 2, H, W]`` where ``valid`` ``[..., H, W]`` is True."""
+        k = self.pixel_stride
+        for b in range(arr.shape[-3]):
+            v = arr[..., b, ::k, ::k][valid[..., ::k, ::k]].astype(np.float32)
+            v = v[np.isfinite(v)]
+            idx = np.clip(((v - S1_DB_MIN) / S1_DB_STEP).astype(np.int64), 0, _S1_BINS - 1)
+            self.s1.add(b, idx, v)
 
     def merge(self, other: "DatasetStats") -> None:
+        if other.pixel_stride != self.pixel_stride:
+            raise ValueError(f"cannot merge statistics of pixel strides {self.pixel_stride} and {other.pixel_stride}")
+        self._flush()
+        other._flush()
         self.num_samples += other.num_samples
         self.s2.merge(other.s2)
         self.s1.merge(other.s1)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write to ``path`` (``.npz``) atomically; non-zero histogram bins only."""
+        self._flush()
         path = Path(path)
-        arrays: dict[str, np.ndarray] = {"num_samples": np.array(self.num_samples)}
+        arrays: dict[str, np.ndarray] = {"num_samples": np.array(self.num_samples),
+                                         "pixel_stride": np.array(self.pixel_stride)}
         for name, acc in (("s2", self.s2), ("s1", self.s1)):
             band, bin_ = np.nonzero(acc.hist)
             arrays.update({f"{name}_band": band, f"{name}_bin": bin_, f"{name}_count": acc.hist[band, bin_],
@@ -141,6 +178,7 @@ class DatasetStats:
         out = cls()
         with np.load(path) as z:
             out.num_samples = int(z["num_samples"])
+            out.pixel_stride = int(z["pixel_stride"]) if "pixel_stride" in z else 1
             for name, acc in (("s2", out.s2), ("s1", out.s1)):
                 acc.hist[z[f"{name}_band"], z[f"{name}_bin"]] = z[f"{name}_count"]
                 acc.total[:] = z[f"{name}_total"]
@@ -148,7 +186,8 @@ class DatasetStats:
         return out
 
     def to_dict(self, split: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"split": split, "num_samples": self.num_samples}
+        self._flush()
+        out: dict[str, Any] = {"split": split, "num_samples": self.num_samples, "pixel_stride": self.pixel_stride}
         if self.s2.hist.any():
             out["s2"] = {"bands": list(S2_BAND_NAMES), "unit": "DN (reflectance * 10000)",
                          **self.s2.summary(np.arange(1 << 16, dtype=np.float64))}
@@ -168,17 +207,18 @@ def write_stats(root: str | os.PathLike[str], stats: DatasetStats, split: str = 
     return out
 
 
-def _shard_stats(url: str) -> DatasetStats:
+def _shard_stats(url: str, pixel_stride: int = 1) -> DatasetStats:
     from eoforge.shards.reader import read_samples
 
-    stats = DatasetStats()
+    stats = DatasetStats(pixel_stride=pixel_stride)
     for sample in read_samples([url]):
         stats.add_sample(sample)
     return stats
 
 
 def compute_stats(
-    root: str | os.PathLike[str], split: str = "train", workers: int | None = None, progress: bool = False
+    root: str | os.PathLike[str], split: str = "train", workers: int | None = None, progress: bool = False,
+    pixel_stride: int = 1,
 ) -> dict[str, Any]:
     """Compute per-band statistics of ``split`` from its shards and write ``DS/stats.json``; return them."""
     from eoforge.shards.reader import shard_urls
@@ -186,15 +226,18 @@ def compute_stats(
     urls = shard_urls(root, split)
     if not urls:
         raise ValueError(f"{root}: no shards in split {split!r}")
-    total = DatasetStats()
+    if pixel_stride < 1:
+        raise ValueError(f"pixel_stride must be >= 1, got {pixel_stride}")
+    total = DatasetStats(pixel_stride=pixel_stride)
+    count = partial(_shard_stats, pixel_stride=pixel_stride)
     workers = max(1, min(workers or os.cpu_count() or 1, len(urls)))
     bar = tqdm(total=len(urls), unit="shard", desc="stats", disable=not progress)
     if workers == 1:
-        parts = map(_shard_stats, urls)
+        parts = map(count, urls)
         pool = None
     else:
         pool = ProcessPoolExecutor(workers)
-        parts = pool.map(_shard_stats, urls)
+        parts = pool.map(count, urls)
     try:
         for part in parts:
             total.merge(part)

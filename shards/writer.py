@@ -2,6 +2,8 @@
 
 - A shard is written to ``shard-NNNNNN.tar.tmp`` and renamed when complete, so a
   ``shard-NNNNNN.tar`` that exists is whole; an interrupted write leaves only a ``.tmp``.
+  With ``fsync`` (the default) its bytes are on disk before the rename; a caller that writes
+  many shards in one job (ingest) may skip that and sync them all once at the end.
 - Its manifest part (``manifest-parts/<split>/shard-NNNNNN.parquet``) is renamed into place
   just before the tar, so every finished shard has its rows.
 - Shards are bounded by sample count and by bytes; no shard is ever empty.
@@ -16,7 +18,6 @@ Layout under the dataset root ``DS``::
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Iterable
 
 from eoforge.shards.encoding import DEFAULT_CODEC
 from eoforge.shards.manifest import manifest_row, write_part
-from eoforge.shards.sample import Sample, encode_sample
+from eoforge.shards.sample import EncodedSample, MemberInfo, Sample, encode_sample
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 
@@ -45,26 +46,40 @@ def _tar_size(nbytes: int) -> int:
     return 512 + -(-nbytes // 512) * 512
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
+def _tar_header(name: str, size: int) -> bytes:
+    """The ustar header of a regular file member: mtime 0, uid/gid 0, mode 0444, empty user
+    and group names (same bytes every run; the bytes ``tarfile`` writes for that ``TarInfo``,
+    built here directly since ``TarInfo.tobuf`` costs ~60 us a member)."""
+    encoded = name.encode("utf-8")
+    if len(encoded) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
+    header = bytearray(512)
+    header[0:len(encoded)] = encoded
+    header[100:108] = b"0000444\0"  # mode
+    header[108:116] = header[116:124] = b"0000000\0"  # uid, gid
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"  # mtime
+    header[148:156] = b" " * 8  # checksum placeholder
+    header[156:157] = tarfile.REGTYPE
+    header[257:265] = tarfile.POSIX_MAGIC  # device numbers stay NUL, as tarfile leaves them for files
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
 
 
 class _ShardFile:
-    """One shard being written: a tar stream into ``<final>.tmp``."""
+    """One shard being written: a ustar stream into ``<final>.tmp``.
 
-    def __init__(self, root: Path, split: str, index: int) -> None:
+    Members are written as header + data + padding in three writes (``tarfile.addfile``
+    copies through 16 KiB chunks); the end of the archive is what ``tarfile`` writes: two
+    zero blocks, padded to a multiple of its 10 240-byte record."""
+
+    def __init__(self, root: Path, split: str, index: int, fsync: bool = True) -> None:
         self.root, self.split, self.index = root, split, index
         self.path = shard_path(root, split, index)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
         self._file = open(self.tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.rows: list[dict[str, Any]] = []
         self.nbytes = 0
 
@@ -74,20 +89,26 @@ class _ShardFile:
 
     def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
         for name, data in members:
-            self._tar.addfile(_tarinfo(f"{key}.{name}", len(data)), io.BytesIO(data))
+            self._file.write(_tar_header(f"{key}.{name}", len(data)))
+            self._file.write(data)
+            pad = -len(data) % 512
+            if pad:
+                self._file.write(bytes(pad))
             self.nbytes += _tar_size(len(data))
 
     def commit(self, write_manifest_part: bool) -> None:
-        self._tar.close()
+        end = 2 * 512
+        end += -(self.nbytes + end) % tarfile.RECORDSIZE
+        self._file.write(bytes(end))
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self.fsync:
+            os.fsync(self._file.fileno())
         self._file.close()
         if write_manifest_part:
-            write_part(self.rows, part_path(self.root, self.split, self.index))
+            write_part(self.rows, part_path(self.root, self.split, self.index), fsync=self.fsync)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self._tar.close()
         self._file.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -103,6 +124,7 @@ class ShardWriter:
         start_index: number of the first shard.
         codec: array member codec (``"zstd"`` or ``"npy"``).
         write_manifest_parts: also write ``DS/manifest-parts/<split>/shard-NNNNNN.parquet``.
+        fsync: flush each shard (and part) to disk before renaming it into place.
 
     Example::
 
@@ -125,6 +147,7 @@ class ShardWriter:
         start_index: int = 0,
         codec: str = DEFAULT_CODEC,
         write_manifest_parts: bool = True,
+        fsync: bool = True,
     ) -> None:
         if max_samples < 1 or max_bytes < 1:
             raise ValueError("max_samples and max_bytes must be positive")
@@ -135,14 +158,16 @@ class ShardWriter:
         self.next_index = start_index
         self.codec = codec
         self.write_manifest_parts = write_manifest_parts
+        self.fsync = fsync
         self.rows: list[dict[str, Any]] = []
         self.shards: list[Path] = []
         self._current: _ShardFile | None = None
 
-    def write(self, sample: Sample) -> dict[str, Any]:
-        """Encode ``sample``, append it to the current shard and return its manifest row."""
-        encoded = encode_sample(sample, self.codec)
-        size = sum(_tar_size(len(data)) for _, data in encoded)
+    def write(self, sample: Sample | EncodedSample) -> dict[str, Any]:
+        """Append ``sample`` (encoded here, or already encoded) to the current shard and
+        return its manifest row."""
+        encoded = sample if isinstance(sample, EncodedSample) else encode_sample(sample, self.codec)
+        size = sum(_tar_size(info.nbytes) for info, _ in encoded.members)
         cur = self._current
         if cur is not None and (
             len(cur.rows) >= self.max_samples or cur.nbytes + size > self.max_bytes
@@ -150,10 +175,10 @@ class ShardWriter:
             self._finish()
             cur = None
         if cur is None:
-            cur = self._current = _ShardFile(self.root, self.split, self.next_index)
+            cur = self._current = _ShardFile(self.root, self.split, self.next_index, self.fsync)
             self.next_index += 1
-        cur.add(sample.key, [(info.name, data) for info, data in encoded])
-        row = manifest_row(sample.meta, cur.relpath, [info for info, _ in encoded])
+        cur.add(encoded.key, [(info.name, data) for info, data in encoded.members])
+        row = manifest_row(encoded.meta, cur.relpath, [info for info, _ in encoded.members])
         cur.rows.append(row)
         return row
 
@@ -190,18 +215,20 @@ def write_shard(
     root: str | os.PathLike[str],
     split: str,
     index: int,
-    samples: Iterable[Sample],
+    samples: Iterable[Sample | EncodedSample],
     codec: str = DEFAULT_CODEC,
+    fsync: bool = True,
 ) -> list[dict[str, Any]]:
     """Write exactly one shard ``DS/shards/<split>/shard-<index>.tar`` (plus its manifest part).
 
     This is what one ingest task calls. When ``samples`` is empty no tar is written, but an
     empty manifest part is, so a resumed run knows the shard was done.
     """
-    writer = ShardWriter(root, split, max_samples=1 << 62, max_bytes=1 << 62, start_index=index, codec=codec)
+    writer = ShardWriter(root, split, max_samples=1 << 62, max_bytes=1 << 62, start_index=index, codec=codec,
+                         fsync=fsync)
     with writer:
         for sample in samples:
             writer.write(sample)
     if not writer.rows:
-        write_part([], part_path(root, split, index))
+        write_part([], part_path(root, split, index), fsync=fsync)
     return writer.rows

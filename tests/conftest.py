@@ -122,7 +122,7 @@ def real_data() -> Path:
 
 #: The ingest settings of the shared demo dataset: small tiles so 6 km of scenes make
 #: ~70 samples in several shards, quickly.
-DEMO_INGEST = dict(tile_size_px=64, samples_per_shard=16, read_block_tiles=2, split_block_tiles=8)
+DEMO_INGEST = dict(tile_size_px=64, samples_per_shard=16, split_block_tiles=8)
 
 
 @pytest.fixture(scope="session")

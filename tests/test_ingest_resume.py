@@ -44,7 +44,6 @@ RECIPE = """\
 ingest:
   tile_size_px: 32
   samples_per_shard: 8
-  read_block_tiles: 2
   split_block_tiles: 4
 """
 RUN_TIMEOUT_S = 300  # one ingest run; a hang fails the test instead of stalling CI

@@ -72,5 +72,5 @@ def test_config_yaml_and_overrides(tmp_path) -> None:
     recipe.write_text("ingest:\n  tile_size: 128\n")
     with pytest.raises(ConfigError, match=r"recipe.yaml: unknown ingest settings \['tile_size'\]"):
         IngestConfig.load(recipe)
-    with pytest.raises(ConfigError, match="read_block_tiles"):
-        IngestConfig(split_block_tiles=8, read_block_tiles=3)
+    with pytest.raises(ConfigError, match="read_task_rows"):
+        IngestConfig(read_task_rows=0)

@@ -1,0 +1,368 @@
+"""Stage 3a, read: every source scene read once, in raster order, into per-tile pieces.
+
+A read task (:func:`~eoforge.ingest.plan.plan_reads`) is one source, an S2 or S1 product or
+a land-cover raster, and the tiles it serves, north to south and west to east. It reads one
+window per tile row (at most ``read_window_tiles`` tiles wide) and band; GDAL's block cache
+keeps the source blocks the previous row touched, so every source block is decoded once, as
+the read floor of ``make bench`` does. Each window is cut into tiles, and each (tile, source)
+becomes a *piece*:
+
+- ``s2``: the 13 bands at 10 m, harmonised (:func:`read_s2`): 20/60 m bands upsampled
+  bilinearly, SCL nearest, the +1000 DN offset of baseline >= 04.00 removed (``DN - 1000``,
+  clipped at 1 so dark valid pixels stay valid; 0 stays nodata), a zero B10 for L2A, 0 in
+  every band wherever one band lacks data. QA: ``valid_fraction`` (data in every band) and
+  ``cloud_fraction`` (SCL ``cloud_classes`` among valid pixels); status ``ok``, or
+  ``low_valid`` / ``cloudy`` under the thresholds (no pixels kept then).
+- ``s1``: VV/VH bilinear, linear power converted to dB, NaN / 0 masked (``s1valid``); status
+  ``ok`` or ``low_valid`` (under ``min_valid_fraction``).
+- ``lc``: the class map (nearest) and its class counts; status ``ok`` or ``empty``.
+
+A piece's pixels are stored as its member entries already encoded
+(:func:`~eoforge.shards.encoding.encode_entry`, one frame each), so writing a shard later
+only concatenates them (:mod:`.materialize`). Frames go to ``DS/staging/<task>.bin`` and the
+piece index to ``DS/staging/<task>.json``; what outlives the staging folder goes to
+``DS/task-reports/read/<task>.json`` (errors, counts) and ``<task>.stats.npz`` (S2 statistics
+of the train tiles). Every file is written ``.tmp`` + rename, the index last: its presence
+marks the task done for a resumed run.
+
+Memory per task: one row window of every band (13 x 264 x 264 x 48 tiles x 2 B = 87 MB at the
+defaults) and GDAL's block cache (``gdal_cache_mb``); neither grows with the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+
+from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.read import GDAL_READ_ENV, SourceCache, TargetGrid, read_band
+from eoforge.shards.encoding import encode_entry
+from eoforge.shards.keys import TileId
+from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
+from eoforge.shards.stats import DatasetStats
+
+STAGING = "staging"
+READ_REPORTS = Path("task-reports") / "read"
+
+
+def staging_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Path]:
+    """``DS/staging/<task>.bin`` (frames) and ``DS/staging/<task>.json`` (piece index)."""
+    folder = Path(out) / STAGING
+    return folder / f"{task}.bin", folder / f"{task}.json"
+
+
+def read_report_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Path]:
+    """``DS/task-reports/read/<task>.json`` (errors, counts) and ``<task>.stats.npz``."""
+    folder = Path(out) / READ_REPORTS
+    return folder / f"{task}.json", folder / f"{task}.stats.npz"
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ sources onto a window
+
+
+def read_s2(cache: SourceCache, scene: dict[str, Any], target: TargetGrid, filled: np.ndarray,
+            stack: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``[13, H, W]`` uint16 harmonised DN (0 = nodata in every band wherever one band lacks
+    data) and SCL ``[H, W]`` (0 where not valid) or None; adds pixels with data per band to
+    ``filled`` (for the all-nodata-band check). ``stack``: a buffer of that shape to fill."""
+    if stack is None:
+        stack = np.empty((len(S2_BAND_NAMES), target.height, target.width), dtype=np.uint16)
+    valid = np.ones((target.height, target.width), dtype=bool)
+    bands = scene["bands"]
+    offset = int(scene.get("dn_offset") or 0)
+    for i, name in enumerate(S2_BAND_NAMES):
+        if name not in bands:
+            stack[i] = 0  # B10 of L2A
+            continue
+        b = bands[name]
+        band = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "uint16",
+                         b["nodata"] if b["nodata"] is not None else 0, 0, out=stack[i])
+        nonzero = band != 0
+        filled[i] += int(np.count_nonzero(nonzero))
+        valid &= nonzero
+        if offset:
+            # reflectance = (DN - offset) / 10000; max(DN - offset, 1) keeps dark valid pixels valid.
+            np.maximum(band, offset + 1, out=band)
+            band -= offset
+    stack *= valid
+    scl = None
+    if "SCL" in bands:
+        b = bands["SCL"]
+        scl = read_band(cache, b["path"], b["index"], target, Resampling.nearest, "uint8", 0, 0)
+        scl *= valid
+    return stack, scl
+
+
+def read_s1(cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> np.ndarray:
+    """``[2, H, W]`` float32 dB, NaN where VV or VH has no data (NaN, nodata or 0)."""
+    out = np.empty((2, target.height, target.width), dtype=np.float32)
+    for i, pol in enumerate(("VV", "VH")):
+        b = scene["bands"][pol]
+        nodata = b["nodata"] if b["nodata"] is not None else 0.0
+        v = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "float32", nodata, np.nan, out=out[i])
+        v[v == 0] = np.nan  # 0 is nodata in linear power and in 0-filled dB exports
+        if scene.get("s1_unit") == "linear":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[i] = np.where(v > 0, 10.0 * np.log10(v), np.nan)
+    out[:, ~np.isfinite(out).all(axis=0)] = np.nan
+    return out
+
+
+def read_classes(cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> np.ndarray:
+    """``[H, W]`` uint8 class codes (nearest), the taxonomy's nodata where the raster has none."""
+    nodata = TAXONOMIES[scene["taxonomy"]].nodata
+    b = scene["bands"]["class"]
+    return read_band(cache, b["path"], b["index"], target, Resampling.nearest, "uint8",
+                     b["nodata"] if b["nodata"] is not None else nodata, nodata)
+
+
+# ------------------------------------------------------------------ the task
+
+
+def row_windows(tiles: list[TileId], config: IngestConfig) -> Iterator[tuple[TargetGrid, list[tuple[TileId, slice]]]]:
+    """Windows of one tile row each (adjacent tiles, at most ``read_window_tiles``), in the
+    order of ``tiles`` (:func:`~eoforge.ingest.plan.read_order`), with each tile's columns."""
+    n = config.tile_size_px
+    tile_m = n * config.resolution_m
+    run: list[TileId] = []
+
+    def window() -> tuple[TargetGrid, list[tuple[TileId, slice]]]:
+        c0 = run[0].col
+        transform = Affine(config.resolution_m, 0.0, c0 * tile_m, 0.0, -config.resolution_m, (run[0].row + 1) * tile_m)
+        grid = TargetGrid(run[0].epsg, transform, (run[-1].col - c0 + 1) * n, n)
+        return grid, [(t, slice((t.col - c0) * n, (t.col - c0 + 1) * n)) for t in run]
+
+    for t in tiles:
+        if run and ((t.epsg, t.row) != (run[-1].epsg, run[-1].row) or t.col != run[-1].col + 1
+                    or len(run) == config.read_window_tiles):
+            yield window()
+            run = []
+        run.append(t)
+    if run:
+        yield window()
+
+
+class _Frames:
+    """The append-only frame file of one task (``.tmp`` until :meth:`commit`)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self._file = open(self.tmp, "wb")
+        self.offset = 0
+
+    def put(self, data: bytes) -> list[int]:
+        """Append one frame; its ``[offset, length]`` in the file."""
+        self._file.write(data)
+        ref = [self.offset, len(data)]
+        self.offset += len(data)
+        return ref
+
+    def commit(self) -> None:
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _Pieces(ABC):
+    """What one kind of source makes of a window and of each tile in it."""
+
+    def __init__(self, scene: dict[str, Any], config: IngestConfig) -> None:
+        self.scene = scene
+        self.config = config
+        self.pixels = float(config.tile_size_px ** 2)
+        self.stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
+
+    @abstractmethod
+    def read(self, cache: SourceCache, target: TargetGrid) -> Any:
+        """The source's pixels on the window ``target``."""
+
+    @abstractmethod
+    def piece(self, data: Any, cols: slice, train: bool, frames: _Frames) -> dict[str, Any]:
+        """The piece of the tile at columns ``cols`` of the window (its frames put in ``frames``)."""
+
+    def check(self) -> tuple[str, str] | None:
+        """(file, reason) when the whole task's pieces are unusable, found only once all is
+        read; else None."""
+        return None
+
+
+class _S2Pieces(_Pieces):
+    def __init__(self, scene: dict[str, Any], config: IngestConfig) -> None:
+        super().__init__(scene, config)
+        self.filled = np.zeros(len(S2_BAND_NAMES), dtype=np.int64)
+        self.read_pixels = 0
+        # read_s2 zeroed every band where any band lacks data, so one band tells validity
+        self.ref_band = next(i for i, b in enumerate(S2_BAND_NAMES) if b in scene["bands"])
+        self.cloud_lut = np.zeros(256, bool)  # SCL class -> counts as cloud
+        self.cloud_lut[list(config.cloud_classes)] = True
+        self._buffer = np.empty(0, dtype=np.uint16)
+
+    def read(self, cache: SourceCache, target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:
+        self.read_pixels += target.width * target.height
+        # One buffer for every window of the task: a fresh 70+ MB array per window would be
+        # mapped and page-faulted anew each time (it is above glibc's mmap threshold).
+        size = len(S2_BAND_NAMES) * target.height * target.width
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=np.uint16)
+        stack = self._buffer[:size].reshape(len(S2_BAND_NAMES), target.height, target.width)
+        return read_s2(cache, self.scene, target, self.filled, stack)
+
+    def piece(self, data: tuple[np.ndarray, np.ndarray | None], cols: slice, train: bool,
+              frames: _Frames) -> dict[str, Any]:
+        stack, scl = data
+        cfg = self.config
+        s2 = stack[:, :, cols]
+        valid = s2[self.ref_band] != 0
+        n_valid = int(np.count_nonzero(valid))
+        cloud = None
+        if scl is not None and n_valid:
+            cloud = round(float(np.count_nonzero(self.cloud_lut[scl[:, cols]][valid])) / n_valid, 6)
+        out: dict[str, Any] = {"valid_fraction": round(n_valid / self.pixels, 6), "cloud_fraction": cloud}
+        if n_valid / self.pixels < cfg.min_valid_fraction:
+            return {**out, "status": "low_valid"}
+        if cloud is not None and cloud > cfg.max_cloud_fraction:
+            return {**out, "status": "cloudy"}
+        s2 = np.ascontiguousarray(s2)
+        out.update(status="ok", s2=frames.put(encode_entry(s2, cfg.codec)))
+        if scl is not None:
+            out["scl"] = frames.put(encode_entry(scl[:, cols], cfg.codec))
+        if train:
+            self.stats.add_s2(s2)
+        return out
+
+    def check(self) -> tuple[str, str] | None:
+        # A band without any data where the others are well covered is a broken product
+        # (a band written as all zeros), not a swath edge.
+        bands = [i for i, b in enumerate(S2_BAND_NAMES) if b in self.scene["bands"]]
+        empty = [S2_BAND_NAMES[i] for i in bands if self.filled[i] == 0]
+        if empty and len(empty) < len(bands) and self.filled.max() > 0.01 * self.read_pixels:
+            return self.scene["bands"][empty[0]]["path"], (
+                f"no valid pixels: band(s) {', '.join(empty)} all nodata (0) where the other bands "
+                "have data; product skipped")
+        return None
+
+
+class _S1Pieces(_Pieces):
+    def read(self, cache: SourceCache, target: TargetGrid) -> np.ndarray:
+        return read_s1(cache, self.scene, target)
+
+    def piece(self, data: np.ndarray, cols: slice, train: bool, frames: _Frames) -> dict[str, Any]:
+        s1 = data[:, :, cols]
+        ok = np.isfinite(s1[0])
+        fraction = float(np.count_nonzero(ok)) / self.pixels
+        out: dict[str, Any] = {"valid_fraction": round(fraction, 6)}
+        if fraction < self.config.min_valid_fraction:
+            return {**out, "status": "low_valid"}
+        codec = self.config.codec
+        out.update(status="ok", s1=frames.put(encode_entry(s1.astype(self.config.s1_dtype), codec)),
+                   s1valid=frames.put(encode_entry(ok, codec)))
+        return out
+
+
+class _LandcoverPieces(_Pieces):
+    def __init__(self, scene: dict[str, Any], config: IngestConfig) -> None:
+        super().__init__(scene, config)
+        self.taxonomy = TAXONOMIES[scene["taxonomy"]]
+        self.lookup = self.taxonomy.lookup()
+
+    def read(self, cache: SourceCache, target: TargetGrid) -> np.ndarray:
+        return read_classes(cache, self.scene, target)
+
+    def piece(self, data: np.ndarray, cols: slice, train: bool, frames: _Frames) -> dict[str, Any]:
+        classes = np.ascontiguousarray(data[:, cols])
+        if not np.any(classes != self.taxonomy.nodata):
+            return {"status": "empty"}
+        return {"status": "ok", "lc": frames.put(encode_entry(classes, self.config.codec)),
+                "counts": class_counts(classes, self.lookup, self.taxonomy.num_classes).tolist()}
+
+
+def class_counts(classes: np.ndarray, lookup: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels per taxonomy class (codes outside the taxonomy and nodata not counted)."""
+    index = lookup[classes]
+    return np.bincount(index[index >= 0], minlength=num_classes)
+
+
+_KINDS: dict[str, type[_Pieces]] = {"s2": _S2Pieces, "s1": _S1Pieces, "lc": _LandcoverPieces}
+
+
+def read_done(out: str | os.PathLike[str], task: str) -> bool:
+    """The task's pieces are on disk (the index is written last)."""
+    return staging_paths(out, task)[1].is_file() and read_report_paths(out, task)[0].is_file()
+
+
+def load_read(out: str | os.PathLike[str], task: str) -> dict[str, Any]:
+    """The result of a finished read task: its report with ``pieces`` from the index."""
+    report = json.loads(read_report_paths(out, task)[0].read_text())
+    report["pieces"] = json.loads(staging_paths(out, task)[1].read_text())
+    return report
+
+
+def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, Any], out: str) -> dict[str, Any]:
+    """Run one read task (or load it when done); return ``{"task", "kind", "scene", "errors",
+    "counts", "pieces": {tile_id: piece}}``. See the module docstring."""
+    name = task["task"]
+    if read_done(out, name):
+        return load_read(out, name)
+    cfg = IngestConfig.from_dict(config)
+    frames_path, index_path = staging_paths(out, name)
+    report_path, stats_path = read_report_paths(out, name)
+    source = _KINDS[task["kind"]](scene, cfg)
+    tiles = [TileId.parse(t) for t in task["tiles"]]
+    train = dict(zip(task["tiles"], task["train"]))
+    pieces: dict[str, dict[str, Any]] = {}
+    errors: list[dict[str, Any]] = []
+    frames = _Frames(frames_path)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), **GDAL_READ_ENV), SourceCache() as cache:
+            for target, cut in row_windows(tiles, cfg):
+                try:
+                    data = source.read(cache, target)
+                except RasterioError as err:
+                    cause = f": {err.__cause__}" if err.__cause__ else ""
+                    errors.append({"path": scene["paths"][0], "stage": "materialize", "product_id": scene["product_id"],
+                                   "reason": f"read failed (truncated or corrupt file?): {err}{cause}"})
+                    break  # the tiles after this window get no piece (counted when shards are written)
+                for tile, cols in cut:
+                    pieces[str(tile)] = source.piece(data, cols, train[str(tile)], frames)
+                del data
+        frames.commit()
+    except BaseException:
+        frames.abort()
+        raise
+    broken = source.check()
+    if broken:
+        errors.append({"path": broken[0], "stage": "materialize", "reason": broken[1], "product_id": scene["product_id"]})
+        pieces = {}
+        source.stats = DatasetStats(pixel_stride=cfg.stats_pixel_stride)
+    report = {"task": name, "kind": task["kind"], "scene": task["scene"], "errors": errors,
+              "counts": dict(sorted(Counter(p["status"] for p in pieces.values()).items())),
+              "tiles": len(tiles)}
+    if task["kind"] == "s2":
+        stats_path.parent.mkdir(parents=True, exist_ok=True)
+        source.stats.save(stats_path)
+    _write_json_atomic(report_path, report)
+    _write_json_atomic(index_path, pieces)
+    return {**report, "pieces": pieces}

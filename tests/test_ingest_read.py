@@ -1,0 +1,119 @@
+"""Window reads and upsampling (``ingest/read.py``) and the read tasks' tile order (``ingest/plan.py``,
+``ingest/pieces.py``), against independent references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.pieces import row_windows
+from eoforge.ingest.plan import plan_reads, read_order
+from eoforge.ingest.read import SourceCache, TargetGrid, read_band, upsample
+from eoforge.shards.keys import TileId
+
+
+def reference_upsample(data: np.ndarray, ratio: int, first_row: int, first_col: int, n_rows: int, n_cols: int,
+                       nodata: float | None, nearest: bool) -> np.ndarray:
+    """Pixel by pixel: target (i, j) samples source (first + (i + 0.5) / ratio - 0.5, ...),
+    indices clamped to ``data``; bilinear weights of nodata pixels are dropped."""
+    h, w = data.shape
+    out = np.zeros((n_rows, n_cols), dtype=np.float64)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            if nearest:
+                out[i, j] = data[min(first_row + i // ratio, h - 1), min(first_col + j // ratio, w - 1)]
+                continue
+            y = first_row + (i + 0.5) / ratio - 0.5
+            x = first_col + (j + 0.5) / ratio - 0.5
+            y0, x0 = math.floor(y), math.floor(x)
+            fy, fx = y - y0, x - x0
+            num = den = 0.0
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                for dx, wx in ((0, 1 - fx), (1, fx)):
+                    v = data[min(max(y0 + dy, 0), h - 1), min(max(x0 + dx, 0), w - 1)]
+                    if nodata is not None and v == nodata:
+                        continue
+                    num += wy * wx * float(v)
+                    den += wy * wx
+            out[i, j] = num / den if den > 1e-6 else nodata
+    return out
+
+
+@pytest.mark.parametrize("ratio", [2, 6])
+@pytest.mark.parametrize("case", ["full", "swath_edge", "all_nodata", "offset"])
+def test_upsample_matches_the_pixel_by_pixel_formula(ratio: int, case: str) -> None:
+    rng = np.random.default_rng(ratio * 10 + len(case))
+    h, w = 9, 13
+    data = rng.integers(1, 10_000, size=(h, w)).astype(np.uint16)
+    first_row = first_col = 1
+    if case == "swath_edge":
+        data[np.add.outer(np.arange(h), -np.arange(w)) > -4] = 0  # a diagonal nodata wedge
+    elif case == "all_nodata":
+        data[:] = 0
+    elif case == "offset":
+        first_row, first_col = 0, 2
+    n_rows, n_cols = (h - first_row - 1) * ratio, (w - first_col - 1) * ratio + ratio // 2
+    for nearest in (False, True):
+        got = upsample(data, ratio, Resampling.nearest if nearest else Resampling.bilinear,
+                       first_row, first_col, n_rows, n_cols, 0)
+        want = reference_upsample(data, ratio, first_row, first_col, n_rows, n_cols, 0, nearest)
+        assert got.shape == (n_rows, n_cols) and got.dtype == np.uint16
+        # float32 weights of 1/12ths (ratio 6) can round a .5 either way: 1 DN at most
+        np.testing.assert_allclose(got, np.rint(want), atol=0 if ratio == 2 or nearest else 1, rtol=0)
+        if case == "swath_edge" and not nearest:
+            assert (got[want == 0] == 0).all() and (got[want > 0] > 0).all()  # nodata never blends in
+
+
+def test_aligned_read_equals_rasterio_at_the_same_coordinates(tmp_path) -> None:
+    """A 20 m band read onto a 10 m window: pixels whose centre sits on a 20 m pixel's
+    quarter points are the bilinear blend of the independent reads of their neighbours."""
+    path = tmp_path / "b05.tif"
+    data = np.random.default_rng(1).integers(1, 5000, size=(64, 64)).astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16", nodata=0,
+                       crs="EPSG:32632", transform=Affine(20, 0, 500000, 0, -20, 5000000)) as dst:
+        dst.write(data, 1)
+    target = TargetGrid(32632, Affine(10, 0, 500000 + 200, 0, -10, 5000000 - 400), 40, 20)
+    with SourceCache() as cache:
+        got = read_band(cache, str(path), 1, target, Resampling.bilinear, "uint16", 0, 0)
+    with rasterio.open(path) as src:
+        for i, j in ((0, 0), (7, 11), (19, 39), (10, 20)):
+            x, y = target.transform * (j + 0.5, i + 0.5)
+            r, c = src.index(x, y)
+            # this target pixel lies in source pixel (r, c), a quarter pixel off its centre
+            dy = -1 if i % 2 == 0 else 1
+            dx = -1 if j % 2 == 0 else 1
+            win = [src.read(1, window=Window(c + a, r + b, 1, 1))[0, 0].astype(float)
+                   for b, a in ((0, 0), (0, dx), (dy, 0), (dy, dx))]
+            want = 0.5625 * win[0] + 0.1875 * win[1] + 0.1875 * win[2] + 0.0625 * win[3]
+            assert got[i, j] == np.rint(want), (i, j)
+
+
+def test_read_tasks_walk_each_source_north_to_south_in_balanced_parts() -> None:
+    tiles = [TileId(32, "n", c, r) for r in range(100, 107) for c in range(10, 14)]
+    rows = [{"tile_id": str(t), "split": "val" if t.col == 13 else "train", "s2_scene": 3, "s1_scene": None,
+             "landcover_scenes": [5]} for t in tiles]
+    config = IngestConfig(read_task_rows=3)
+    tasks = plan_reads(rows, config)
+    s2 = [t for t in tasks if t["kind"] == "s2"]
+    assert [t["task"] for t in s2] == ["s2-000003-000", "s2-000003-001", "s2-000003-002"]
+    assert [len(t["tiles"]) for t in s2] == [8, 8, 12]  # 7 rows in 3 parts: 2, 2, 3 rows
+    walked = [TileId.parse(t) for task in s2 for t in task["tiles"]]
+    assert walked == sorted(tiles, key=read_order) and walked[0] == TileId(32, "n", 10, 106)
+    assert [t["task"] for t in tasks if t["kind"] == "lc"] == ["lc-000005-000", "lc-000005-001", "lc-000005-002"]
+    assert all(train == (not tile.endswith("00013_" + tile[-5:])) for task in s2
+               for tile, train in zip(task["tiles"], task["train"]))
+    # windows: one per tile row, split at gaps and at read_window_tiles
+    gap = [TileId(32, "n", c, 100) for c in (1, 2, 3, 5, 6)]
+    windows = list(row_windows(gap, IngestConfig(tile_size_px=16, read_window_tiles=2)))
+    assert [[str(t) for t, _ in cut] for _, cut in windows] == [
+        ["32n_00001_00100", "32n_00002_00100"], ["32n_00003_00100"], ["32n_00005_00100", "32n_00006_00100"]]
+    grid, cut = windows[2]
+    assert (grid.width, grid.height, grid.transform.c, grid.transform.f) == (32, 16, 5 * 160.0, 101 * 160.0)
+    assert cut[1][1] == slice(16, 32)

@@ -85,7 +85,7 @@ class IngestConfig:
     val_fraction: float = 0.1
     split_block_tiles: int = 8
     read_task_rows: int = 24
-    read_window_tiles: int = 48
+    read_window_tiles: int = 16
     samples_per_shard: int = 64
     codec: str = "zstd"
     s1_dtype: str = "float16"

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -65,7 +66,8 @@ class IngestResult:
 
 
 def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    write_parquet_atomic(pa.Table.from_pylist([_flat(r) for r in rows]) if rows else pa.table({}), path)
+    # working tables, rewritten by every run: no fsync
+    write_parquet_atomic(pa.Table.from_pylist([_flat(r) for r in rows]) if rows else pa.table({}), path, fsync=False)
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +110,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
     engine = engine or Engine(scheduler=scheduler, workers=workers, progress=progress)
     if own_engine:
         engine.__enter__()
+    background = _Background()
     try:
         t0 = time.perf_counter()
         scanned = scan(inputs, landcover, config, engine)
@@ -144,37 +147,77 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
 
         t0 = time.perf_counter()
         reports, failed_shards = _run_shards(engine, jobs, pending, reads, read_results, by_scene, config,
-                                                      out, errors, strict)
+                                             out, errors, strict)
         failed = failed or failed_shards
         timings["materialize"] = time.perf_counter() - t0
+        if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
+            background.run(engine.__exit__, None, None, None)
+            own_engine = False
 
         t0 = time.perf_counter()
-        merge_parts(out, extra_metadata={"eoforge_ingest": {"plan_sha256": job["plan_sha256"],
-                                                            "config": config.to_dict()}})
-        manifest = read_manifest(out)
-        train_stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
-        for r in reports:
-            if r["split"] == "train":
-                train_stats.merge(DatasetStats.load(task_stats_path(out, r["split"], r["shard"])))
-        for r in reads:  # S2 statistics were taken when reading
-            stats_path = read_report_paths(out, r["task"])[1]
-            if r["kind"] == "s2" and any(r["train"]) and stats_path.is_file():
-                train_stats.merge(DatasetStats.load(stats_path))
-        write_stats(out, train_stats, "train")
-        write_errors(out, errors)
-        if not failed:
-            shutil.rmtree(out / STAGING, ignore_errors=True)  # every shard is written: pieces are spent
+        manifest = _finalize(out, job, config, reads, reports, errors)
+        if not failed:  # every shard is written: the pieces are spent
+            background.run(shutil.rmtree, out / STAGING, True)
         timings["finalize"] = time.perf_counter() - t0
         report = build_report(inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover],
                               engine=engine.description, config=config.to_dict(), files_seen=scanned.files_seen,
-                              scenes=scanned.scenes, plan=plan, task_reports=reports, read_reports=list(read_results.values()),
-                              errors=errors,
-                              manifest=manifest, timings_s=timings)
+                              scenes=scanned.scenes, plan=plan, task_reports=reports,
+                              read_reports=list(read_results.values()), errors=errors, manifest=manifest,
+                              timings_s=timings)
         write_report(out, report, manifest)
+        background.join()
         return IngestResult(out, manifest.num_rows, sum(1 for r in reports if r["samples"]), errors, report)
     finally:
+        background.join(raise_errors=False)
         if own_engine:
             engine.__exit__(None, None, None)
+
+
+def _finalize(out: Path, job: dict[str, Any], config: IngestConfig, reads: list[dict[str, Any]],
+              reports: list[dict[str, Any]], errors: list[dict[str, Any]]) -> pa.Table:
+    """Merge the manifest parts, write ``stats.json`` (S2 from the read tasks, S1 and sample
+    counts from the shard tasks) and ``errors.parquet``; return the manifest."""
+    merge_parts(out, extra_metadata={"eoforge_ingest": {"plan_sha256": job["plan_sha256"], "config": config.to_dict()}})
+    train_stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
+    for r in reports:
+        if r["split"] == "train":
+            train_stats.merge(DatasetStats.load(task_stats_path(out, r["split"], r["shard"])))
+    for r in reads:
+        stats_path = read_report_paths(out, r["task"])[1]
+        if r["kind"] == "s2" and any(r["train"]) and stats_path.is_file():
+            train_stats.merge(DatasetStats.load(stats_path))
+    write_stats(out, train_stats, "train")
+    write_errors(out, errors)
+    return read_manifest(out)
+
+
+class _Background:
+    """Work the client need not wait for (stopping the cluster, deleting staging files)
+    in threads, joined before the run returns; both mostly wait on the OS."""
+
+    def __init__(self) -> None:
+        self._threads: list[tuple[threading.Thread, list[BaseException]]] = []
+
+    def run(self, fn: Any, *args: Any) -> None:
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                fn(*args)
+            except BaseException as err:  # noqa: BLE001 - re-raised by join
+                failure.append(err)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._threads.append((thread, failure))
+
+    def join(self, raise_errors: bool = True) -> None:
+        threads, self._threads = self._threads, []
+        for thread, _ in threads:
+            thread.join()
+        failures = [err for _, failure in threads for err in failure]
+        if failures and raise_errors:
+            raise failures[0]
 
 
 def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[str, Any]],

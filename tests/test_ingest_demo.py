@@ -196,3 +196,47 @@ def test_rerun_is_a_no_op_and_a_changed_plan_is_refused(demo_raw, demo_ingest, t
     with pytest.raises(IngestError, match="different ingest.*config"):
         run_ingest([str(demo_raw)], demo_ingest.out, config=IngestConfig(**{**DEMO_INGEST, "max_dt_days": 1.0}),
                    workers=1, progress=False)
+
+
+def test_statistics_taken_while_reading_equal_a_recount_of_the_shards(demo_ingest, tmp_path) -> None:
+    """S2 statistics come from the read tasks, S1's and the sample count from the shard
+    tasks: together they equal ``eoforge shards stats --pixel-stride 2`` over the written shards."""
+    import shutil
+
+    from eoforge.shards.stats import compute_stats
+
+    ingested = json.loads((demo_ingest.out / "stats.json").read_text())
+    assert ingested["pixel_stride"] == 2
+    copy = Path(shutil.copytree(demo_ingest.out, tmp_path / "ds", ignore=shutil.ignore_patterns("*.png")))
+    recount = compute_stats(copy, "train", workers=1, pixel_stride=2)
+    assert recount == ingested
+    exact = compute_stats(copy, "train", workers=1)  # every pixel: the same figures, a few digits in
+    for b, mean in enumerate(exact["s2"]["mean"]):
+        if mean is not None:
+            assert abs(ingested["s2"]["mean"][b] - mean) < 0.01 * exact["s2"]["std"][b]
+
+
+def test_each_source_is_read_once_and_every_shard_mixes_the_area(demo_ingest) -> None:
+    out = demo_ingest.out
+    assert not (out / "staging").exists(), "the staging pieces are deleted once every shard is written"
+    reads = [json.loads(p.read_text()) for p in sorted((out / "task-reports" / "read").glob("*.json"))]
+    stage = demo_ingest.report["stages"]["read"]
+    assert stage["tasks"] == len(reads) > 0
+    plan = pq.read_table(out / "plan.parquet").to_pylist()
+    s2_used = {r["s2_scene"] for r in plan}
+    assert {r["scene"] for r in reads if r["kind"] == "s2"} == s2_used  # one read task set per S2 scene
+    # every planned (tile, S2 scene) pair is read by exactly one task
+    assert sum(r["tiles"] for r in reads if r["kind"] == "s2") == len({(r["tile_id"], r["s2_scene"]) for r in plan})
+    # shards are not spatial blocks: each covers most of its split's extent
+    table = read_manifest(out)
+    rows = table.select(["shard", "split", "lon", "lat"]).to_pylist()
+    for split in ("train", "val"):
+        members = [r for r in rows if r["split"] == split]
+        lon = [r["lon"] for r in members]
+        lat = [r["lat"] for r in members]
+        for shard in {r["shard"] for r in members}:
+            mine = [r for r in members if r["shard"] == shard]
+            if len(mine) < 8:
+                continue
+            assert max(r["lon"] for r in mine) - min(r["lon"] for r in mine) > 0.5 * (max(lon) - min(lon)), shard
+            assert max(r["lat"] for r in mine) - min(r["lat"] for r in mine) > 0.5 * (max(lat) - min(lat)), shard

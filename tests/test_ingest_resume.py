@@ -1,8 +1,11 @@
 """Resumability of ``eoforge ingest`` under real failures (TESTING.md, section Dask).
 
 - Whole-run interruption: the command's whole process group (CLI + LocalCluster workers)
-  is SIGKILLed after the first shard is done; rerunning the same command must keep the
-  finished shards, redo the others and end with the bytes of an uninterrupted run.
+  is SIGKILLed while sources are being read (after the first read task), or after the first
+  shard is done; rerunning the same command must keep what was finished (read tasks,
+  shards), redo the rest and end with the bytes of an uninterrupted run.
+- A shard deleted from a finished dataset (whose staging pieces are gone) is rebuilt by
+  rerunning: the read tasks it needs run again and the bytes are the same.
 - Worker death: on a loopback ``dask scheduler`` + two ``dask worker --no-nanny``, one
   worker executing a shard task is SIGKILLed mid-run (no nanny, so it stays dead); the run
   must finish on the other worker with the bytes of the uninterrupted run.
@@ -69,6 +72,10 @@ def _shard_files(ds: Path) -> dict[str, str]:
 
 def _reports(ds: Path) -> list[Path]:
     return sorted((ds / "task-reports").glob("*/shard-*.json"))
+
+
+def _read_reports(ds: Path) -> list[Path]:
+    return sorted((ds / "task-reports" / "read").glob("*.json"))
 
 
 def _nan_safe(value: Any) -> Any:
@@ -247,15 +254,17 @@ def loopback_cluster(tmp_path: Path) -> Iterator[tuple[str, Any, list[subprocess
 # ---------------------------------------------------------------------------- tests
 
 
+@pytest.mark.parametrize("kill_after", ["first read task", "first shard"])
 def test_killed_run_resumes_to_the_uninterrupted_bytes(
-    inputs: list[Path], recipe: Path, reference: Path, tmp_path: Path
+    inputs: list[Path], recipe: Path, reference: Path, tmp_path: Path, kill_after: str
 ) -> None:
     ds = tmp_path / "ds"
     cmd = _ingest_cmd(inputs, ds, recipe, "--workers", "1")
     with open(tmp_path / "killed.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    done_marker = _read_reports if kill_after == "first read task" else _reports
     try:
-        _wait_for(lambda: bool(_reports(ds)), proc, "the first shard was done")
+        _wait_for(lambda: bool(done_marker(ds)), proc, f"the {kill_after} was done")
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its LocalCluster (scheduler, nanny, worker)
         proc.wait(timeout=30)
     finally:
@@ -274,16 +283,38 @@ def test_killed_run_resumes_to_the_uninterrupted_bytes(
         return {p: (p.stat().st_ino, p.stat().st_mtime_ns, _sha256(p)) for p in paths if p.exists()}
 
     done = _reports(ds)
-    assert done, "no shard was finished before the kill"
-    assert len(done) < len(_reports(reference)), "the run was not interrupted: every shard was already done"
+    reads_done = _read_reports(ds)
+    if kill_after == "first read task":
+        assert reads_done and not done, "the kill should land while sources are read"
+        assert len(reads_done) < len(_read_reports(reference)), "every read task was already done"
+    else:
+        assert done, "no shard was finished before the kill"
+        assert len(done) < len(_reports(reference)), "the run was not interrupted: every shard was already done"
     assert not (ds / "manifest.parquet").exists(), "the run was not interrupted: it got to finalize"
-    finished = identity(done + [ds / "shards" / r.parent.name / f"{r.stem}.tar" for r in done])
+    finished = identity(done + [ds / "shards" / r.parent.name / f"{r.stem}.tar" for r in done] + reads_done)
 
     _check_ok(_run(cmd))
 
-    # Finished shards (report, tar) were kept as they were, not rewritten; the rest was done.
+    # Finished read tasks and shards (report, tar) were kept as they were, not redone; the rest was done.
     assert identity(list(finished)) == finished
     assert_same_dataset(ds, reference)
+    assert not (ds / "staging").exists()
+
+
+def test_a_deleted_shard_is_rebuilt_from_the_sources(reference: Path, inputs: list[Path], recipe: Path,
+                                                     tmp_path: Path) -> None:
+    ds = Path(shutil.copytree(reference, tmp_path / "ds"))
+    assert not (ds / "staging").exists()
+    victim = _reports(ds)[len(_reports(ds)) // 2]
+    (ds / "shards" / victim.parent.name / f"{victim.stem}.tar").unlink()
+    others = identity_of([r for r in _reports(ds) if r != victim])
+    _check_ok(_run(_ingest_cmd(inputs, ds, recipe, "--workers", "1")))
+    assert_same_dataset(ds, reference)
+    assert identity_of(list(others)) == others  # the other shards were not touched
+
+
+def identity_of(paths: list[Path]) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
 
 
 def test_worker_killed_mid_run_on_a_loopback_cluster(

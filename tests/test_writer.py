@@ -228,3 +228,62 @@ def test_truncated_or_foreign_members_are_decode_errors_with_the_reason():
         decode_array(zstandard.ZstdCompressor().compress(
             b"\x93NUMPY\x01\x00" + (118).to_bytes(2, "little")
             + b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(117) + b"\n"), "npy.zst")
+
+
+def test_a_member_assembled_from_entry_frames_is_encode_array_and_old_framing_still_decodes():
+    """Ingest compresses each (tile, time step) when it reads it and concatenates the frames
+    later: the bytes must be those of ``encode_array``; members of eoforge 0.1 (the header
+    inside the first entry's frame) decode whole and by entry."""
+    import zstandard
+
+    from eoforge.shards.encoding import (
+        decode_array, decode_entry, decode_entry_bytes, encode_array, encode_entry, member_header, npy_bytes,
+    )
+
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 5000, size=(3, 13, 24, 24), dtype=np.uint16)
+    for codec, suffix in (("zstd", "npy.zst"), ("npy", "npy")):
+        frames = [encode_entry(np.ascontiguousarray(a), codec) for a in arr]
+        assembled = member_header(arr.dtype, arr.shape, codec) + b"".join(frames)
+        assert assembled == encode_array(arr, codec)
+        np.testing.assert_array_equal(decode_array(assembled, suffix), arr)
+        np.testing.assert_array_equal(decode_entry_bytes(frames[1], arr.dtype, arr.shape[1:], codec), arr[1])
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    assert npy_bytes(arr) == buf.getvalue()  # plain .npy, byte for byte
+    raw = npy_bytes(arr)
+    header = len(raw) - arr.nbytes
+    entry = arr[0].nbytes
+    c = zstandard.ZstdCompressor(level=1)
+    old = c.compress(raw[: header + entry]) + b"".join(c.compress(raw[header + i * entry: header + (i + 1) * entry])
+                                                      for i in (1, 2))
+    np.testing.assert_array_equal(decode_array(old, "npy.zst"), arr)
+    for i in range(3):
+        np.testing.assert_array_equal(decode_entry(old, "npy.zst", i)[0], arr[i])
+
+
+def test_tar_headers_are_tarfiles_bytes(tmp_path):
+    import tarfile
+
+    from eoforge.shards.writer import _tar_header
+
+    for name, size in [("32n_00001_00002.s2.npy.zst", 1234567), ("a.json", 0), ("x" * 100, 8**11 - 1)]:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o444, 0, 0, "", ""
+        assert _tar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    with pytest.raises(ValueError, match="longer than 100"):
+        _tar_header("y" * 101, 1)
+    # a whole shard is the archive tarfile writes for the same members (end blocks and padding included)
+    _write(tmp_path, 3)
+    tar = shard_path(tmp_path, "train", 0)
+    with tarfile.open(tar) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    again = tmp_path / "again.tar"
+    with tarfile.open(again, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for m, data in members:
+            import io
+
+            dst.addfile(m, io.BytesIO(data))
+    assert again.read_bytes() == tar.read_bytes()

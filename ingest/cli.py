@@ -51,7 +51,7 @@ def demo_data(out: str, seed: int, extent_km: float, quiet: bool) -> None:
               help="Land-cover class raster(s) or folders (WorldCover, Dynamic World, or any class raster "
                    "with --label-taxonomy). WorldCover/Dynamic World files found under RAW are used too.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="YAML recipe of ingest settings (see configs/); options below override it.")
+              help="YAML recipe of ingest settings (see ingest/recipes/); options below override it.")
 @click.option("--scheduler", metavar="ADDR",
               help="Run on an existing Dask cluster (tcp://host:8786); default: DASK_SCHEDULER_ADDRESS, "
                    "else a LocalCluster.")
@@ -74,10 +74,11 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
     RAW are folders, files or URLs (s3://, https://) holding S2 SAFE products, Earth
     Search / Planetary Computer COGs, BigEarthNet-style band files, S1 GRD GeoTIFFs (dB or
     linear) and land-cover rasters. Stages: scan (headers) -> plan (grid tiles, dedup,
-    seasons, S1 pairing, split, shards) -> materialize (one Dask task per shard) ->
-    finalize (manifest.parquet, stats.json, errors.parquet, report.md).
+    seasons, S1 pairing, split, shards) -> read (each source once, in raster order, into
+    encoded per-tile pieces) -> materialize (one Dask task per shard, assembled from the
+    pieces) -> finalize (manifest.parquet, stats.json, errors.parquet, report.md).
 
-    Rerunning the same command resumes: finished shards are kept, unfinished ones redone.
+    Rerunning the same command resumes: finished read tasks and shards are kept, the rest is redone.
     The exit status is 1 when any input failed (everything else is still written).
 
     \b

@@ -418,7 +418,7 @@ def _encoding_version() -> str:
 def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, scene_px: int = 2640,
                              product_scene_px: int | None = 10980, chip_px: int = 224, batch_size: int = 32,
                              workers: int = 2, samples: int = 512,
-                             torchgeo_samples: int = 128) -> tuple[dict[str, Any], str]:
+                             torchgeo_samples: int = 160, repeats: int = 2) -> tuple[dict[str, Any], str]:
     """(b) Our loader vs torchgeo ``RasterDataset`` + ``RandomGeoSampler``. Target >= 10x.
 
     Every loader delivers normalised float32 ``[batch, 13, chip, chip]`` S2 chips (same
@@ -436,6 +436,9 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
       cache, so after warm-up torchgeo decodes nothing: its best case.
     - **per-tile GeoTIFFs**: the small scene's shard samples written back as one 13-band 10 m
       GeoTIFF per tile (DEFLATE, 256 px blocks): torchgeo's friendliest layout, for scale.
+
+    Each pair of loaders runs ``repeats`` times, ours and torchgeo's in turn, and each side's
+    fastest run counts (the machine may be shared: a neighbour's burst should not decide).
 
     Returns:
         (figures, markdown snippet); figures say ``"skipped"`` when torchgeo is not installed.
@@ -463,11 +466,11 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
 
     cfg = DataConfig(modality="s2", batch_size=batch_size, workers=workers, shuffle_buffer=batch_size,
                      shuffle_initial=batch_size // 2, time_step="random")
-    ours = {name: _timed(build_loader(cfg, ds_root, RandomCropView(chip_px), rank=0, world_size=1, seed=0,
-                                      start_step=0, num_steps=warmup + math.ceil(samples / batch_size)),
-                         batch_size, warmup)
-            for name, (_, ds_root) in scenes.items()}
-    ours["tiles"] = ours["scene"]
+
+    def ours_run(ds_root: Path) -> dict[str, float]:
+        return _timed(build_loader(cfg, ds_root, RandomCropView(chip_px), rank=0, world_size=1, seed=0,
+                                   start_step=0, num_steps=warmup + math.ceil(samples / batch_size)),
+                      batch_size, warmup)
 
     def torchgeo_run(dataset: Any, chips: int) -> dict[str, float]:
         sampler = RandomGeoSampler(dataset, size=chip_px, generator=torch.Generator().manual_seed(0),
@@ -483,7 +486,21 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
     datasets = {name: scene_cls(paths=str(scene), res=RES_M, transforms=TorchgeoNormalize.of(norm, insert_b10=True))
                 for name, (scene, _) in scenes.items()}
     datasets["tiles"] = tiles_cls(paths=str(tiles), transforms=TorchgeoNormalize.of(norm))
-    runs = {name: torchgeo_run(ds, torchgeo_samples) for name, ds in datasets.items()}
+    ours_all: dict[str, list[dict[str, float]]] = {name: [] for name in scenes}
+    runs_all: dict[str, list[dict[str, float]]] = {name: [] for name in datasets}
+    for _ in range(repeats):  # interleaved, so both sides see the same machine
+        for name in datasets:
+            if name in scenes:
+                ours_all[name].append(ours_run(scenes[name][1]))
+            runs_all[name].append(torchgeo_run(datasets[name], torchgeo_samples))
+
+    def best(all_runs: list[dict[str, float]]) -> dict[str, Any]:
+        top = max(all_runs, key=lambda r: r["steady_samples_per_s"])
+        return {**top, "all_steady_samples_per_s": [round(r["steady_samples_per_s"], 1) for r in all_runs]}
+
+    ours = {name: best(r) for name, r in ours_all.items()}
+    ours["tiles"] = ours["scene"]
+    runs = {name: best(r) for name, r in runs_all.items()}
     # same tensors as ours; checked after the runs: GDAL handles opened here before a fork
     # would be shared with the workers and break their reads
     for dataset in datasets.values():
@@ -498,7 +515,7 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
         "machine": _machine(),
         "torchgeo": torchgeo.__version__,
         "scene_px": scene_px, "product_scene_px": product_scene_px, "tiles": n_tiles, "chip_px": chip_px,
-        "batch_size": batch_size, "workers": workers,
+        "batch_size": batch_size, "workers": workers, "repeats": repeats,
         **{f"eoforge_{name}": r for name, r in ours.items() if name != "tiles"},
         **{f"torchgeo_{name}": r for name, r in runs.items()},
         "speedup": speedups[headline], "speedups": speedups, "headline": headline, "target": 10.0,
@@ -527,7 +544,9 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
         f" blocks). eoforge reads the shards `eoforge ingest` made of a scene; torchgeo {torchgeo.__version__}"
         " (`RasterDataset` + `RandomGeoSampler`) reads the same scene's GeoTIFFs, resampled to 10 m on read."
         f" {chip_px} px chips, batch {batch_size}, {workers} workers, same normalisation; steady state after"
-        f" {warmup} batches.",
+        f" {warmup} batches; the faster of {repeats} interleaved runs of each side (all runs, samples/s: "
+        + "; ".join(f"{name}: eoforge {ours[name]['all_steady_samples_per_s']}, torchgeo "
+                    f"{runs[name]['all_steady_samples_per_s']}" for name in runs) + ").",
         "",
         "| scene | eoforge reads, samples/s | torchgeo reads, samples/s | eoforge is faster by | target |",
         "|---|---:|---:|---:|---:|",

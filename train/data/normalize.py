@@ -139,7 +139,13 @@ def _usable(v: Any) -> bool:
 def normalize_s2(dn: np.ndarray, norm: BandNorm) -> np.ndarray:
     """S2 DN uint16 ``[..., 13, H, W]`` -> float32 same shape; DN 0 (nodata) -> 0."""
     out = norm.apply(dn)
-    np.copyto(out, 0.0, where=dn == 0)  # one mask pass (apply's ``valid`` would add a negation)
+    for b in range(dn.shape[-3]):
+        band = dn[..., b, :, :]
+        # a band without statistics (L2A's zero B10) is 0 already; most bands of most tiles
+        # hold no nodata at all: a count is cheaper than building and applying the mask
+        if norm.scale[b] == 0 or np.count_nonzero(band) == band.size:
+            continue
+        np.copyto(out[..., b, :, :], 0.0, where=band == 0)
     return out
 
 

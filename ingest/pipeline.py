@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
@@ -142,13 +142,12 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
 
         t0 = time.perf_counter()
         pending = [j for j in jobs if not shard_done(out, j["split"], j["shard"])]
-        read_results, failed = _run_reads(engine, reads, pending, by_scene, config, out, errors, strict)
+        read_results, failed_reads = _run_reads(engine, reads, pending, by_scene, config, out, errors, strict)
         timings["read"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        reports, failed_shards = _run_shards(engine, jobs, pending, reads, read_results, by_scene, config,
-                                             out, errors, strict)
-        failed = failed or failed_shards
+        reports, failed = _run_shards(engine, jobs, pending, reads, read_results, failed_reads, by_scene, config,
+                                      out, errors, strict)
         timings["materialize"] = time.perf_counter() - t0
         if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
             background.run(engine.__exit__, None, None, None)
@@ -222,10 +221,10 @@ class _Background:
 
 def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[str, Any]],
                scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
-               strict: bool) -> tuple[dict[str, dict[str, Any]], bool]:
+               strict: bool) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """Run the read tasks that are not done and that a pending shard needs (or that left no
-    report); load the others. Returns (task -> result, whether a task failed); the tasks'
-    errors are appended to ``errors``."""
+    report); load the others. Returns (task -> result, the tasks that failed: raised after
+    their retries); the tasks' errors are appended to ``errors``."""
     needed_tiles = {rows[0]["tile_id"] for j in pending for rows in j["tiles"]}
     results: dict[str, dict[str, Any]] = {}
     todo = []
@@ -237,13 +236,13 @@ def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[s
             results[r["task"]] = json.loads(report_path.read_text())  # its pieces are in finished shards
         else:
             todo.append(r)
-    failed = False
+    failed: set[str] = set()
     task_fn = partial(_read_payload, config=config.to_dict(), out=str(out.resolve()))
     payloads = [(r, scenes[r["scene"]]) for r in todo]
     for index, result in engine.as_completed(task_fn, payloads, desc="read", unit="task", key_prefix="read"):
         r = todo[index]
         if isinstance(result, BaseException):
-            failed = True
+            failed.add(r["task"])
             scene = scenes[r["scene"]]
             result = {"task": r["task"], "errors": [{
                 "path": scene["paths"][0], "stage": "materialize", "product_id": scene["product_id"],
@@ -264,34 +263,43 @@ def _shard_payload(job: dict[str, Any], piece_task: dict[tuple[str, int, str], s
     those scenes' rows."""
     pieces: dict[str, dict[str, Any]] = {}
     used: set[int] = set()
-    for rows in job["tiles"]:
-        tile = rows[0]["tile_id"]
-        sources = [("s2", r["s2_scene"]) for r in rows] + [("s1", r["s1_scene"]) for r in rows]
-        for kind, scene in sources + [("lc", i) for i in rows[0]["landcover_scenes"]]:
-            if scene is None:
-                continue
-            used.add(int(scene))
-            task = piece_task[(kind, int(scene), tile)]
-            piece = read_results.get(task, {}).get("pieces", {}).get(tile)
-            if piece is not None:  # None: the read failed before this tile
-                pieces[piece_key(kind, int(scene), tile)] = {**piece, "task": task}
+    for kind, scene, tile in _piece_sources(job):
+        used.add(scene)
+        task = piece_task[(kind, scene, tile)]
+        piece = read_results.get(task, {}).get("pieces", {}).get(tile)
+        if piece is not None:  # None: the read met bad data before this tile
+            pieces[piece_key(kind, scene, tile)] = {**piece, "task": task}
     return job, pieces, {i: scenes[i] for i in sorted(used)}
 
 
 def _run_shards(engine: Engine, jobs: list[dict[str, Any]], pending: list[dict[str, Any]], reads: list[dict[str, Any]],
-                read_results: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]], config: IngestConfig,
-                out: Path, errors: list[dict[str, Any]], strict: bool) -> tuple[list[dict[str, Any]], bool]:
-    """Write the pending shards. Returns (the reports of every shard, whether a task failed);
-    failures are appended to ``errors``."""
+                read_results: dict[str, dict[str, Any]], failed_reads: set[str], scenes: dict[int, dict[str, Any]],
+                config: IngestConfig, out: Path, errors: list[dict[str, Any]],
+                strict: bool) -> tuple[list[dict[str, Any]], bool]:
+    """Write the pending shards. Returns (the reports of every shard written, whether any
+    shard is left unwritten); failures are appended to ``errors``.
+
+    A shard that needs the pieces of a read task that failed (raised, rather than met bad
+    data) is not written: a rerun retries the read and then writes it."""
     piece_task = {(r["kind"], r["scene"], t): r["task"] for r in reads for t in r["tiles"]}
-    payloads = [_shard_payload(j, piece_task, read_results, scenes) for j in pending]
     todo = {(j["split"], j["shard"]) for j in pending}
     reports = [json.loads(task_report_path(out, j["split"], j["shard"]).read_text())
                for j in jobs if (j["split"], j["shard"]) not in todo]
     failed = False
+    writable = []
+    for j in pending:
+        blocked = sorted({piece_task[key] for key in _piece_sources(j) if piece_task[key] in failed_reads})
+        if blocked:
+            failed = True
+            errors.append({"path": str(shard_path(out, j["split"], j["shard"])), "stage": "materialize",
+                           "reason": f"shard not written: read task(s) {', '.join(blocked)} failed; rerun to retry",
+                           "product_id": None})
+        else:
+            writable.append(j)
+    payloads = [_shard_payload(j, piece_task, read_results, scenes) for j in writable]
     task_fn = partial(_materialize_payload, config=config.to_dict(), out=str(out.resolve()))
     for index, result in engine.as_completed(task_fn, payloads, desc="write", unit="shard", key_prefix="materialize"):
-        j = pending[index]
+        j = writable[index]
         if isinstance(result, BaseException):
             failed = True
             errors.append({"path": str(shard_path(out, j["split"], j["shard"])), "stage": "materialize",
@@ -303,6 +311,18 @@ def _run_shards(engine: Engine, jobs: list[dict[str, Any]], pending: list[dict[s
         reports.append(result)
     reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
     return reports, failed
+
+
+def _piece_sources(job: dict[str, Any]) -> Iterator[tuple[str, int, str]]:
+    """(kind, scene, tile) of every piece the tiles of a shard job use."""
+    for rows in job["tiles"]:
+        tile = rows[0]["tile_id"]
+        for r in rows:
+            yield "s2", int(r["s2_scene"]), tile
+            if r["s1_scene"] is not None:
+                yield "s1", int(r["s1_scene"]), tile
+        for i in rows[0]["landcover_scenes"]:
+            yield "lc", int(i), tile
 
 
 def _read_payload(payload: tuple[dict[str, Any], dict[str, Any]], config: dict[str, Any], out: str) -> dict[str, Any]:

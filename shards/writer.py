@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from eoforge.shards.encoding import DEFAULT_CODEC
 from eoforge.shards.manifest import manifest_row, write_part
-from eoforge.shards.sample import EncodedSample, MemberInfo, Sample, encode_sample
+from eoforge.shards.sample import EncodedSample, Sample, encode_sample
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 

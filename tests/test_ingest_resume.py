@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from eoforge.ingest.demo import generate_demo_data
@@ -361,3 +362,26 @@ def test_worker_killed_mid_run_on_a_loopback_cluster(
     assert all(w.poll() is None for w in survivors)
     assert list(client.run(os.getpid).values()) == [survivors[0].pid]
     assert_same_dataset(ds, reference)
+
+
+def test_a_read_task_that_crashes_leaves_its_shards_for_a_rerun(reference: Path, inputs: list[Path], recipe: Path,
+                                                               tmp_path: Path) -> None:
+    """A read task that raises (here: its staging file cannot be created) fails after its
+    retries; the shards that need its pieces are not written (error rows, exit 1), the others
+    are; a rerun once the cause is gone writes the rest, and the dataset equals the reference."""
+    victim = next(p.stem for p in _read_reports(reference) if p.stem.startswith("s2-"))
+    ds = tmp_path / "ds"
+    obstacle = ds / "staging" / f"{victim}.bin.tmp"
+    obstacle.mkdir(parents=True)  # open(..., "wb") on it raises IsADirectoryError
+    first = _run(_ingest_cmd(inputs, ds, recipe, "--workers", "1"))
+    assert first.returncode == 1, first.stderr[-3000:]
+    rows = pq.read_table(ds / "errors.parquet").to_pylist()
+    assert any(victim in r["reason"] and "failed" in r["reason"] for r in rows), rows
+    blocked = [r for r in rows if r["reason"].startswith("shard not written")]
+    assert blocked, rows
+    assert len(blocked) + len(_reports(ds)) == len(_reports(reference))  # each shard written or reported
+    assert (ds / "staging").is_dir()  # kept for the rerun
+    obstacle.rmdir()
+    _check_ok(_run(_ingest_cmd(inputs, ds, recipe, "--workers", "1")))
+    assert_same_dataset(ds, reference)
+    assert not pq.read_table(ds / "errors.parquet").num_rows

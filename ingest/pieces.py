@@ -96,9 +96,8 @@ def read_s2(cache: SourceCache, scene: dict[str, Any], target: TargetGrid, fille
         b = bands[name]
         band = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "uint16",
                          b["nodata"] if b["nodata"] is not None else 0, 0, out=stack[i])
-        nonzero = band != 0
-        filled[i] += int(np.count_nonzero(nonzero))
-        valid &= nonzero
+        filled[i] += int(np.count_nonzero(band))
+        np.logical_and(valid, band, out=valid)
         if offset:
             # reflectance = (DN - offset) / 10000; max(DN - offset, 1) keeps dark valid pixels valid.
             np.maximum(band, offset + 1, out=band)

@@ -57,11 +57,19 @@ class SourceCache:
 
     def __init__(self) -> None:
         self._open: dict[str, Any] = {}
+        self._epsg: dict[str, int | None] = {}
 
     def get(self, path: str) -> Any:
         if path not in self._open:
             self._open[path] = rasterio.open(gdal_path(path))
         return self._open[path]
+
+    def epsg(self, path: str) -> int | None:
+        """EPSG code of an open source's CRS, looked up once (``CRS.to_epsg`` searches PROJ's database)."""
+        if path not in self._epsg:
+            crs = self.get(path).crs
+            self._epsg[path] = None if crs is None else crs.to_epsg()
+        return self._epsg[path]
 
     def close(self) -> None:
         for ds in self._open.values():
@@ -75,9 +83,10 @@ class SourceCache:
         self.close()
 
 
-def _aligned_ratio(src: Any, target: TargetGrid) -> int | None:
-    """Integer source/target pixel ratio when the source grid lines up with the target, else None."""
-    if src.crs is None or src.crs.to_epsg() != target.epsg:
+def _aligned_ratio(src: Any, epsg: int | None, target: TargetGrid) -> int | None:
+    """Integer source/target pixel ratio when the source grid (CRS ``epsg``) lines up with the
+    target, else None."""
+    if epsg is None or epsg != target.epsg:
         return None
     s, t = src.transform, target.transform
     if s.b or s.d or t.b or t.d or s.a <= 0 or s.e >= 0:
@@ -168,7 +177,7 @@ def read_band(cache: SourceCache, path: str, index: int, target: TargetGrid, res
     src = cache.get(path)
     if out is None:
         out = np.empty((target.height, target.width), dtype=dtype)
-    ratio = _aligned_ratio(src, target)
+    ratio = _aligned_ratio(src, cache.epsg(path), target)
     if ratio is not None:
         s, t = src.transform, target.transform
         col0 = round((t.c - s.c) / s.a)  # source pixel of the target's first column

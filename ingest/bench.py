@@ -206,7 +206,7 @@ def _cpu(usage: resource.struct_rusage) -> float:
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("build/bench"), show_default=True)
 @click.option("--scene-px", type=int, default=SCENE_PX, show_default=True, help="Scene size (10 m pixels).")
-@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Runs of the floor and of each ingest, interleaved; the fastest of each counts (shared machines are noisy).")
 def main(out: Path, scene_px: int, repeats: int) -> None:
     """Measure ingest against the read floor and write the 'ingest' benchmark section."""

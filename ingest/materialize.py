@@ -118,10 +118,13 @@ class ShardAssembler:
     def _frame(self, piece: dict[str, Any], member: str) -> bytes:
         return self.staging.frame(piece["task"], piece[member])
 
-    def _member(self, name: str, dtype: str, entry_shape: tuple[int, ...], frames: list[bytes]) -> tuple[MemberInfo, bytes]:
+    def _member(self, name: str, dtype: str, entry_shape: tuple[int, ...],
+                frames: list[bytes]) -> tuple[MemberInfo, tuple[bytes, ...]]:
+        """A member from its entries' frames: a header for their number, then the frames, as
+        parts (hashed and written one after the other, never joined)."""
         shape = (len(frames), *entry_shape)
-        data = member_header(np.dtype(dtype), shape, self.config.codec) + b"".join(frames)
-        return array_member(name, data, dtype, shape, self.config.codec)
+        header = member_header(np.dtype(dtype), shape, self.config.codec)
+        return array_member(name, (header, *frames), dtype, shape, self.config.codec)
 
     def samples(self) -> Iterator[EncodedSample]:
         """The shard's samples in plan order, one at a time."""

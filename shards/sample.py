@@ -52,25 +52,33 @@ class MemberInfo:
 
 @dataclass(frozen=True)
 class EncodedSample:
-    """A sample as its tar members: ``(info, bytes)`` pairs in :data:`MEMBER_ORDER`, and its metadata."""
+    """A sample as its tar members, in :data:`MEMBER_ORDER`, and its metadata.
+
+    Each member is ``(info, parts)``: its bytes are the concatenation of ``parts`` (a writer
+    that assembles members from encoded pieces never joins them in memory)."""
 
     meta: SampleMeta
-    members: list[tuple[MemberInfo, bytes]]
+    members: list[tuple[MemberInfo, tuple[bytes, ...]]]
 
     @property
     def key(self) -> str:
         return self.meta.key
 
 
-def array_member(name: str, data: bytes, dtype: str, shape: tuple[int, ...], codec: str) -> tuple[MemberInfo, bytes]:
-    """The ``(info, bytes)`` of an array member encoded elsewhere (``name`` without suffix)."""
-    return MemberInfo(f"{name}.{SUFFIX[codec]}", _sha256(data), len(data), dtype, tuple(shape)), data
+def array_member(name: str, parts: tuple[bytes, ...], dtype: str, shape: tuple[int, ...],
+                 codec: str) -> tuple[MemberInfo, tuple[bytes, ...]]:
+    """The ``(info, parts)`` of an array member encoded elsewhere (``name`` without suffix)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    info = MemberInfo(f"{name}.{SUFFIX[codec]}", digest.hexdigest(), sum(map(len, parts)), dtype, tuple(shape))
+    return info, parts
 
 
-def meta_member(meta: SampleMeta) -> tuple[MemberInfo, bytes]:
-    """The ``(info, bytes)`` of the JSON metadata member."""
+def meta_member(meta: SampleMeta) -> tuple[MemberInfo, tuple[bytes, ...]]:
+    """The ``(info, parts)`` of the JSON metadata member."""
     data = encode_json(meta.to_dict())
-    return MemberInfo(META_MEMBER, _sha256(data), len(data), None, None), data
+    return MemberInfo(META_MEMBER, _sha256(data), len(data), None, None), (data,)
 
 
 def encode_sample(sample: Sample, codec: str = DEFAULT_CODEC) -> EncodedSample:
@@ -82,7 +90,7 @@ def encode_sample(sample: Sample, codec: str = DEFAULT_CODEC) -> EncodedSample:
             out.append(meta_member(sample.meta))
         elif name in sample.arrays:
             arr = sample.arrays[name]
-            out.append(array_member(name, encode_array(arr, codec), arr.dtype.name, arr.shape, codec))
+            out.append(array_member(name, (encode_array(arr, codec),), arr.dtype.name, arr.shape, codec))
     return EncodedSample(sample.meta, out)
 
 

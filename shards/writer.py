@@ -87,14 +87,16 @@ class _ShardFile:
     def relpath(self) -> str:
         return self.path.relative_to(self.root).as_posix()
 
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
-        for name, data in members:
-            self._file.write(_tar_header(f"{key}.{name}", len(data)))
-            self._file.write(data)
-            pad = -len(data) % 512
+    def add(self, key: str, members: list[tuple[str, tuple[bytes, ...]]]) -> None:
+        for name, parts in members:
+            size = sum(map(len, parts))
+            self._file.write(_tar_header(f"{key}.{name}", size))
+            for part in parts:
+                self._file.write(part)
+            pad = -size % 512
             if pad:
                 self._file.write(bytes(pad))
-            self.nbytes += _tar_size(len(data))
+            self.nbytes += _tar_size(size)
 
     def commit(self, write_manifest_part: bool) -> None:
         end = 2 * 512
@@ -177,7 +179,7 @@ class ShardWriter:
         if cur is None:
             cur = self._current = _ShardFile(self.root, self.split, self.next_index, self.fsync)
             self.next_index += 1
-        cur.add(encoded.key, [(info.name, data) for info, data in encoded.members])
+        cur.add(encoded.key, [(info.name, parts) for info, parts in encoded.members])
         row = manifest_row(encoded.meta, cur.relpath, [info for info, _ in encoded.members])
         cur.rows.append(row)
         return row

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,6 +256,7 @@ def materialize_shard(job: dict[str, Any], pieces: dict[str, dict[str, Any]], sc
     report_path = task_report_path(out, split, shard)
     if shard_done(out, split, shard):
         return json.loads(report_path.read_text())
+    started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)
     staging = _Staging(out)
     try:
@@ -267,7 +269,8 @@ def materialize_shard(job: dict[str, Any], pieces: dict[str, dict[str, Any]], sc
     report_path.parent.mkdir(parents=True, exist_ok=True)
     assembler.stats.save(task_stats_path(out, split, shard))
     report = {"split": split, "shard": shard, "samples": len(rows), "counts": dict(sorted(assembler.counts.items())),
-              "errors": [], "tar_bytes": tar.stat().st_size if rows else 0}
+              "errors": [], "tar_bytes": tar.stat().st_size if rows else 0,
+              "seconds": round(time.perf_counter() - started, 3)}
     tmp = report_path.with_name(report_path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, report_path)

@@ -378,3 +378,38 @@ def test_metadata_listing_more_steps_than_stored_is_skipped(ds_copy, caplog):
         kept = list(decode_inputs(raws, "s2", "all", random.Random(0), counter))
     assert kept == [] and counter.count == len(raws) > 0
     assert "metadata lists 3 time steps" in caplog.text
+
+
+def _identity_by_another_name(inputs: dict, generator: torch.Generator) -> dict:
+    return identity_views(inputs, generator)  # not ``identity_views`` itself: the general path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_identity_views_fast_path_gives_the_general_paths_batches(ds, workers):
+    """``identity_views`` normalises straight into the (shared-memory) batch; any other views
+    go through normalise -> views -> collate: the same tensors, crops included."""
+    for overrides in ({"modality": "s1s2", "crop_px": 20}, {"modality": "s2"}, {"modality": "s1", "crop_px": 32}):
+        fast = run(ds, views=identity_views, num_steps=4, workers=workers, **overrides)
+        general = run(ds, views=_identity_by_another_name, num_steps=4, workers=workers, **overrides)
+        assert same_batches(fast, general), overrides
+        assert fast[0][overrides["modality"][:2]].shape[-1] == overrides.get("crop_px", 32)
+
+
+def test_crops_are_seeded_windows_of_the_stored_tiles(ds):
+    stats = read_stats(ds)
+    norm2 = band_norm(stats, "s2")
+    stored = {s["__key__"]: normalize_s2(s["s2"][0], norm2) for s in iter_dataset(ds, "train")}
+    batches = run(ds, views=identity_views, num_steps=3, time_step="first", crop_px=12)
+    offsets = set()
+    for batch in batches:
+        assert batch["s2"].shape == (3, 13, 12, 12)
+        for crop, key in zip(batch["s2"].numpy(), batch["__key__"]):
+            tile = stored[key]
+            hits = [(i, j) for i in range(32 - 12 + 1) for j in range(32 - 12 + 1)
+                    if np.array_equal(tile[:, i:i + 12, j:j + 12], crop)]
+            assert hits, key
+            offsets.add(hits[0])
+    assert len(offsets) > 3  # positions vary
+    assert same_batches(batches, run(ds, views=identity_views, num_steps=3, time_step="first", crop_px=12))
+    with pytest.raises(ValueError, match="crop_px"):
+        DataConfig(crop_px=0)

@@ -4,7 +4,7 @@
     (identity views: the normalised S2 time step is the only view; 2 DataLoader workers) divided
     by the *decode floor*: the same shards read and the same members (``s2`` + ``json``)
     decoded by 2 processes, each taking half the shards, with nothing else done. Target >= 0.8.
-(b) :func:`bench_loader_vs_torchgeo`: our loader with a random-crop view (shards that ``eoforge
+(b) :func:`bench_loader_vs_torchgeo`: our loader cutting a random chip of each tile (shards that ``eoforge
     ingest`` made of a generated S2 L2A scene) against torchgeo's ``RasterDataset`` +
     ``RandomGeoSampler`` reading scene GeoTIFFs as products come (one file per band at 10/20/60 m,
     resampled on read): the same small scene, a product-size 10980 px scene (the headline: its
@@ -149,21 +149,7 @@ def write_geotiffs(ds_root: str | os.PathLike[str], folder: str | os.PathLike[st
     return folder
 
 
-# ----------------------------------------------------------------------------- views
-
-
-@dataclass(frozen=True)
-class RandomCropView:
-    """One random ``size`` x ``size`` crop of the normalised S2 tile: ``{"image": float32 [13, size, size]}``."""
-
-    size: int
-
-    def __call__(self, inputs: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        x = inputs["s2"]
-        h, w = x.shape[-2:]
-        i = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
-        j = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
-        return {"image": x[:, i : i + self.size, j : j + self.size]}  # collate copies it into the batch
+# ----------------------------------------------------------------------------- torchgeo
 
 
 @dataclass(frozen=True)
@@ -424,7 +410,7 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
     Every loader delivers normalised float32 ``[batch, 13, chip, chip]`` S2 chips (same
     mean ± 2σ normalisation from the dataset's ``stats.json``, DN 0 -> 0) with ``workers``
     DataLoader workers. Ours reads the shards ``eoforge ingest`` made of a scene and cuts a
-    random chip of a random tile (a view); torchgeo reads the same scene:
+    random chip of each tile (``DataConfig.crop_px``, no other views); torchgeo reads the same scene:
 
     - **a product-size scene** (``product_scene_px``, 10980 px like a real S2 tile; the scene the
       ingest benchmark generates, cached under ``out``) as distributed, one DEFLATE GeoTIFF per
@@ -465,10 +451,10 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
     warmup = max(workers, 1)  # one batch per worker: start-up, first reads
 
     cfg = DataConfig(modality="s2", batch_size=batch_size, workers=workers, shuffle_buffer=batch_size,
-                     shuffle_initial=batch_size // 2, time_step="random")
+                     shuffle_initial=batch_size // 2, time_step="random", crop_px=chip_px)
 
     def ours_run(ds_root: Path) -> dict[str, float]:
-        return _timed(build_loader(cfg, ds_root, RandomCropView(chip_px), rank=0, world_size=1, seed=0,
+        return _timed(build_loader(cfg, ds_root, identity_views, rank=0, world_size=1, seed=0,
                                    start_step=0, num_steps=warmup + math.ceil(samples / batch_size)),
                       batch_size, warmup)
 

@@ -7,12 +7,21 @@ call alone on any iterator, webdataset style)::
       -> interleave(read_shard, k)         raw samples from k open shards, round-robin
       -> decode_inputs                     modality + time step, only that step decoded
       -> wds.shuffle(buffer, rng)          seeded shuffle buffer
+      -> random_crops(crop_px, rng)        optional: one seeded window per sample, still stored dtype
       -> normalize_inputs                  float32 tensors, no-data pixels 0   (normalize.py)
       -> apply_views                       views(inputs, generator) per sample
       -> batched                           default_collate + "__key__" list + skip count
 
+With ``identity_views`` (no augmentation: feature extraction, probes, supervised training on
+crops) the last three stages are one, :func:`normalized_batches`: each sample is normalised
+straight into its slot of the batch, which in a DataLoader worker lives in shared memory.
+The result is the same tensors; what it saves is a float32 copy of every sample and the
+stacking copy (1.3-1.4x the samples/s, measured on 224 px crops of 264 px tiles).
+
 Why the stages sit in this order:
 
+- A crop (``crop_px``) is cut before normalisation, so everything after it works on the
+  crop's pixels only.
 - Only the members the modality needs are read out of the tar and decoded (``lc``/``scl`` and
   the other modality are skipped unread); the time step is drawn from the JSON first and of
   each ``[T, ...]`` stack only that step's zstd frame is decompressed, so the shuffle buffer
@@ -110,6 +119,9 @@ class DataConfig:
         clip: clip ``minmax2sigma`` output to [0, 1] (SoftCon's convention).
         time_step: ``"random"`` (one of the T steps, seeded), ``"first"`` or ``"all"`` (inputs
             keep the T axis: ``[T, C, H, W]``).
+        crop_px: cut a random ``crop_px`` x ``crop_px`` window of each sample (the same window
+            for every member; uniform position, seeded) before normalisation and views; None
+            keeps whole tiles. Tiles smaller than the crop are skipped and counted.
         stats: path or URL of ``stats.json``; default: the dataset's own (required for an
             explicit shard list).
         prefetch_factor: batches each worker makes ahead.
@@ -129,6 +141,7 @@ class DataConfig:
     normalization: str = "minmax2sigma"
     clip: bool = False
     time_step: str = "random"
+    crop_px: int | None = None
     stats: str | None = None
     prefetch_factor: int = 2
     pin_memory: bool = False
@@ -147,6 +160,8 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {self.workers}")
+        if self.crop_px is not None and self.crop_px < 1:
+            raise ValueError(f"data.crop_px must be >= 1 or None, got {self.crop_px}")
 
 
 def identity_views(inputs: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -339,6 +354,27 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
     return out
 
 
+IMAGE_MEMBERS = ("s2", "s1", "s1valid")
+
+
+def random_crops(src: Iterable[dict[str, Any]], size: int, rng: random.Random,
+                 counter: SkipCounter) -> Iterator[dict[str, Any]]:
+    """A uniformly placed ``size`` x ``size`` window of each sample's image members (views of
+    the stored arrays, the same window for every member; one ``rng`` draw per axis). A sample
+    smaller than the window is skipped and counted."""
+    for s in src:
+        h, w = next(s[m] for m in IMAGE_MEMBERS if m in s).shape[-2:]
+        if h < size or w < size:
+            counter.skip(None, s["__key__"], f"{h} x {w} px, smaller than crop_px {size}")
+            continue
+        i, j = rng.randrange(h - size + 1), rng.randrange(w - size + 1)
+        out = dict(s)
+        for m in IMAGE_MEMBERS:
+            if m in s:
+                out[m] = s[m][..., i:i + size, j:j + size]
+        yield out
+
+
 def normalize_inputs(src: Iterable[dict[str, Any]], norms: dict[str, BandNorm]) -> Iterator[dict[str, Any]]:
     """Stored arrays -> the ``inputs`` dict of the contract, as torch tensors.
 
@@ -370,6 +406,51 @@ def apply_views(
         out = dict(views(inputs, generator))
         out["__key__"] = inputs["__key__"]
         yield out
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch tensor; in a DataLoader worker in shared memory, as ``default_collate``
+    makes it (the batch then crosses to the main process without a copy)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def normalized_batches(src: Iterable[dict[str, Any]], norms: dict[str, BandNorm], batch_size: int,
+                       counter: SkipCounter | None = None, worker: int = 0) -> Iterator[dict[str, Any]]:
+    """``normalize_inputs`` + ``apply_views(identity_views)`` + ``batched`` in one stage: each
+    sample's arrays are normalised straight into their slot of the batch tensors.
+
+    Yields the same batches as the three stages would (``"s2"``, ``"s1"``, ``"s1valid"``,
+    ``"labels"`` stacked, plus ``"__key__"``, ``"__skipped__"``, ``"__worker__"``); samples
+    must agree on their members' shapes, as ``default_collate`` requires. A trailing partial
+    batch is dropped.
+    """
+    it = iter(src)
+    while True:
+        items = list(islice(it, batch_size))
+        if len(items) < batch_size:
+            return
+        first = items[0]
+        batch: dict[str, Any] = {}
+        if "s2" in first:
+            batch["s2"] = _batch_tensor((batch_size, *first["s2"].shape), torch.float32)
+            out = batch["s2"].numpy()
+            for k, s in enumerate(items):
+                normalize_s2(s["s2"], norms["s2"], out=out[k])
+        if "s1" in first:
+            batch["s1"] = _batch_tensor((batch_size, *first["s1"].shape), torch.float32)
+            batch["s1valid"] = _batch_tensor((batch_size, *first["s1valid"].shape), torch.bool)
+            out, valid = batch["s1"].numpy(), batch["s1valid"].numpy()
+            for k, s in enumerate(items):
+                _, valid[k] = normalize_s1(s["s1"], s["s1valid"], norms["s1"], out=out[k])
+        batch["labels"] = torch.from_numpy(np.stack([s["labels"] for s in items]))
+        batch["__key__"] = [s["__key__"] for s in items]
+        batch["__skipped__"] = counter.count if counter is not None else 0
+        batch["__worker__"] = worker
+        yield batch
 
 
 def batched(src: Iterable[dict[str, Any]], batch_size: int, counter: SkipCounter | None = None,
@@ -437,6 +518,10 @@ class ShardStream(IterableDataset):
         samples = decode_inputs(samples, cfg.modality, cfg.time_step, rng("time_step"), counter)
         if cfg.shuffle_buffer > 1:
             samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_initial, rng=rng("shuffle"))(samples)
+        if cfg.crop_px is not None:
+            samples = random_crops(samples, cfg.crop_px, rng("crop"), counter)
+        if self.views is identity_views:
+            return normalized_batches(samples, self.norms, cfg.batch_size, counter, worker)
         samples = normalize_inputs(samples, self.norms)
         samples = apply_views(samples, self.views, (*position, "views"))
         return batched(samples, cfg.batch_size, counter, worker)
@@ -552,5 +637,6 @@ def build_loader(
 
 __all__ = [
     "DataConfig", "MODALITIES", "ShardLoader", "ShardStream", "SkipCounter", "Views", "apply_views", "batched",
-    "build_loader", "decode_inputs", "identity_views", "interleave", "normalize_inputs", "read_shard",
+    "build_loader", "decode_inputs", "identity_views", "interleave", "normalize_inputs", "normalized_batches",
+    "random_crops", "read_shard",
 ]

@@ -50,7 +50,7 @@ class BandNorm:
     mode: str
     clip: bool = False
 
-    def apply(self, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, x: np.ndarray, valid: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Normalise ``x`` (``[..., C, H, W]``, any dtype) to float32 of the same shape.
 
         Args:
@@ -58,10 +58,11 @@ class BandNorm:
             valid: bool, True where a value holds data: per pixel ``[..., H, W]`` (all bands) or
                 per value (same shape as ``x``); None for "all". Values outside it, and any
                 non-finite result, are set to 0.
+            out: float32 array of ``x``'s shape to write into (a slot of a batch); default a new one.
         """
         shape = (-1, 1, 1)
-        # a fresh float32 array (the in-place ops below are safe), without a separate astype pass
-        out = np.subtract(x, self.offset.reshape(shape), dtype=np.float32)
+        # float32 straight from the stored dtype (the in-place ops below are safe), no astype pass
+        out = np.subtract(x, self.offset.reshape(shape), dtype=np.float32, out=out)
         out *= self.scale.reshape(shape)
         if self.clip:
             np.clip(out, 0.0, 1.0, out=out)
@@ -136,9 +137,9 @@ def _usable(v: Any) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
-def normalize_s2(dn: np.ndarray, norm: BandNorm) -> np.ndarray:
-    """S2 DN uint16 ``[..., 13, H, W]`` -> float32 same shape; DN 0 (nodata) -> 0."""
-    out = norm.apply(dn)
+def normalize_s2(dn: np.ndarray, norm: BandNorm, out: np.ndarray | None = None) -> np.ndarray:
+    """S2 DN uint16 ``[..., 13, H, W]`` -> float32 same shape (into ``out`` when given); DN 0 (nodata) -> 0."""
+    out = norm.apply(dn, out=out)
     for b in range(dn.shape[-3]):
         band = dn[..., b, :, :]
         # a band without statistics (L2A's zero B10) is 0 already; most bands of most tiles
@@ -149,14 +150,16 @@ def normalize_s2(dn: np.ndarray, norm: BandNorm) -> np.ndarray:
     return out
 
 
-def normalize_s1(db: np.ndarray, valid: np.ndarray, norm: BandNorm) -> tuple[np.ndarray, np.ndarray]:
+def normalize_s1(db: np.ndarray, valid: np.ndarray, norm: BandNorm,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """S1 dB ``[..., 2, H, W]`` + ``s1valid`` bool ``[..., H, W]`` -> (float32 ``[..., 2, H, W]``, bool).
 
     The returned mask is ``s1valid`` and-ed with finiteness of both polarisations, so it is
-    exactly the set of pixels that carry data after normalisation (the rest are 0).
+    exactly the set of pixels that carry data after normalisation (the rest are 0). The
+    values go into ``out`` when given.
     """
     valid = valid & np.isfinite(db).all(axis=-3)
-    return norm.apply(db, valid), valid
+    return norm.apply(db, valid, out=out), valid
 
 
 __all__ = ["NORMALIZATIONS", "BandNorm", "band_norm", "normalize_s1", "normalize_s2", "read_stats"]

@@ -8,4 +8,4 @@ The pipeline stages are sub-packages, in the order data flows through them::
     eoforge.eval    frozen-backbone probes
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

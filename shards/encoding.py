@@ -86,15 +86,17 @@ def member_header(dtype: np.dtype, shape: tuple[int, ...], codec: str = DEFAULT_
     """The bytes that open an array member of ``dtype`` and ``shape``: the ``.npy`` header
     (``npy``), or a zstd frame holding it (``zstd``). Entries follow (:func:`encode_entry`)."""
     header = npy_header(dtype, shape)
-    return header if codec == "npy" else _compressor(_check_codec(codec, level)).compress(header)
+    _check_codec(codec)
+    return header if codec == "npy" else _compressor(level).compress(header)
 
 
 def encode_entry(entry: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
     """One entry of axis 0 of a member (``arr[i]``): its C-order bytes (``npy``) or one zstd frame."""
+    _check_codec(codec)
     data = np.ascontiguousarray(entry)
     if codec == "npy":
         return data.tobytes()
-    return _compressor(_check_codec(codec, level)).compress(memoryview(data).cast("B") if data.nbytes else b"")
+    return _compressor(level).compress(memoryview(data).cast("B") if data.nbytes else b"")
 
 
 def decode_entry_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], codec: str = DEFAULT_CODEC) -> np.ndarray:
@@ -110,10 +112,9 @@ def decode_entry_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], cod
     return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
 
-def _check_codec(codec: str, level: int) -> int:
+def _check_codec(codec: str) -> None:
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (known: {CODECS})")
-    return level
 
 
 def encode_array(arr: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
@@ -121,7 +122,7 @@ def encode_array(arr: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEFAU
 
     ``zstd``: a header frame, then one frame per entry of axis 0 (module docstring).
     """
-    _check_codec(codec, level)
+    _check_codec(codec)
     arr = np.ascontiguousarray(arr)
     if codec == "npy":
         return npy_bytes(arr)

@@ -184,15 +184,15 @@ class ShardAssembler:
             return None
         members = [self._member("s2", "uint16", (len(S2_BAND_NAMES), n, n), s2_frames)]
         if any(s1_pieces):
-            members.append(self._member("s1", cfg.s1_dtype, (len(S1_BAND_NAMES), n, n),
-                                        [self._frame(p, "s1") if p else self._no_s1 for p in s1_pieces]))
-            valid = [self._frame(p, "s1valid") if p else self._no_s1valid for p in s1_pieces]
-            members.append(self._member("s1valid", "bool", (n, n), valid))
+            s1_frames = [self._frame(p, "s1") if p else self._no_s1 for p in s1_pieces]
+            valid_frames = [self._frame(p, "s1valid") if p else self._no_s1valid for p in s1_pieces]
+            members.append(self._member("s1", cfg.s1_dtype, (len(S1_BAND_NAMES), n, n), s1_frames))
+            members.append(self._member("s1valid", "bool", (n, n), valid_frames))
             if train:
-                for p in s1_pieces:
+                for p, db, valid in zip(s1_pieces, s1_frames, valid_frames):
                     if p:
-                        self.stats.add_s1(decode_entry_bytes(self._frame(p, "s1"), cfg.s1_dtype, (2, n, n), cfg.codec),
-                                          decode_entry_bytes(self._frame(p, "s1valid"), "bool", (n, n), cfg.codec))
+                        self.stats.add_s1(decode_entry_bytes(db, cfg.s1_dtype, (len(S1_BAND_NAMES), n, n), cfg.codec),
+                                          decode_entry_bytes(valid, "bool", (n, n), cfg.codec))
         if all(f is not None for f in scl_frames):
             members.append(self._member("scl", "uint8", (n, n), scl_frames))  # type: ignore[arg-type]
         labels = None
@@ -261,7 +261,7 @@ def materialize_shard(job: dict[str, Any], pieces: dict[str, dict[str, Any]], sc
     staging = _Staging(out)
     try:
         assembler = ShardAssembler(job, pieces, scenes, cfg, staging)
-        # fsync=False: ingest syncs every shard once, at the end (finalize)
+        # no fsync per shard: a resumed run redoes a shard whose tar lacks the recorded size
         rows = write_shard(out, split, shard, assembler.samples(), codec=cfg.codec, fsync=False)
     finally:
         staging.close()

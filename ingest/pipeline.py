@@ -230,10 +230,10 @@ def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[s
     todo = []
     for r in reads:
         report_path = read_report_paths(out, r["task"])[0]
-        if read_done(out, r["task"]):
-            results[r["task"]] = load_read(out, r["task"])
-        elif report_path.is_file() and not needed_tiles.intersection(r["tiles"]):
+        if report_path.is_file() and not needed_tiles.intersection(r["tiles"]):
             results[r["task"]] = json.loads(report_path.read_text())  # its pieces are in finished shards
+        elif read_done(out, r["task"]):
+            results[r["task"]] = load_read(out, r["task"])
         else:
             todo.append(r)
     failed: set[str] = set()

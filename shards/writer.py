@@ -3,7 +3,7 @@
 - A shard is written to ``shard-NNNNNN.tar.tmp`` and renamed when complete, so a
   ``shard-NNNNNN.tar`` that exists is whole; an interrupted write leaves only a ``.tmp``.
   With ``fsync`` (the default) its bytes are on disk before the rename; a caller that writes
-  many shards in one job (ingest) may skip that and sync them all once at the end.
+  many shards in one job and can check them on resume (ingest: the tar's size) may skip it.
 - Its manifest part (``manifest-parts/<split>/shard-NNNNNN.parquet``) is renamed into place
   just before the tar, so every finished shard has its rows.
 - Shards are bounded by sample count and by bytes; no shard is ever empty.

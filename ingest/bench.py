@@ -2,20 +2,24 @@
 peak memory per worker, measured side by side in one run on one full-size S2 scene.
 
 - **scene**: one generated 10980 x 10980 S2 L2A product (12 bands at 10/20/60 m + SCL,
-  DEFLATE GeoTIFFs tiled 1024 like Earth Search / Planetary Computer COGs, baseline 05.09
-  so the +1000 offset is removed, a nodata wedge like a swath edge), cached in
-  ``build/bench/scene``.
+  baseline 05.09 so the +1000 offset is removed, a nodata wedge like a swath edge), cached
+  under ``build/bench``, in the two layouts users ingest, the same pixels in both:
+  ``cog``, DEFLATE GeoTIFFs tiled 1024 like Earth Search / Planetary Computer COGs, and
+  ``safe``, a SAFE folder of lossless JPEG2000 bands as ESA's L2A products are. Decoding
+  costs about 10x more in the second, so the two columns bracket what ingest adds to it.
 - **read floor**: every pixel of every file read and decoded once with rasterio, block by
-  block, by as many processes as the ingest has workers.
+  block, by as many processes as the ingest has workers (one GDAL thread each, as the
+  ingest's ``gdal_threads: 1``).
 - **encoding**: the array members the ingest wrote, zstd-encoded again by as many processes
   (read back first, untimed): what writing the output costs at the least, for scale.
 - **ingest**: ``run_ingest`` end to end (cluster start, scan, plan, read, materialize,
   finalize, reports, cluster stop) on a LocalCluster of 2 and of 1 worker; ratio = ingest /
-  read floor on 2 workers, speed-up = time(1 worker) / time(2 workers). Next to it: the
+  read floor on 2 workers, speed-up = time(1 worker) / time(2 workers), each taken per
+  repeat (the floor and both ingests run back to back) and the median reported. Next to it: the
   time of the parallel stages alone (read + materialize) and the CPU seconds the workers
   and the client spent (``getrusage``), so what the stages cost per tile and what the
   one-off parts (cluster start, scan, plan, reports) cost can be told apart.
-- **memory**: peak RSS of each worker process (psutil, sampled every 50 ms).
+- **memory**: peak RSS of each worker process (the kernel's high-water mark, read twice a second).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -56,39 +61,105 @@ def _field(rng: np.random.Generator, shape: tuple[int, int], y0: int, size: int,
     return base * (1.0 + 0.35 * smooth) + rng.normal(0, 0.04 * base, shape)
 
 
-def make_scene(folder: Path, size_px: int = SCENE_PX) -> Path:
-    """Write one full S2 L2A scene as per-band GeoTIFFs (BigEarthNet-style names); cached."""
+TILE = PRODUCT.split("_")[5]  # T32TNR
+TIME = PRODUCT.split("_")[2]  # 20230716T101028
+FORMATS = ("cog", "safe")
+
+
+def _band_data(band: Any, n: int, rng: np.random.Generator, y0: int, h: int) -> np.ndarray:
+    """Rows [y0, y0+h) of one band (``band`` None: SCL): a terrain-like field, +1000 DN
+    (baseline >= 04.00), a nodata wedge like a swath edge."""
+    cols = np.arange(n)[None, :]
+    wedge = cols < (0.25 * n - 0.2 * (np.arange(y0, y0 + h)[:, None]))
+    if band is None:
+        data = np.where(_field(rng, (h, n), y0, n, 5) > 6.2, 8, 4).astype(np.uint8)
+    else:
+        data = (_field(rng, (h, n), y0, n, 1500 + band.wavelength_nm) + 1000).clip(1, 60000).astype(np.uint16)
+    data[wedge] = 0
+    return data
+
+
+def _scene_bands() -> list[tuple[Any, str, int]]:
+    """(band or None for SCL, file label, GSD m) of an L2A product."""
+    out = []
+    for band in [*(b for b in S2_BANDS if b.in_l2a), None]:
+        name, gsd = (band.name, band.gsd_m) if band else ("SCL", 20)
+        out.append((band, name if name in ("SCL", "B8A") else f"B{name[1:].zfill(2)}", gsd))
+    return out
+
+
+def _write_band(args: tuple[Path, str, int, int, int]) -> None:
+    """One band file: a DEFLATE GeoTIFF tiled 1024 (``cog``) or a lossless JPEG2000 tiled
+    1024 with 6 resolution levels, as ESA's SAFE bands are (``safe``)."""
+    folder, fmt, index, size_px, seed = args
+    band, label, gsd = _scene_bands()[index]
+    rng = np.random.default_rng([seed, index])
+    n = size_px * 10 // gsd
+    profile: dict[str, Any] = dict(width=n, height=n, count=1, dtype="uint8" if band is None else "uint16",
+                                   crs="EPSG:32632", transform=Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1]), nodata=0)
+    if fmt == "cog":
+        path = folder / f"{PRODUCT}_{label}.tif"
+        profile.update(driver="GTiff", tiled=True, blockxsize=1024, blockysize=1024, compress="deflate",
+                       predictor=2, zlevel=1)
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(path, "w", **profile) as dst:
+            for y0 in range(0, n, 1024):
+                h = min(1024, n - y0)
+                dst.write(_band_data(band, n, rng, y0, h), 1, window=Window(0, y0, n, h))
+        return
+    path = (folder / f"{PRODUCT}.SAFE" / "GRANULE" / f"L2A_{TILE}_A000000_{TIME}" / "IMG_DATA" / f"R{gsd}m"
+            / f"{TILE}_{TIME}_{label}_{gsd}m.jp2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.concatenate([_band_data(band, n, rng, y0, min(1024, n - y0)) for y0 in range(0, n, 1024)])
+    # JPEG2000 is written in one go (GDAL's driver only copies a whole raster)
+    profile.update(driver="JP2OpenJPEG", QUALITY=100, REVERSIBLE="YES", RESOLUTIONS=6, BLOCKXSIZE=1024, BLOCKYSIZE=1024)
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+
+
+def make_scene(folder: Path, size_px: int = SCENE_PX, fmt: str = "cog") -> Path:
+    """Write one full S2 L2A scene (baseline 05.09, so the +1000 offset is removed); cached.
+
+    ``cog``: per-band GeoTIFFs with BigEarthNet-style names, DEFLATE, tiled 1024 like Earth
+    Search / Planetary Computer COGs. ``safe``: a SAFE folder as ESA delivers it
+    (``MTD_MSIL2A.xml``, ``GRANULE/…/IMG_DATA/R10m|R20m|R60m/T32TNR_…_B02_10m.jp2``), each
+    band lossless JPEG2000. Bands are written by 2 processes."""
     done = folder / ".complete"
     if done.exists():
         return folder
+    if fmt not in FORMATS:
+        raise ValueError(f"scene format must be one of {FORMATS}, not {fmt!r}")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for band in [*(b for b in S2_BANDS if b.in_l2a), None]:
-        name, gsd = (band.name, band.gsd_m) if band else ("SCL", 20)
-        n = size_px * 10 // gsd
-        label = name if name == "SCL" else f"B{name[1:].zfill(2)}" if name != "B8A" else "B8A"
-        profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="uint8" if band is None else "uint16",
-                       crs="EPSG:32632", transform=Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1]), nodata=0,
-                       tiled=True, blockxsize=1024, blockysize=1024, compress="deflate", predictor=2, zlevel=1)
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(folder / f"{PRODUCT}_{label}.tif", "w", **profile) as dst:
-            for y0 in range(0, n, 1024):
-                h = min(1024, n - y0)
-                cols = np.arange(n)[None, :]
-                wedge = cols < (0.25 * n - 0.2 * (np.arange(y0, y0 + h)[:, None]))  # swath edge
-                if band is None:
-                    data = np.where(_field(rng, (h, n), y0, n, 5) > 6.2, 8, 4).astype(np.uint8)
-                else:
-                    data = (_field(rng, (h, n), y0, n, 1500 + band.wavelength_nm) + 1000).clip(1, 60000).astype(np.uint16)
-                data[wedge] = 0
-                dst.write(data, 1, window=Window(0, y0, n, h))
+    if fmt == "safe":
+        safe = folder / f"{PRODUCT}.SAFE"
+        safe.mkdir()
+        (safe / "MTD_MSIL2A.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int'
+            '/PSD/User_Product_Level-2A.xsd">\n<n1:General_Info><Product_Info>\n'
+            f"<PRODUCT_START_TIME>{TIME[:4]}-{TIME[4:6]}-{TIME[6:8]}T{TIME[9:11]}:{TIME[11:13]}:{TIME[13:15]}.024Z"
+            f"</PRODUCT_START_TIME>\n<PRODUCT_URI>{PRODUCT}.SAFE</PRODUCT_URI>\n"
+            "<PROCESSING_BASELINE>05.09</PROCESSING_BASELINE>\n</Product_Info>\n<Product_Image_Characteristics>\n"
+            "<BOA_ADD_OFFSET_VALUES_LIST>\n"
+            + "".join(f'<BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>\n' for i in range(13))
+            + "</BOA_ADD_OFFSET_VALUES_LIST>\n</Product_Image_Characteristics>\n</n1:General_Info>\n"
+            "<n1:Quality_Indicators_Info><Cloud_Coverage_Assessment>12.5</Cloud_Coverage_Assessment>"
+            "</n1:Quality_Indicators_Info>\n</n1:Level-2A_User_Product>\n")
+    jobs = [(folder, fmt, i, size_px, 0) for i in range(len(_scene_bands()))]
+    jobs.sort(key=lambda j: _scene_bands()[j[2]][2])  # 10 m bands first: balanced processes
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_write_band, jobs))
     done.touch()
     return folder
 
 
+def scene_files(folder: Path) -> list[Path]:
+    """The band files of a scene made by :func:`make_scene`."""
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".tif", ".jp2"))
+
+
 def _read_file(path: str) -> int:
     """Decode every block of a file once (the read floor's unit of work); returns pixels read."""
-    with rasterio.open(path) as src:
+    with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(path) as src:
         total = 0
         for _, window in src.block_windows(1):
             total += src.read(1, window=window).size
@@ -98,7 +169,7 @@ def _read_file(path: str) -> int:
 def warm_page_cache(folder: Path) -> None:
     """Read every input file's bytes once, so the floor and the ingest runs that follow all
     decode from the page cache (a cached scene from an earlier run may be on disk only)."""
-    for path in folder.glob("*.tif"):
+    for path in scene_files(folder):
         with open(path, "rb") as f:
             while f.read(1 << 24):
                 pass
@@ -106,7 +177,7 @@ def warm_page_cache(folder: Path) -> None:
 
 
 def read_floor(folder: Path, processes: int) -> dict[str, float]:
-    files = sorted(str(p) for p in folder.glob("*.tif"))
+    files = [str(p) for p in scene_files(folder)]
     files.sort(key=lambda p: -os.path.getsize(p))  # big files first: balanced processes
     t0 = time.perf_counter()
     with ProcessPoolExecutor(processes) as pool:
@@ -140,9 +211,12 @@ def encode_floor(ds: Path, processes: int) -> dict[str, float]:
 
 
 class PeakRSS:
-    """Peak resident memory per descendant process, sampled in a thread."""
+    """Peak resident memory per descendant process: the kernel's high-water mark (``VmHWM``
+    in ``/proc/<pid>/status``), read every ``interval_s`` in a thread. The kernel keeps the
+    peak, so a slow poll misses nothing but processes that start and end between two polls;
+    a fast one would cost the measured run CPU (listing the process table)."""
 
-    def __init__(self, interval_s: float = 0.05) -> None:
+    def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.peaks: dict[int, tuple[str, int]] = {}
         self._stop = threading.Event()
@@ -153,12 +227,13 @@ class PeakRSS:
         while not self._stop.is_set():
             for p in me.children(recursive=True):
                 try:
-                    rss = p.memory_info().rss
-                    cmd = " ".join(p.cmdline()[-3:])
-                except psutil.Error:
+                    cmd = self.peaks[p.pid][0] if p.pid in self.peaks else " ".join(p.cmdline()[-3:])
+                    with open(f"/proc/{p.pid}/status") as f:
+                        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+                except (psutil.Error, OSError, StopIteration):
                     continue
-                if rss > self.peaks.get(p.pid, ("", 0))[1]:
-                    self.peaks[p.pid] = (cmd, rss)
+                if hwm > self.peaks.get(p.pid, ("", 0))[1]:
+                    self.peaks[p.pid] = (cmd, hwm)
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "PeakRSS":
@@ -203,82 +278,141 @@ def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-@click.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("build/bench"), show_default=True)
-@click.option("--scene-px", type=int, default=SCENE_PX, show_default=True, help="Scene size (10 m pixels).")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Runs of the floor and of each ingest, interleaved; the fastest of each counts (shared machines are noisy).")
-def main(out: Path, scene_px: int, repeats: int) -> None:
-    """Measure ingest against the read floor and write the 'ingest' benchmark section."""
-    t0 = time.perf_counter()
-    scene = make_scene(out / f"scene-{scene_px}", scene_px)
-    click.echo(f"scene {scene} ready ({time.perf_counter() - t0:.0f} s)")
+FORMAT_NAMES = {"cog": "DEFLATE GeoTIFFs, 1024 blocks (Earth Search / Planetary Computer COG layout)",
+                "safe": "SAFE, lossless JPEG2000 in 1024 tiles (as ESA delivers L2A)"}
+
+
+def scene_folder(out: Path, scene_px: int, fmt: str) -> Path:
+    """Where the benchmarks cache a generated scene (``scene-<px>`` for COGs, which the loader
+    benchmark shares; ``scene-safe-<px>``)."""
+    return out / (f"scene-{scene_px}" if fmt == "cog" else f"scene-{fmt}-{scene_px}")
+
+
+def measure(scene: Path, out: Path, repeats: int, fmt: str) -> dict[str, Any]:
+    """Floor, encoding and ingest (2 workers, 1 worker) on one scene, ``repeats`` interleaved
+    runs each; the fastest of each counts."""
     warm_page_cache(scene)
     floors, twos, ones = [], [], []
+    encode: dict[str, float] = {}
     for run in range(repeats):
         floors.append(read_floor(scene, 2))
-        click.echo(f"run {run + 1}: read floor (2 processes): {floors[-1]['seconds']:.1f} s")
+        click.echo(f"{fmt} run {run + 1}: read floor (2 processes): {floors[-1]['seconds']:.1f} s")
         twos.append(ingest_once(scene, out / "ds-2w", 2))
-        click.echo(f"run {run + 1}: ingest, 2 workers: {twos[-1]['seconds']:.1f} s")
+        click.echo(f"{fmt} run {run + 1}: ingest, 2 workers: {twos[-1]['seconds']:.1f} s")
         if run == 0:
             encode = encode_floor(out / "ds-2w", 2)
-            click.echo(f"encoding the written members alone (2 processes): {encode['seconds']:.1f} s")
+            click.echo(f"{fmt}: encoding the written members alone (2 processes): {encode['seconds']:.1f} s")
         shutil.rmtree(out / "ds-2w", ignore_errors=True)
         ones.append(ingest_once(scene, out / "ds-1w", 1))
-        click.echo(f"run {run + 1}: ingest, 1 worker: {ones[-1]['seconds']:.1f} s")
+        click.echo(f"{fmt} run {run + 1}: ingest, 1 worker: {ones[-1]['seconds']:.1f} s")
         shutil.rmtree(out / "ds-1w", ignore_errors=True)
     floor = min(floors, key=lambda r: r["seconds"])
     two = min(twos, key=lambda r: r["seconds"])
     one = min(ones, key=lambda r: r["seconds"])
-    ratio = two["seconds"] / floor["seconds"]
-    speedup = one["seconds"] / two["seconds"]
-    peak = max(one["peak_rss_per_worker_mb"] + two["peak_rss_per_worker_mb"] or [float("nan")])
-    input_mb = sum(p.stat().st_size for p in scene.glob("*.tif")) / 1e6
+    files = scene_files(scene)
     tiles = two["tiles_planned"]
-    result = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "scene": {"px": scene_px, "files": len(list(scene.glob('*.tif'))), "mb": input_mb, "format": "GeoTIFF DEFLATE, 1024 blocks"},
+    return {
+        "scene": {"format": fmt, "layout": FORMAT_NAMES[fmt], "files": len(files),
+                  "mb": sum(p.stat().st_size for p in files) / 1e6},
         "read_floor_2proc": floor, "encode_floor_2proc": encode,
         "ratio_read_plus_encode_over_read_floor": (floor["seconds"] + encode["seconds"]) / floor["seconds"],
         "ingest_2_workers": two, "ingest_1_worker": one, "repeats": repeats,
-        "all_runs_seconds": {"read_floor": [r["seconds"] for r in floors], "ingest_2_workers": [r["seconds"] for r in twos],
-                             "ingest_1_worker": [r["seconds"] for r in ones]},
+        "all_runs_seconds": {"read_floor": [round(r["seconds"], 2) for r in floors],
+                             "ingest_2_workers": [round(r["seconds"], 1) for r in twos],
+                             "ingest_1_worker": [round(r["seconds"], 1) for r in ones]},
         "ratio_parallel_stages_over_floor": two["parallel_stage_seconds"] / floor["seconds"],
         "worker_cpu_ms_per_tile": 1000 * two["worker_cpu_seconds"] / tiles,
         "floor_cpu_ms_per_tile": 1000 * 2 * floor["seconds"] / tiles,
-        "ratio_ingest_over_floor": ratio, "speedup_2_vs_1": speedup, "peak_rss_per_worker_mb": peak,
-        "targets": {"ratio_ingest_over_floor": "<= 2.0", "speedup_2_vs_1": ">= 1.6", "peak_rss_per_worker_mb": "<= 1536"},
+        # Ratios per repeat (its floor, 2-worker and 1-worker runs back to back), median over
+        # repeats: a burst on the shared host then moves one ratio, not the pair of minima.
+        "ratio_ingest_over_floor_per_repeat": [t["seconds"] / f["seconds"] for f, t in zip(floors, twos)],
+        "speedup_2_vs_1_per_repeat": [o["seconds"] / t["seconds"] for t, o in zip(twos, ones)],
+        "ratio_ingest_over_floor": statistics.median(t["seconds"] / f["seconds"] for f, t in zip(floors, twos)),
+        "speedup_2_vs_1": statistics.median(o["seconds"] / t["seconds"] for t, o in zip(twos, ones)),
+        "peak_rss_per_worker_mb": max(one["peak_rss_per_worker_mb"] + two["peak_rss_per_worker_mb"] or [float("nan")]),
     }
-    st2, st1 = two["stage_seconds"], one["stage_seconds"]
+
+
+def _spread(values: list[float]) -> str:
+    return f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""
+
+
+TARGETS = {"ratio_ingest_over_floor": "<= 2.0", "speedup_2_vs_1": ">= 1.6", "peak_rss_per_worker_mb": "<= 1536"}
+
+
+def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
+    """The benchmark section: one column per scene format."""
+    fmts = list(results)
+    first = results[fmts[0]]
+    two0 = first["ingest_2_workers"]
+
+    def row(label: str, cell: Any, target: str = "") -> str:
+        return f"| {label} | " + " | ".join(cell(results[f]) for f in fmts) + f" | {target} |"
+
     md = [
         "## Ingest (`ingest/bench.py`)", "",
-        f"One generated S2 L2A scene, {scene_px} x {scene_px} px at 10 m ({result['scene']['files']} GeoTIFFs, "
-        f"{input_mb:.0f} MB), {tiles} tiles of 264 px planned, {two['samples']} samples written "
-        f"({two['bytes_written'] / 1e9:.2f} GB, {two['shards']} shards).", "",
-        "| measure | value | target |", "|---|---:|---:|",
-        f"| read floor, 2 processes | {floor['seconds']:.1f} s ({floor['mpixels_per_s']:.0f} Mpx/s) | |",
-        f"| encoding the written members alone (zstd 1), 2 processes | {encode['seconds']:.1f} s | |",
-        f"| (read floor + encoding) / read floor: the ratio of an ingest that did nothing else | "
-        f"{(floor['seconds'] + encode['seconds']) / floor['seconds']:.2f} | |",
-        f"| ingest end to end, 2 workers | {two['seconds']:.1f} s | |",
-        f"| ingest end to end, 1 worker | {one['seconds']:.1f} s | |",
-        f"| **ingest / read floor** (2 workers) | **{ratio:.2f}** | <= 2.0 |",
-        f"| **speed-up 2 vs 1 worker** | **{speedup:.2f}** | >= 1.6 |",
-        f"| **peak RSS per worker** | **{peak:.0f} MB** | <= 1536 MB |",
-        f"| parallel stages alone (read {st2['read']:.1f} s + materialize {st2['materialize']:.1f} s) / read floor | "
-        f"{result['ratio_parallel_stages_over_floor']:.2f} | |",
-        f"| worker CPU per planned tile, ingest (2 workers) vs read floor | "
-        f"{result['worker_cpu_ms_per_tile']:.1f} vs {result['floor_cpu_ms_per_tile']:.1f} ms | |",
-        f"| client CPU (scheduler, scan, plan, finalize, reports) | {two['client_cpu_seconds']:.1f} s | |", "",
-        f"Fastest of {repeats} interleaved runs each (all runs, s: floor {result['all_runs_seconds']['read_floor']}, "
-        f"2 workers {[round(s, 1) for s in result['all_runs_seconds']['ingest_2_workers']]}, 1 worker "
-        f"{[round(s, 1) for s in result['all_runs_seconds']['ingest_1_worker']]}).", "",
-        f"Stages, 2 workers (s): {st2}; 1 worker: {st1}. The rest of the end-to-end time is the "
-        "LocalCluster's start and stop and the reports.", "",
+        f"One generated S2 L2A scene, {scene_px} x {scene_px} px at 10 m, in each layout below "
+        f"(the same pixels); {two0['tiles_planned']} tiles of 264 px planned, {two0['samples']} samples written "
+        f"({two0['bytes_written'] / 1e9:.2f} GB, {two0['shards']} shards).", "",
+        "| measure | " + " | ".join(f"`{f}`: {results[f]['scene']['files']} files, {results[f]['scene']['mb']:.0f} MB"
+                                    for f in fmts) + " | target |",
+        "|---|" + "---:|" * len(fmts) + "---:|",
+        row("read floor, 2 processes", lambda r: f"{r['read_floor_2proc']['seconds']:.1f} s "
+            f"({r['read_floor_2proc']['mpixels_per_s']:.0f} Mpx/s)"),
+        row("encoding the written members alone (zstd 1), 2 processes", lambda r: f"{r['encode_floor_2proc']['seconds']:.1f} s"),
+        row("(read floor + encoding) / read floor: an ingest that did nothing else",
+            lambda r: f"{r['ratio_read_plus_encode_over_read_floor']:.2f}"),
+        row("ingest end to end, 2 workers", lambda r: f"{r['ingest_2_workers']['seconds']:.1f} s"),
+        row("ingest end to end, 1 worker", lambda r: f"{r['ingest_1_worker']['seconds']:.1f} s"),
+        row("**ingest / read floor** (2 workers; median over repeats)", lambda r: f"**{r['ratio_ingest_over_floor']:.2f}**"
+            + _spread(r["ratio_ingest_over_floor_per_repeat"]), "<= 2.0"),
+        row("**speed-up 2 vs 1 worker** (median over repeats)", lambda r: f"**{r['speedup_2_vs_1']:.2f}**"
+            + _spread(r["speedup_2_vs_1_per_repeat"]), ">= 1.6"),
+        row("**peak RSS per worker**", lambda r: f"**{r['peak_rss_per_worker_mb']:.0f} MB**", "<= 1536 MB"),
+        row("parallel stages alone (read + materialize) / read floor", lambda r: (
+            f"({r['ingest_2_workers']['stage_seconds']['read']:.1f} + {r['ingest_2_workers']['stage_seconds']['materialize']:.1f} s)"
+            f" {r['ratio_parallel_stages_over_floor']:.2f}")),
+        row("worker CPU per planned tile, ingest (2 workers) vs read floor",
+            lambda r: f"{r['worker_cpu_ms_per_tile']:.1f} vs {r['floor_cpu_ms_per_tile']:.1f} ms"),
+        row("client CPU (scheduler, scan, plan, finalize, reports)",
+            lambda r: f"{r['ingest_2_workers']['client_cpu_seconds']:.1f} s"), "",
     ]
-    write_results(out, "ingest", result, "\n".join(md))
-    click.echo("\n".join(md))
+    for f in fmts:
+        r = results[f]
+        md += [f"`{f}` ({r['scene']['layout']}): times are the fastest of {r['repeats']} interleaved run(s) each; all runs (s): "
+               f"{r['all_runs_seconds']}. Stages, 2 workers (s): {r['ingest_2_workers']['stage_seconds']}; "
+               f"1 worker: {r['ingest_1_worker']['stage_seconds']}.", ""]
+    md += ["The rest of the end-to-end time is the LocalCluster's start and stop and the reports. "
+           "The floor and the ingest decode with one GDAL thread per process (`gdal_threads: 1`).", ""]
+    return "\n".join(md)
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("build/bench"), show_default=True)
+@click.option("--scene-px", type=int, default=SCENE_PX, show_default=True, help="Scene size (10 m pixels).")
+@click.option("--formats", default="cog,safe", show_default=True,
+              help="Scene layouts to measure, comma-separated: cog (DEFLATE GeoTIFFs), safe (JPEG2000 SAFE).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs of the floor and of each ingest on the cog scene, interleaved; the fastest of each "
+                   "counts (shared machines are noisy).")
+@click.option("--repeats-safe", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The same for the safe scene (JPEG2000 decoding dominates it, and one run takes minutes).")
+def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int) -> None:
+    """Measure ingest against the read floor and write the 'ingest' benchmark section."""
+    results: dict[str, dict[str, Any]] = {}
+    for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
+        if fmt not in FORMATS:
+            raise click.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--formats")
+        t0 = time.perf_counter()
+        scene = make_scene(scene_folder(out, scene_px, fmt), scene_px, fmt)
+        click.echo(f"scene {scene} ready ({time.perf_counter() - t0:.0f} s)")
+        results[fmt] = measure(scene, out, repeats if fmt == "cog" else repeats_safe, fmt)
+    result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+              "scene_px": scene_px, "targets": TARGETS, "formats": results}
+    md = markdown(results, scene_px)
+    write_results(out, "ingest", result, md)
+    click.echo(md)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,6 +66,9 @@ class IngestConfig:
         gdal_cache_mb: GDAL block cache per worker process, MB. A read task decodes each source
             block once when the cache holds two block rows of every band it reads (a 10980 px
             S2 product in 1024 px blocks: ~350 MB).
+        gdal_threads: threads GDAL may use to decode one read (``GDAL_NUM_THREADS``; JPEG2000
+            decodes its tiles in parallel, by default on every core). 1: the Dask workers are
+            the parallelism, one core each, as their ``nthreads`` says.
     """
 
     tile_size_px: int = 264
@@ -92,6 +95,7 @@ class IngestConfig:
     seed: int = 0
     stats_pixel_stride: int = 2
     gdal_cache_mb: int = 512
+    gdal_threads: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cloud_classes", tuple(int(c) for c in self.cloud_classes))
@@ -114,6 +118,7 @@ class IngestConfig:
             (self.read_task_rows >= 1, "read_task_rows must be >= 1"),
             (self.read_window_tiles >= 1, "read_window_tiles must be >= 1"),
             (self.gdal_cache_mb >= 16, "gdal_cache_mb must be >= 16"),
+            (self.gdal_threads >= 1, "gdal_threads must be >= 1"),
             (self.stats_pixel_stride >= 1, "stats_pixel_stride must be >= 1"),
             (self.samples_per_shard >= 1, "samples_per_shard must be >= 1"),
             (self.codec in ("zstd", "npy"), "codec must be zstd or npy"),

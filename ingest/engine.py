@@ -30,6 +30,20 @@ WORKER_MALLOC_ENV = {
 }
 
 
+#: Dask's housekeeping, slowed for a cluster that runs long single-threaded tasks: the worker
+#: profiler samples the running task's stack every 10 ms (taking the GIL from it), event loops
+#: tick every 20 ms, system monitors poll every 0.5 s. With Dask's defaults an idle 2-worker
+#: LocalCluster spent 17 % of one core (each worker 5 %, the client's scheduler 7 %); with
+#: these 5 % (measured; ``ingest/bench.py``). Set the same on an external cluster's workers
+#: (``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False`` and so on).
+QUIET_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.scheduler.work-stealing-interval": "1s",
+}
+
+
 class Engine:
     """A Dask client (own ``LocalCluster`` or an existing scheduler) for stage tasks.
 
@@ -56,7 +70,7 @@ class Engine:
         if self.scheduler:
             self.client = Client(self.scheduler, timeout="60s")
         else:
-            with dask.config.set(WORKER_MALLOC_ENV):
+            with dask.config.set({**WORKER_MALLOC_ENV, **QUIET_CLUSTER_CONFIG}):
                 self._cluster = LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True,
                     dashboard_address=":0", silence_logs=logging.ERROR,  # any free port: no clash on shared hosts

@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from eoforge.ingest.config import IngestConfig
-from eoforge.ingest.pieces import class_counts, staging_paths
+from eoforge.ingest.pieces import class_counts, files_have_sizes, staging_paths
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
 from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
 from eoforge.shards.sample import EncodedSample, MemberInfo, array_member, meta_member
 from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
-from eoforge.shards.writer import shard_path, write_shard
+from eoforge.shards.writer import part_path, shard_path, write_shard
 
 TASK_REPORTS = "task-reports"
 
@@ -60,17 +60,17 @@ def piece_key(kind: str, scene: int, tile_id: str) -> str:
 
 def shard_done(out: str | os.PathLike[str], split: str, shard: int) -> bool:
     """A shard is done when its statistics and task report exist (written, in that order,
-    after the tar and its manifest part) and the tar has the size the report recorded (a
-    shard cut short by a crash before its bytes reached the disk is redone)."""
+    after the tar and its manifest part) and the tar and the part have the sizes the report
+    recorded. Nothing is fsynced, so after a machine crash any of these files may be short
+    or empty; a shard whose files do not match is redone."""
     report_path = task_report_path(out, split, shard)
     if not (report_path.is_file() and task_stats_path(out, split, shard).is_file()):
         return False
     try:
-        expected = json.loads(report_path.read_text()).get("tar_bytes")
+        report = json.loads(report_path.read_text())
     except ValueError:
         return False
-    tar = shard_path(out, split, shard)
-    return expected == (tar.stat().st_size if tar.is_file() else 0)
+    return files_have_sizes(report, {"tar_bytes": shard_path(out, split, shard), "part_bytes": part_path(out, split, shard)})
 
 
 class _Staging:
@@ -265,11 +265,12 @@ def materialize_shard(job: dict[str, Any], pieces: dict[str, dict[str, Any]], sc
         rows = write_shard(out, split, shard, assembler.samples(), codec=cfg.codec, fsync=False)
     finally:
         staging.close()
-    tar = shard_path(out, split, shard)
+    tar, part = shard_path(out, split, shard), part_path(out, split, shard)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     assembler.stats.save(task_stats_path(out, split, shard))
     report = {"split": split, "shard": shard, "samples": len(rows), "counts": dict(sorted(assembler.counts.items())),
               "errors": [], "tar_bytes": tar.stat().st_size if rows else 0,
+              "part_bytes": part.stat().st_size if part.is_file() else 0,
               "seconds": round(time.perf_counter() - started, 3)}
     tmp = report_path.with_name(report_path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

@@ -22,8 +22,9 @@ A piece's pixels are stored as its member entries already encoded
 only concatenates them (:mod:`.materialize`). Frames go to ``DS/staging/<task>.bin`` and the
 piece index to ``DS/staging/<task>.json``; what outlives the staging folder goes to
 ``DS/task-reports/read/<task>.json`` (errors, counts) and ``<task>.stats.npz`` (S2 statistics
-of the train tiles). Every file is written ``.tmp`` + rename, the index last: its presence
-marks the task done for a resumed run.
+of the train tiles). Every file is written ``.tmp`` + rename, the index last: its presence,
+with the frame file and the index at the sizes the report recorded, marks the task done for
+a resumed run (nothing is fsynced; a machine crash may cut files short).
 
 Memory per task: one row window of every band (13 x 264 x 264 x 16 tiles x 2 B = 29 MB at the
 defaults) and GDAL's block cache (``gdal_cache_mb``); neither grows with the scene.
@@ -69,10 +70,10 @@ def read_report_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Pat
     return folder / f"{task}.json", folder / f"{task}.stats.npz"
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -309,8 +310,23 @@ _KINDS: dict[str, type[_Pieces]] = {"s2": _S2Pieces, "s1": _S1Pieces, "lc": _Lan
 
 
 def read_done(out: str | os.PathLike[str], task: str) -> bool:
-    """The task's pieces are on disk (the index is written last)."""
-    return staging_paths(out, task)[1].is_file() and read_report_paths(out, task)[0].is_file()
+    """The task's pieces are on disk: its index (written last) and report exist, and the
+    frame file and the index have the sizes the report recorded (nothing is fsynced, so a
+    machine crash may leave them short or empty; the task is then redone)."""
+    frames_path, index_path = staging_paths(out, task)
+    report_path = read_report_paths(out, task)[0]
+    if not (index_path.is_file() and report_path.is_file()):
+        return False
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError:
+        return False
+    return files_have_sizes(report, {"frames_bytes": frames_path, "index_bytes": index_path})
+
+
+def files_have_sizes(report: dict[str, Any], files: dict[str, Path]) -> bool:
+    """Every file has the size ``report[key]`` recorded (0: the file does not exist)."""
+    return all(report.get(key) == (path.stat().st_size if path.is_file() else 0) for key, path in files.items())
 
 
 def load_read(out: str | os.PathLike[str], task: str) -> dict[str, Any]:
@@ -318,6 +334,10 @@ def load_read(out: str | os.PathLike[str], task: str) -> dict[str, Any]:
     report = json.loads(read_report_paths(out, task)[0].read_text())
     report["pieces"] = json.loads(staging_paths(out, task)[1].read_text())
     return report
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, Any], out: str) -> dict[str, Any]:
@@ -337,7 +357,8 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
     errors: list[dict[str, Any]] = []
     frames = _Frames(frames_path)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), **GDAL_READ_ENV), SourceCache() as cache:
+        with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), GDAL_NUM_THREADS=str(cfg.gdal_threads),
+                          **GDAL_READ_ENV), SourceCache() as cache:
             for target, cut in row_windows(tiles, cfg):
                 try:
                     data = source.read(cache, target)
@@ -361,9 +382,11 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
     report = {"task": name, "kind": task["kind"], "scene": task["scene"], "errors": errors,
               "counts": dict(sorted(Counter(p["status"] for p in pieces.values()).items())),
               "tiles": len(tiles), "seconds": round(time.perf_counter() - started, 3)}
+    index = _json_text(pieces)
+    report.update(frames_bytes=frames.offset, index_bytes=len(index.encode()))
     if task["kind"] == "s2":
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         source.stats.save(stats_path)
-    _write_json_atomic(report_path, report)
-    _write_json_atomic(index_path, pieces)
+    _write_text_atomic(report_path, _json_text(report))
+    _write_text_atomic(index_path, index)
     return {**report, "pieces": pieces}

@@ -28,7 +28,7 @@ ERRORS_SCHEMA = pa.schema([
 def write_errors(out: Path, errors: list[dict[str, Any]]) -> Path:
     rows = sorted({(e["path"], e["stage"], e["reason"], e.get("product_id")) for e in errors})
     table = pa.Table.from_pylist([dict(zip(ERRORS_SCHEMA.names, r)) for r in rows], schema=ERRORS_SCHEMA)
-    write_parquet_atomic(table, out / ERRORS_NAME)
+    write_parquet_atomic(table, out / ERRORS_NAME, fsync=False)  # rewritten by every run, as the manifest
     return out / ERRORS_NAME
 
 

@@ -243,7 +243,8 @@ def write_part(rows: list[dict[str, Any]], path: str | os.PathLike[str], fsync: 
     return path
 
 
-def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | None = None) -> Path:
+def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | None = None,
+                fsync: bool = True) -> Path:
     """Merge ``DS/manifest-parts/**.parquet`` into ``DS/manifest.parquet``.
 
     Rows are ordered by split, shard and position in the shard: part paths
@@ -267,7 +268,7 @@ def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | N
         tables.append(t)
     merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     out = root / MANIFEST_NAME
-    write_parquet_atomic(_with_metadata(merged.replace_schema_metadata(None), extra_metadata), out)
+    write_parquet_atomic(_with_metadata(merged.replace_schema_metadata(None), extra_metadata), out, fsync=fsync)
     return out
 
 

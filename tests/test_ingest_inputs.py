@@ -473,3 +473,33 @@ def test_real_folder_is_ingested_or_explained(real_data: Path, scheduler: str, t
         assert not sample["s2"][0, :, row, col].any()
         assert not sample["s1valid"][0, row, col]
     assert sample["s1valid"][0].sum() == 120 * 120
+
+
+def test_a_jpeg2000_safe_and_deflate_geotiffs_of_the_same_pixels_give_the_same_samples(
+        scheduler: str, tmp_path: Path) -> None:
+    """The benchmark's two scene layouts (``ingest/bench.py``): a SAFE folder of lossless
+    JPEG2000 bands as ESA delivers L2A (``MTD_MSIL2A.xml``, ``GRANULE/…/IMG_DATA/R10m|R20m|R60m``)
+    and per-band DEFLATE GeoTIFFs, the same pixels. Both must be scanned as one L2A product
+    of baseline 05.09 (+1000 offset removed) and give identical samples, so what the
+    benchmark compares is decoding alone."""
+    from eoforge.ingest.bench import make_scene
+
+    results, samples = {}, {}
+    for fmt in ("safe", "cog"):
+        scene = make_scene(tmp_path / f"scene-{fmt}", 1056, fmt)
+        results[fmt] = run_ingest([str(scene)], tmp_path / f"ds-{fmt}", config=IngestConfig(val_fraction=0.0),
+                                  scheduler=scheduler, progress=False)
+        assert not results[fmt].errors, results[fmt].errors
+        samples[fmt] = {s["__key__"]: s for s in read_samples(shard_urls(tmp_path / f"ds-{fmt}"))}
+    scenes = pq.read_table(tmp_path / "ds-safe" / "scenes.parquet").to_pylist()
+    assert len(scenes) == 1 and scenes[0]["level"] == "L2A" and scenes[0]["baseline"] == "05.09"
+    assert scenes[0]["dn_offset"] == 1000 and all(p.endswith(".jp2") for p in scenes[0]["paths"])
+    assert results["safe"].samples == results["cog"].samples > 0
+    assert samples["safe"].keys() == samples["cog"].keys()
+    for key, safe in samples["safe"].items():
+        cog = samples["cog"][key]
+        np.testing.assert_array_equal(safe["s2"], cog["s2"])
+        np.testing.assert_array_equal(safe["scl"], cog["scl"])
+        assert safe["meta"]["time_steps"][0]["s2_product_id"] == cog["meta"]["time_steps"][0]["s2_product_id"]
+    some = next(iter(samples["safe"].values()))["s2"]
+    assert some.dtype == np.uint16 and some[0, S2_BAND_NAMES.index("B4")].max() > 0

@@ -74,3 +74,5 @@ def test_config_yaml_and_overrides(tmp_path) -> None:
         IngestConfig.load(recipe)
     with pytest.raises(ConfigError, match="read_task_rows"):
         IngestConfig(read_task_rows=0)
+    with pytest.raises(ConfigError, match="gdal_threads must be >= 1"):
+        IngestConfig(gdal_threads=0)

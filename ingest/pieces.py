@@ -103,7 +103,8 @@ def read_s2(cache: SourceCache, scene: dict[str, Any], target: TargetGrid, fille
             # reflectance = (DN - offset) / 10000; max(DN - offset, 1) keeps dark valid pixels valid.
             np.maximum(band, offset + 1, out=band)
             band -= offset
-    stack *= valid
+    if not valid.all():  # most windows lie inside the swath: nothing to zero there
+        stack *= valid
     scl = None
     if "SCL" in bands:
         b = bands["SCL"]

@@ -51,10 +51,11 @@ class IngestConfig:
         split_block_tiles: split blocks are this many tiles square (all tiles of a block
             share a split, so val is spatially separate from train).
         read_task_rows: tile rows one read task covers (one task reads one source scene
-            north to south; a 10980 px S2 product, 42 rows of 264 px tiles, is two tasks).
-            Fewer rows: more parallelism per scene, more source blocks decoded twice where
-            two tasks meet (~9 % of a JPEG2000 product's decoding at 24, measured; with at
-            least as many scenes as workers, 48 reads each product in one task).
+            north to south). Where two tasks of a scene meet, each band's block row there is
+            decoded by both (~9 % of a 10980 px JPEG2000 product's decoding when it is read
+            as two tasks, measured). None (the default): enough tasks to keep the workers
+            busy: every scene of a kind (S2, S1, land cover) is one task when there are at
+            least as many scenes of that kind as workers, else ceil(workers / scenes) tasks.
         read_window_tiles: most tiles one window read spans along a tile row (bounds a
             task's pixel buffers; GDAL's block cache keeps the source blocks between rows).
         samples_per_shard: target samples per shard (tiles are dealt to shards in a seeded
@@ -88,7 +89,7 @@ class IngestConfig:
     zone_overlap_iou: float = 0.1
     val_fraction: float = 0.1
     split_block_tiles: int = 8
-    read_task_rows: int = 24
+    read_task_rows: int | None = None
     read_window_tiles: int = 16
     samples_per_shard: int = 64
     codec: str = "zstd"
@@ -116,7 +117,7 @@ class IngestConfig:
             (0 < self.zone_overlap_iou <= 1, "zone_overlap_iou must be in (0, 1]"),
             (0 <= self.val_fraction < 1, "val_fraction must be in 0..1"),
             (self.split_block_tiles >= 1, "split_block_tiles must be >= 1"),
-            (self.read_task_rows >= 1, "read_task_rows must be >= 1"),
+            (self.read_task_rows is None or self.read_task_rows >= 1, "read_task_rows must be >= 1 (or null: automatic)"),
             (self.read_window_tiles >= 1, "read_window_tiles must be >= 1"),
             (self.gdal_cache_mb >= 16, "gdal_cache_mb must be >= 16"),
             (self.gdal_threads >= 1, "gdal_threads must be >= 1"),

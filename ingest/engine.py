@@ -85,6 +85,14 @@ class Engine:
             self._cluster.close()
 
     @property
+    def task_slots(self) -> int:
+        """Tasks the cluster runs at once now: the local cluster's workers, or an existing
+        cluster's worker threads (at least 1; a cluster still scaling up counts what it has)."""
+        if self._cluster is not None:
+            return self.workers
+        return max(1, sum(self.client.nthreads().values()))
+
+    @property
     def description(self) -> str:
         if self.scheduler:
             return f"Dask scheduler {self.scheduler}"

@@ -138,7 +138,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
 
         by_scene = {s["scene"]: s for s in scanned.scenes}
         jobs = plan_shards(plan.rows)
-        reads = plan_reads(plan.rows, config)
+        reads = plan_reads(plan.rows, config, workers=engine.task_slots)
 
         t0 = time.perf_counter()
         pending = [j for j in jobs if not shard_done(out, j["split"], j["shard"])]

@@ -21,15 +21,16 @@ From the scene inventory to one row per (tile, time step) in ``plan.parquet``:
 9. **Shards**: the tiles of a split, in a seeded random order, are cut into shards of
    ``samples_per_shard``, so every shard mixes places and scenes from the whole area.
 10. **Reads** (:func:`plan_reads`): per source scene (S2, S1, land cover) the tiles it
-    serves, north to south and west to east, in tasks of ``read_task_rows`` tile rows: each
-    source is read once, in raster order, whichever shards its tiles go to.
+    serves, north to south and west to east, in as few tasks as keep the workers busy (or
+    of ``read_task_rows`` tile rows): each source is read once, in raster order, whichever
+    shards its tiles go to.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -326,14 +327,17 @@ def read_order(tile: TileId) -> tuple[int, int, int]:
     return tile.epsg, -tile.row, tile.col
 
 
-def plan_reads(rows: list[dict[str, Any]], config: IngestConfig) -> list[dict[str, Any]]:
+def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 1) -> list[dict[str, Any]]:
     """The read tasks of a plan: ``{"task", "kind", "scene", "tiles", "train"}``.
 
     One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles it serves, in
-    :func:`read_order`, split into tasks of at most ``read_task_rows`` tile rows (as even as
-    possible, so a scene's tasks take about equally long); ``train`` flags the tiles of the
-    train split (their S2 values go into ``stats.json``). Task names are
-    ``<kind>-<scene:06d>-<part:03d>``.
+    :func:`read_order`, split into parts of about equal tile rows (so a scene's tasks take
+    about equally long): parts of at most ``read_task_rows`` rows, or, when that is None,
+    ``ceil(workers / scenes of the kind)`` parts (one when the scenes alone keep ``workers``
+    busy: every split decodes the source blocks where two parts meet twice). ``train`` flags
+    the tiles of the train split (their S2 values go into ``stats.json``). Task names are
+    ``<kind>-<scene:06d>-<part:03d>of<parts:03d>``: a rerun that splits a scene differently
+    (other ``workers``) reads it again instead of taking another split's pieces for its own.
     """
     users: dict[tuple[str, int], dict[str, bool]] = defaultdict(dict)
     for r in rows:
@@ -343,6 +347,7 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig) -> list[dict[st
                 if scene is not None:
                     users[(kind, int(scene))][r["tile_id"]] = train
     order = {"s2": 0, "s1": 1, "lc": 2}
+    scenes_of_kind = Counter(kind for kind, _ in users)
     tasks: list[dict[str, Any]] = []
     for (kind, scene), tiles in sorted(users.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         parsed = sorted((TileId.parse(t) for t in tiles), key=read_order)
@@ -351,11 +356,14 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig) -> list[dict[st
             if not tile_rows or (tile_rows[-1][0].epsg, tile_rows[-1][0].row) != (t.epsg, t.row):
                 tile_rows.append([])
             tile_rows[-1].append(t)
-        parts = math.ceil(len(tile_rows) / config.read_task_rows)
+        if config.read_task_rows is None:
+            parts = min(len(tile_rows), math.ceil(max(1, workers) / scenes_of_kind[kind]))
+        else:
+            parts = math.ceil(len(tile_rows) / config.read_task_rows)
         for part in range(parts):
             chunk = tile_rows[part * len(tile_rows) // parts:(part + 1) * len(tile_rows) // parts]
             ids = [str(t) for row in chunk for t in row]
-            tasks.append({"task": f"{kind}-{scene:06d}-{part:03d}", "kind": kind, "scene": scene,
+            tasks.append({"task": f"{kind}-{scene:06d}-{part:03d}of{parts:03d}", "kind": kind, "scene": scene,
                           "tiles": ids, "train": [tiles[t] for t in ids]})
     return tasks
 

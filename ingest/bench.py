@@ -6,7 +6,7 @@ peak memory per worker, measured side by side in one run on one full-size S2 sce
   under ``build/bench``, in the two layouts users ingest, the same pixels in both:
   ``cog``, DEFLATE GeoTIFFs tiled 1024 like Earth Search / Planetary Computer COGs, and
   ``safe``, a SAFE folder of lossless JPEG2000 bands as ESA's L2A products are. Decoding
-  costs about 10x more in the second, so the two columns bracket what ingest adds to it.
+  costs ~16x more in the second, so the two columns bracket what ingest adds to it.
 - **read floor**: every pixel of every file read and decoded once with rasterio, block by
   block, by as many processes as the ingest has workers (one GDAL thread each, as the
   ingest's ``gdal_threads: 1``).
@@ -44,7 +44,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from eoforge.shards.bench import write_results
-from eoforge.shards.schema import S2_BANDS
+from eoforge.shards.schema import S2_BANDS, Band
 
 SCENE_PX = 10980
 PRODUCT = "S2B_MSIL2A_20230716T101028_N0509_R022_T32TNR_20230716T140425"
@@ -66,7 +66,7 @@ TIME = PRODUCT.split("_")[2]  # 20230716T101028
 FORMATS = ("cog", "safe")
 
 
-def _band_data(band: Any, n: int, rng: np.random.Generator, y0: int, h: int) -> np.ndarray:
+def _band_data(band: Band | None, n: int, rng: np.random.Generator, y0: int, h: int) -> np.ndarray:
     """Rows [y0, y0+h) of one band (``band`` None: SCL): a terrain-like field, +1000 DN
     (baseline >= 04.00), a nodata wedge like a swath edge."""
     cols = np.arange(n)[None, :]
@@ -79,7 +79,7 @@ def _band_data(band: Any, n: int, rng: np.random.Generator, y0: int, h: int) -> 
     return data
 
 
-def _scene_bands() -> list[tuple[Any, str, int]]:
+def _scene_bands() -> list[tuple[Band | None, str, int]]:
     """(band or None for SCL, file label, GSD m) of an L2A product."""
     out = []
     for band in [*(b for b in S2_BANDS if b.in_l2a), None]:

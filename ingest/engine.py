@@ -34,7 +34,7 @@ WORKER_MALLOC_ENV = {
 #: profiler samples the running task's stack every 10 ms (taking the GIL from it), event loops
 #: tick every 20 ms, system monitors poll every 0.5 s. With Dask's defaults an idle 2-worker
 #: LocalCluster spent 17 % of one core (each worker 5 %, the client's scheduler 7 %); with
-#: these 5 % (measured; ``ingest/bench.py``). Set the same on an external cluster's workers
+#: these 5 % (measured with psutil on a 2-core VM). Set the same on an external cluster's workers
 #: (``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False`` and so on).
 QUIET_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,

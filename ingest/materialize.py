@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from eoforge.ingest.config import IngestConfig
-from eoforge.ingest.pieces import class_counts, files_have_sizes, staging_paths
+from eoforge.ingest.pieces import class_counts, complete_report, file_size, staging_paths
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
 from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
@@ -58,19 +58,18 @@ def piece_key(kind: str, scene: int, tile_id: str) -> str:
     return f"{kind}:{scene}:{tile_id}"
 
 
-def shard_done(out: str | os.PathLike[str], split: str, shard: int) -> bool:
-    """A shard is done when its statistics and task report exist (written, in that order,
-    after the tar and its manifest part) and the tar and the part have the sizes the report
-    recorded. Nothing is fsynced, so after a machine crash any of these files may be short
-    or empty; a shard whose files do not match is redone."""
-    report_path = task_report_path(out, split, shard)
-    if not (report_path.is_file() and task_stats_path(out, split, shard).is_file()):
-        return False
-    try:
-        report = json.loads(report_path.read_text())
-    except ValueError:
-        return False
-    return files_have_sizes(report, {"tar_bytes": shard_path(out, split, shard), "part_bytes": part_path(out, split, shard)})
+def _shard_files(out: str | os.PathLike[str], split: str, shard: int) -> dict[str, Path]:
+    """The files a shard task writes whose sizes its report records."""
+    return {"tar_bytes": shard_path(out, split, shard), "part_bytes": part_path(out, split, shard)}
+
+
+def finished_shard(out: str | os.PathLike[str], split: str, shard: int) -> dict[str, Any] | None:
+    """The task report of a finished shard, or None when it is to be (re)written: a shard is
+    done when its statistics and task report exist (written, in that order, after the tar
+    and its manifest part) and the tar and the part have the sizes the report recorded."""
+    if not task_stats_path(out, split, shard).is_file():
+        return None
+    return complete_report(task_report_path(out, split, shard), _shard_files(out, split, shard))
 
 
 class _Staging:
@@ -253,24 +252,22 @@ def materialize_shard(job: dict[str, Any], pieces: dict[str, dict[str, Any]], sc
     """Write one shard from ``pieces`` (:func:`piece_key` -> piece with its ``task``), skipped
     when already done; return its task report."""
     split, shard = job["split"], int(job["shard"])
+    if (done := finished_shard(out, split, shard)) is not None:
+        return done
     report_path = task_report_path(out, split, shard)
-    if shard_done(out, split, shard):
-        return json.loads(report_path.read_text())
     started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)
     staging = _Staging(out)
     try:
         assembler = ShardAssembler(job, pieces, scenes, cfg, staging)
-        # no fsync per shard: a resumed run redoes a shard whose tar lacks the recorded size
+        # no fsync per shard: a resumed run redoes a shard whose tar or part lacks the recorded size
         rows = write_shard(out, split, shard, assembler.samples(), codec=cfg.codec, fsync=False)
     finally:
         staging.close()
-    tar, part = shard_path(out, split, shard), part_path(out, split, shard)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     assembler.stats.save(task_stats_path(out, split, shard))
     report = {"split": split, "shard": shard, "samples": len(rows), "counts": dict(sorted(assembler.counts.items())),
-              "errors": [], "tar_bytes": tar.stat().st_size if rows else 0,
-              "part_bytes": part.stat().st_size if part.is_file() else 0,
+              "errors": [], **{key: file_size(path) for key, path in _shard_files(out, split, shard).items()},
               "seconds": round(time.perf_counter() - started, 3)}
     tmp = report_path.with_name(report_path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

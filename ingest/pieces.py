@@ -310,30 +310,29 @@ def class_counts(classes: np.ndarray, lookup: np.ndarray, num_classes: int) -> n
 _KINDS: dict[str, type[_Pieces]] = {"s2": _S2Pieces, "s1": _S1Pieces, "lc": _LandcoverPieces}
 
 
-def read_done(out: str | os.PathLike[str], task: str) -> bool:
-    """The task's pieces are on disk: its index (written last) and report exist, and the
-    frame file and the index have the sizes the report recorded (nothing is fsynced, so a
-    machine crash may leave them short or empty; the task is then redone)."""
-    frames_path, index_path = staging_paths(out, task)
-    report_path = read_report_paths(out, task)[0]
-    if not (index_path.is_file() and report_path.is_file()):
-        return False
+def file_size(path: Path) -> int:
+    """Bytes of ``path``; 0 when it does not exist."""
+    return path.stat().st_size if path.is_file() else 0
+
+
+def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any] | None:
+    """A task's report when it parses and each of ``files`` has the size the report recorded
+    under its key; else None: the task is to be (re)done. Nothing is fsynced, so a machine
+    crash may leave any of these files short or empty."""
     try:
         report = json.loads(report_path.read_text())
-    except ValueError:
-        return False
-    return files_have_sizes(report, {"frames_bytes": frames_path, "index_bytes": index_path})
+    except (OSError, ValueError):
+        return None
+    return report if all(report.get(key) == file_size(path) for key, path in files.items()) else None
 
 
-def files_have_sizes(report: dict[str, Any], files: dict[str, Path]) -> bool:
-    """Every file has the size ``report[key]`` recorded (0: the file does not exist)."""
-    return all(report.get(key) == (path.stat().st_size if path.is_file() else 0) for key, path in files.items())
-
-
-def load_read(out: str | os.PathLike[str], task: str) -> dict[str, Any]:
-    """The result of a finished read task: its report with ``pieces`` from the index."""
-    report = json.loads(read_report_paths(out, task)[0].read_text())
-    report["pieces"] = json.loads(staging_paths(out, task)[1].read_text())
+def finished_read(out: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
+    """The result of a finished read task (its report with ``pieces`` from the index), or
+    None when its frame file or index (written last) is missing or not the recorded size."""
+    frames_path, index_path = staging_paths(out, task)
+    report = complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
+    if report is not None:
+        report["pieces"] = json.loads(index_path.read_text())
     return report
 
 
@@ -345,8 +344,8 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
     """Run one read task (or load it when done); return ``{"task", "kind", "scene", "errors",
     "counts", "pieces": {tile_id: piece}}``. See the module docstring."""
     name = task["task"]
-    if read_done(out, name):
-        return load_read(out, name)
+    if (done := finished_read(out, name)) is not None:
+        return done
     started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)
     frames_path, index_path = staging_paths(out, name)

@@ -35,9 +35,9 @@ from eoforge import __version__
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.engine import Engine
 from eoforge.ingest.materialize import (
-    TASK_REPORTS, materialize_shard, piece_key, shard_done, task_report_path, task_stats_path,
+    TASK_REPORTS, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
-from eoforge.ingest.pieces import STAGING, load_read, read_done, read_report_paths, read_source
+from eoforge.ingest.pieces import STAGING, finished_read, read_report_paths, read_source
 from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
@@ -141,13 +141,15 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         reads = plan_reads(plan.rows, config, workers=engine.task_slots)
 
         t0 = time.perf_counter()
-        pending = [j for j in jobs if not shard_done(out, j["split"], j["shard"])]
+        finished = {(j["split"], j["shard"]): finished_shard(out, j["split"], j["shard"]) for j in jobs}
+        pending = [j for j in jobs if finished[(j["split"], j["shard"])] is None]
         read_results, failed_reads = _run_reads(engine, reads, pending, by_scene, config, out, errors, strict)
         timings["read"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        reports, failed = _run_shards(engine, jobs, pending, reads, read_results, failed_reads, by_scene, config,
-                                      out, errors, strict)
+        done_reports = [r for r in finished.values() if r is not None]
+        reports, failed = _run_shards(engine, done_reports, pending, reads, read_results, failed_reads, by_scene,
+                                      config, out, errors, strict)
         timings["materialize"] = time.perf_counter() - t0
         if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
             background.run(engine.__exit__, None, None, None)
@@ -235,8 +237,8 @@ def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[s
         report_path = read_report_paths(out, r["task"])[0]
         if report_path.is_file() and not needed_tiles.intersection(r["tiles"]):
             results[r["task"]] = json.loads(report_path.read_text())  # its pieces are in finished shards
-        elif read_done(out, r["task"]):
-            results[r["task"]] = load_read(out, r["task"])
+        elif (done := finished_read(out, r["task"])) is not None:
+            results[r["task"]] = done
         else:
             todo.append(r)
     failed: set[str] = set()
@@ -275,19 +277,18 @@ def _shard_payload(job: dict[str, Any], piece_task: dict[tuple[str, int, str], s
     return job, pieces, {i: scenes[i] for i in sorted(used)}
 
 
-def _run_shards(engine: Engine, jobs: list[dict[str, Any]], pending: list[dict[str, Any]], reads: list[dict[str, Any]],
-                read_results: dict[str, dict[str, Any]], failed_reads: set[str], scenes: dict[int, dict[str, Any]],
-                config: IngestConfig, out: Path, errors: list[dict[str, Any]],
+def _run_shards(engine: Engine, done_reports: list[dict[str, Any]], pending: list[dict[str, Any]],
+                reads: list[dict[str, Any]], read_results: dict[str, dict[str, Any]], failed_reads: set[str],
+                scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
                 strict: bool) -> tuple[list[dict[str, Any]], bool]:
-    """Write the pending shards. Returns (the reports of every shard written, whether any
-    shard is left unwritten); failures are appended to ``errors``.
+    """Write the pending shards. Returns (the reports of every shard written: ``done_reports``,
+    those of earlier runs, then this run's; whether any shard is left unwritten); failures are
+    appended to ``errors``.
 
     A shard that needs the pieces of a read task that failed (raised, rather than met bad
     data) is not written: a rerun retries the read and then writes it."""
     piece_task = {(r["kind"], r["scene"], t): r["task"] for r in reads for t in r["tiles"]}
-    todo = {(j["split"], j["shard"]) for j in pending}
-    reports = [json.loads(task_report_path(out, j["split"], j["shard"]).read_text())
-               for j in jobs if (j["split"], j["shard"]) not in todo]
+    reports = list(done_reports)
     failed = False
     writable = []
     for j in pending:

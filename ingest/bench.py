@@ -393,8 +393,8 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
 @click.option("--formats", default="cog,safe", show_default=True,
               help="Scene layouts to measure, comma-separated: cog (DEFLATE GeoTIFFs), safe (JPEG2000 SAFE).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Runs of the floor and of each ingest on the cog scene, interleaved; the fastest of each "
-                   "counts (shared machines are noisy).")
+              help="Interleaved runs of the floor and of each ingest on the cog scene; ratios are the median "
+                   "over runs, times the fastest (shared machines are noisy).")
 @click.option("--repeats-safe", type=click.IntRange(min=1), default=1, show_default=True,
               help="The same for the safe scene (JPEG2000 decoding dominates it, and one run takes minutes).")
 def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int) -> None:

@@ -10,7 +10,7 @@
 #   WORKERS   Dask workers for ingest                        (2)
 #   CONFIG    ingest recipe (YAML)                           (ingest/recipes/demo.yaml for the demo)
 #   SCHEDULER existing Dask scheduler for ingest             (empty: a LocalCluster)
-#   METHOD    pretraining method (pera)                      (pera)
+#   METHOD    pretraining method: pera, softcon, dualenc     (pera)
 #   RUN       training run folder                            (demo/run-$(METHOD))
 #   PRETRAIN_CONFIG training recipe (YAML)          (train/recipes/$(METHOD)-tiny-demo.yaml)
 #   NPROC_PER_NODE  training processes per node (GPUs)       (1)
@@ -76,17 +76,29 @@ demo-data: $(STAMP)
 	$(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
 
 # generate scenes -> ingest (local Dask cluster) -> verify -> inspect -> pretrain a tiny ViT
-# with PerA -> export -> kNN + linear probes against random init. Each stage says where it wrote.
+# with $(METHOD) (train/recipes/$(METHOD)-tiny-demo.yaml) -> export -> kNN + linear probes against
+# random init. The dual encoder exports and probes both encoders (S2 on S2 inputs, S1 on S1).
+# Each stage says where it wrote.
 demo: $(STAMP)
 	test -f $(RAW)/truth.json || $(BIN)/eoforge demo-data $(RAW) --seed $(SEED)
 	$(BIN)/eoforge ingest $(RAW) --out $(DS) --config ingest/recipes/demo.yaml --workers $(WORKERS)
 	$(BIN)/eoforge shards verify $(DS)
 	$(BIN)/eoforge shards inspect $(DS) --plot
-	$(BIN)/eoforge pretrain --data $(DS) --method pera --out $(RUN) --config train/recipes/pera-tiny-demo.yaml --resume
+	$(BIN)/eoforge pretrain --data $(DS) --method $(METHOD) --out $(RUN) --config train/recipes/$(METHOD)-tiny-demo.yaml --resume
+ifeq ($(METHOD),dualenc)
+	for b in s2 s1; do \
+	  $(BIN)/eoforge export $(RUN) --out $(RUN)/model-$$b.safetensors --branch $$b && \
+	  $(BIN)/eoforge eval --weights $(RUN)/model-$$b.safetensors --data $(DS) --probe knn --probe linear --out $(RUN)/eval-$$b \
+	  || exit 1; \
+	done
+	@echo "make demo: done. dataset $(DS) (report.md, coverage/label PNGs), run $(RUN) (loss.png, metrics.jsonl),"
+	@echo "           encoders $(RUN)/model-s2.safetensors and model-s1.safetensors, probes $(RUN)/eval-s2/results.md and eval-s1/results.md"
+else
 	$(BIN)/eoforge export $(RUN) --out $(RUN)/model.safetensors
 	$(BIN)/eoforge eval --weights $(RUN)/model.safetensors --data $(DS) --probe knn --probe linear --out $(RUN)/eval
 	@echo "make demo: done. dataset $(DS) (report.md, coverage/label PNGs), run $(RUN) (loss.png, metrics.jsonl),"
 	@echo "           model $(RUN)/model.safetensors, probes $(RUN)/eval/results.md"
+endif
 
 ingest: $(STAMP)
 	$(BIN)/eoforge ingest $(RAW) --out $(DS) $(foreach lc,$(LANDCOVER),--landcover $(lc)) \

@@ -1,9 +1,10 @@
 """From a decoded sample to the backbone's input: band selection, normalisation, resizing.
 
-A probe looks at one time step (the first) of a sample:
+A probe looks at one time step of a sample: the first, or for a model that reads S1 the first
+whose S1 holds data (S1 is paired to only some steps; a step without it would be all zeros):
 
-- channels in the model's band order (``MODEL.json`` ``bands``): S2 bands from ``s2[0]``
-  (uint16 DN), ``VV``/``VH`` from ``s1[0]`` (dB) — a 13-band S2 model reads S2, an S1-branch
+- channels in the model's band order (``MODEL.json`` ``bands``): S2 bands from ``s2[t]``
+  (uint16 DN), ``VV``/``VH`` from ``s1[t]`` (dB) — a 13-band S2 model reads S2, an S1-branch
   model (``in_chans=2``) reads S1, a stacked model reads both;
 - normalised per band with the same affine rule as training (``eoforge.train.data.normalize``):
   ``x' = (x - offset) * scale``, optionally clipped to [0, 1]; pixels without data (S2 DN 0,
@@ -16,8 +17,9 @@ The normalisation comes from the model (``MODEL.json`` ``normalization``: what i
 with; default) or from the evaluation dataset's ``stats.json`` (``source="dataset"``). Accepted
 ``normalization`` forms: ``{"mode", "bands", "lo", "hi"}`` (lo -> 0, hi -> 1),
 ``{"mode", "bands", "mean", "std"}`` (``mode`` ``"minmax2sigma"`` or ``"zscore"``),
-``{"mode", "bands", "offset", "scale"}``, optionally ``"clip": true``, or a dict of such
-sections per modality (``{"s2": {...}, "s1": {...}}``).
+``{"mode", "bands", "offset", "scale"}``, optionally ``"clip": true`` and per band
+``"value_min"``/``"value_max"`` (stored values clipped to that range first, e.g. S1 dB; ``None``
+entries: no clip), or a dict of such sections per modality (``{"s2": {...}, "s1": {...}}``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ def _usable(v: Any) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
+def _value_range(section: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band clip range of stored values (``-inf``/``inf`` where a section gives none)."""
+    out = []
+    for key, default in (("value_min", -np.inf), ("value_max", np.inf)):
+        values = section.get(key) or [None] * n
+        out.append(np.asarray([default if not _usable(v) else float(v) for v in values], np.float32))
+    return out[0], out[1]
+
+
 def _section_affine(section: dict[str, Any], mode: str | None) -> tuple[list[str] | None, np.ndarray, np.ndarray, bool]:
     """(bands, offset, scale, clip) of one normalisation section; unusable bands get scale 0."""
     mode = section.get("mode", mode) or "minmax2sigma"
@@ -85,8 +96,10 @@ def _section_affine(section: dict[str, Any], mode: str | None) -> tuple[list[str
     return bands, np.asarray(offset, np.float32), np.asarray(scale, np.float32), clip
 
 
-def _affine_for_bands(spec: dict[str, Any], bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, bool, str]:
-    """Per-band (offset, scale) in ``bands`` order from a normalisation dict (flat or per modality)."""
+def _affine_for_bands(spec: dict[str, Any], bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, bool, str, np.ndarray,
+                                                                           np.ndarray]:
+    """Per-band (offset, scale, clip, mode, value_min, value_max) in ``bands`` order from a
+    normalisation dict (flat or per modality)."""
     mode = spec.get("mode")
     sections = [spec] if any(k in spec for k in ("lo", "mean", "offset")) else [
         {**v, "bands": v.get("bands", list(S2_BAND_NAMES if k == "s2" else S1_BAND_NAMES))}
@@ -94,10 +107,11 @@ def _affine_for_bands(spec: dict[str, Any], bands: tuple[str, ...]) -> tuple[np.
     ]
     if not sections:
         raise ValueError(f"normalization has no statistics (keys: {sorted(spec)})")
-    by_band: dict[str, tuple[float, float]] = {}
+    by_band: dict[str, tuple[float, float, float, float]] = {}
     clip = False
     for i, section in enumerate(sections):
         names, offset, scale, c = _section_affine(section, mode)
+        lo, hi = _value_range(section, len(offset))
         clip |= c
         if names is None:
             if len(sections) > 1 or len(offset) != len(bands):
@@ -105,14 +119,13 @@ def _affine_for_bands(spec: dict[str, Any], bands: tuple[str, ...]) -> tuple[np.
             names = list(bands)
         if len(names) != len(offset):
             raise ValueError(f"normalization lists {len(names)} bands but {len(offset)} values")
-        by_band.update({n: (float(o), float(s)) for n, o, s in zip(names, offset, scale)})
+        by_band.update({n: (float(o), float(s), float(a), float(b)) for n, o, s, a, b in zip(names, offset, scale, lo, hi)})
         mode = mode or section.get("mode")
     missing = [b for b in bands if b not in by_band]
     if missing:
         raise ValueError(f"normalization has no statistics for band(s) {missing}")
-    offset = np.asarray([by_band[b][0] for b in bands], np.float32)
-    scale = np.asarray([by_band[b][1] for b in bands], np.float32)
-    return offset, scale, clip, mode or "minmax2sigma"
+    columns = np.asarray([by_band[b] for b in bands], np.float32).T
+    return columns[0], columns[1], clip, mode or "minmax2sigma", columns[2], columns[3]
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,8 @@ class InputSpec:
         mode: ``"minmax2sigma"`` or ``"zscore"`` (for the report).
         source: ``"model"`` (MODEL.json) or ``"dataset"`` (the dataset's stats.json).
         img_size: square input size in pixels, or None to keep the tile size.
+        value_min, value_max: float32 ``[C]`` range stored values are clipped to before the
+            affine map (``-inf``/``inf``: none), e.g. the dual encoder's S1 dB range.
     """
 
     bands: tuple[str, ...]
@@ -136,6 +151,8 @@ class InputSpec:
     mode: str
     source: str
     img_size: int | None
+    value_min: np.ndarray | None = None
+    value_max: np.ndarray | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -149,23 +166,32 @@ class InputSpec:
                 ``[T, 13, H, W]``, ``s1`` float ``[T, 2, H, W]`` dB, ``s1valid`` bool ``[T, H, W]``).
 
         Raises:
-            MissingInput: the sample has no member for a band the model reads.
+            MissingInput: the sample has no member for a band the model reads, or (S1) no
+                time step with S1 data.
         """
+        key = sample.get("__key__")
+        for m in self.modalities:
+            if m not in sample:
+                raise MissingInput(f"{key}: no {m} member (the model reads {', '.join(self.bands)})")
+        t = 0
+        if "s1" in self.modalities:
+            with_s1 = np.flatnonzero(sample["s1valid"].reshape(len(sample["s1valid"]), -1).any(axis=1))
+            if not len(with_s1):
+                raise MissingInput(f"{key}: no time step with S1 data")
+            t = int(with_s1[0])
         channels = []
         for band in self.bands:
             if band in S2_BAND_NAMES:
-                if "s2" not in sample:
-                    raise MissingInput(f"{sample.get('__key__')}: no s2 member (the model reads {band})")
-                x = sample["s2"][0, S2_BAND_NAMES.index(band)]
+                x = sample["s2"][t, S2_BAND_NAMES.index(band)]
                 valid = x != 0
             else:
-                if "s1" not in sample:
-                    raise MissingInput(f"{sample.get('__key__')}: no s1 member (the model reads {band})")
-                x = sample["s1"][0, S1_BAND_NAMES.index(band)]
-                valid = sample["s1valid"][0] & np.isfinite(x)
+                x = sample["s1"][t, S1_BAND_NAMES.index(band)]
+                valid = sample["s1valid"][t] & np.isfinite(x)
             channels.append((x, valid))
         x = np.stack([c for c, _ in channels]).astype(np.float32)
         valid = np.stack([v for _, v in channels])
+        if self.value_min is not None and self.value_max is not None:
+            np.clip(x, self.value_min[:, None, None], self.value_max[:, None, None], out=x)
         x -= self.offset[:, None, None]
         x *= self.scale[:, None, None]
         if self.clip:
@@ -179,10 +205,16 @@ class InputSpec:
 
     def describe(self) -> dict[str, Any]:
         """The settings a report needs to reproduce the inputs."""
-        return {"bands": list(self.bands), "time_step": "first", "normalization": self.mode,
-                "normalization_source": self.source, "clip": self.clip, "img_size": self.img_size,
-                "offset": [round(float(v), 6) for v in self.offset],
-                "scale": [float(f"{v:.6g}") for v in self.scale]}
+        step = "first with S1 data" if "s1" in self.modalities else "first"
+        out = {"bands": list(self.bands), "time_step": step, "normalization": self.mode,
+               "normalization_source": self.source, "clip": self.clip, "img_size": self.img_size,
+               "offset": [round(float(v), 6) for v in self.offset],
+               "scale": [float(f"{v:.6g}") for v in self.scale]}
+        if self.value_min is not None and self.value_max is not None and np.isfinite(
+                np.concatenate([self.value_min, self.value_max])).any():
+            out["value_min"] = [float(v) if np.isfinite(v) else None for v in self.value_min]
+            out["value_max"] = [float(v) if np.isfinite(v) else None for v in self.value_max]
+        return out
 
 
 def input_spec(info: ModelInfo, data: str | os.PathLike[str] | None = None, source: str = "model",
@@ -204,7 +236,7 @@ def input_spec(info: ModelInfo, data: str | os.PathLike[str] | None = None, sour
     bands = info.bands or default_bands(info.in_chans)
     model_norm = info.normalization if isinstance(info.normalization, dict) else None
     if source == "model" and model_norm:
-        offset, scale, clip, mode = _affine_for_bands(model_norm, bands)
+        offset, scale, clip, mode, vmin, vmax = _affine_for_bands(model_norm, bands)
         used = "model"
     else:
         if data is None:
@@ -215,8 +247,10 @@ def input_spec(info: ModelInfo, data: str | os.PathLike[str] | None = None, sour
         stats = json.loads(path.read_text())
         mode = (model_norm or {}).get("mode") or "minmax2sigma"
         spec = {"mode": mode, **{m: stats[m] for m in ("s2", "s1") if m in stats}}
-        offset, scale, clip, mode = _affine_for_bands(spec, bands)
+        offset, scale, clip, mode, vmin, vmax = _affine_for_bands(spec, bands)
+        if model_norm:  # the model's clipping rules hold whatever statistics are used
+            _, _, _, _, vmin, vmax = _affine_for_bands(model_norm, bands)
         clip = bool((model_norm or {}).get("clip", False))
         used = "dataset"
     return InputSpec(bands=tuple(bands), offset=offset, scale=scale, clip=clip, mode=mode, source=used,
-                     img_size=img_size if img_size is not None else info.img_size)
+                     img_size=img_size if img_size is not None else info.img_size, value_min=vmin, value_max=vmax)

@@ -66,6 +66,10 @@ class Labels:
         multi_hot: 0/1 per class (fraction >= ``threshold`` for raster-derived labels).
         threshold: τ used for ``multi_hot``.
         source: where the labels came from (file name or dataset).
+        per_step_multi_hot: one multi-hot row per time step (``T x K``) when the source labels
+            each acquisition on its own (SSL4EO-S12's per-season labels, a class map per
+            scene); an all-zero row is an unlabelled step. None (and absent from the JSON) when
+            ``multi_hot`` holds for every step.
     """
 
     taxonomy: str
@@ -74,6 +78,7 @@ class Labels:
     fractions: list[float] | None = None
     threshold: float | None = None
     source: str | None = None
+    per_step_multi_hot: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -82,6 +87,15 @@ class Labels:
                 f"labels: {n} names but {len(self.multi_hot)} multi-hot"
                 f" and {None if self.fractions is None else len(self.fractions)} fractions"
             )
+        if self.per_step_multi_hot is not None and any(len(row) != n for row in self.per_step_multi_hot):
+            raise ValueError(f"labels: per-step multi-hot rows must have {n} values each")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; ``per_step_multi_hot`` only when set (samples without it keep their bytes)."""
+        out = dict(vars(self))
+        if out["per_step_multi_hot"] is None:
+            del out["per_step_multi_hot"]
+        return out
 
 
 @dataclass
@@ -121,6 +135,9 @@ class SampleMeta:
             raise ValueError(f"{self.key}: transform needs 6 numbers (a, b, c, d, e, f)")
         if not self.time_steps:
             raise ValueError(f"{self.key}: a sample needs at least one time step")
+        per_step = self.labels.per_step_multi_hot if self.labels is not None else None
+        if per_step is not None and len(per_step) != len(self.time_steps):
+            raise ValueError(f"{self.key}: {len(per_step)} per-step label rows for {len(self.time_steps)} time steps")
 
     def bounds(self) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) of the tile in its CRS (north-up grids)."""
@@ -134,7 +151,7 @@ class SampleMeta:
         # (dataclasses.asdict deep-copies field by field: ~3x slower for a 4-step sample)
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["time_steps"] = [vars(t) for t in self.time_steps]
-        out["labels"] = None if self.labels is None else vars(self.labels)
+        out["labels"] = None if self.labels is None else self.labels.to_dict()
         return json_finite(out)
 
     @classmethod

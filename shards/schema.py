@@ -266,6 +266,43 @@ def worldcover_to_dynamic_world(classes: np.ndarray) -> np.ndarray:
     return table[np.asarray(classes, dtype=np.uint8)]
 
 
+#: Label-vector conversions between taxonomies: ``(from, to) -> {from index: to index}``.
+LABEL_MAPPINGS: dict[tuple[str, str], dict[int, int]] = {
+    ("worldcover", "dynamic_world"): {
+        WORLDCOVER.codes.index(wc): DYNAMIC_WORLD.codes.index(dw) for wc, dw in WORLDCOVER_TO_DYNAMIC_WORLD.items()
+    },
+}
+
+
+def convert_label_vector(values: np.ndarray, source: str, target: str, threshold: float | None = None) -> np.ndarray:
+    """A label vector (or ``[..., K]`` stack) of taxonomy ``source`` in taxonomy ``target``.
+
+    ``values`` are multi-hot 0/1 (merged classes: their OR) or, with ``threshold``, class
+    fractions: merged classes add up, and the result is multi-hot ``fraction >= threshold``
+    (and > 0), the rule raster labels use. The same taxonomy returns ``values`` as float32.
+
+    Raises:
+        ValueError: no mapping from ``source`` to ``target`` (:data:`LABEL_MAPPINGS`).
+    """
+    # fractions add up in float64, so 0.006 + 0.004 meets a threshold of 0.01
+    values = np.asarray(values, dtype=np.float32 if threshold is None else np.float64)
+    if source == target:
+        return values if threshold is None else ((values >= threshold) & (values > 0)).astype(np.float32)
+    mapping = LABEL_MAPPINGS.get((source, target))
+    if mapping is None:
+        known = ", ".join(f"{a} -> {b}" for a, b in LABEL_MAPPINGS)
+        raise ValueError(f"no label mapping from {source!r} to {target!r} (known: {known})")
+    out = np.zeros((*values.shape[:-1], len(ALL_TAXONOMIES[target].names)), dtype=values.dtype)
+    for i, j in mapping.items():
+        if threshold is None:
+            np.maximum(out[..., j], values[..., i], out=out[..., j])
+        else:
+            out[..., j] += values[..., i]
+    if threshold is not None:
+        return ((out >= threshold) & (out > 0)).astype(np.float32)
+    return out
+
+
 # ------------------------------------------------------------------------ members
 
 

@@ -413,3 +413,84 @@ def test_crops_are_seeded_windows_of_the_stored_tiles(ds):
     assert same_batches(batches, run(ds, views=identity_views, num_steps=3, time_step="first", crop_px=12))
     with pytest.raises(ValueError, match="crop_px"):
         DataConfig(crop_px=0)
+
+
+# ----------------------------------------------------------------------- time steps and labels
+
+
+def test_random_pair_draws_two_steps_independently_with_their_labels(ds):
+    stored = {s["__key__"]: s for s in iter_dataset(ds, "train")}
+    stats = read_stats(ds)
+    norm = band_norm(stats, "s2")
+    batches = run(ds, views=identity_views, num_steps=6, time_step="random_pair", batch_size=3)
+    drawn = set()
+    for batch in batches:
+        assert batch["s2"].shape == (3, 2, 13, 32, 32) and batch["labels"].shape == (3, 2, 11)
+        for i, key in enumerate(batch["__key__"]):
+            steps = []
+            for v in range(2):  # each view is one of the sample's stored steps, normalised
+                matches = [t for t in range(2)
+                           if np.array_equal(batch["s2"][i, v].numpy(), normalize_s2(stored[key]["s2"][t], norm))]
+                assert len(matches) == 1
+                steps.append(matches[0])
+            drawn.add(tuple(steps))
+            np.testing.assert_array_equal(batch["labels"][i, 0].numpy(), stored[key]["meta"]["labels"]["multi_hot"])
+    assert drawn == {(0, 0), (0, 1), (1, 0), (1, 1)}  # independent draws, repeats included
+
+
+def _labelled_variants(root: Path) -> Path:
+    """Train: sample 0 unlabelled, sample 1 with per-step labels, the rest WorldCover labels."""
+    from conftest import make_sample
+    from eoforge.shards.manifest import merge_parts
+    from eoforge.shards.writer import ShardWriter
+
+    with ShardWriter(root, "train", max_samples=2) as writer:
+        for i in range(4):
+            s = make_sample(i, "train")
+            if i == 0:
+                s.meta.labels = None
+            elif i == 1:
+                s.meta.labels.per_step_multi_hot = [[1] + [0] * 10, [0, 1] + [0] * 9]
+            writer.write(s)
+    merge_parts(root)
+    compute_stats(root, workers=1)
+    return root
+
+
+def test_labels_per_step_converted_and_zero_for_unlabelled(tmp_path):
+    from eoforge.shards.schema import DYNAMIC_WORLD, WORLDCOVER, convert_label_vector
+
+    root = _labelled_variants(tmp_path / "ds")
+    stored = {s["__key__"]: s["meta"] for s in iter_dataset(root, "train")}
+    for taxonomy, width in ((None, 11), ("dynamic_world", 9)):
+        batches = run(root, views=identity_views, num_steps=4, time_step="all", batch_size=2,
+                      label_taxonomy=taxonomy, shuffle_buffer=1)
+        for batch in batches:
+            for i, key in enumerate(batch["__key__"]):
+                labels, meta = batch["labels"][i].numpy(), stored[key]
+                assert labels.shape == (2, width)
+                if meta["labels"] is None:
+                    assert not labels.any()
+                elif meta["labels"].get("per_step_multi_hot"):
+                    rows = np.asarray(meta["labels"]["per_step_multi_hot"], np.float32)
+                    expected = rows if taxonomy is None else convert_label_vector(rows, "worldcover", taxonomy)
+                    np.testing.assert_array_equal(labels, expected)
+                    assert not np.array_equal(labels[0], labels[1])
+                elif taxonomy is None:
+                    np.testing.assert_array_equal(labels[0], meta["labels"]["multi_hot"])
+                else:  # fractions of merged classes add up, then the sample's threshold
+                    f = np.asarray(meta["labels"]["fractions"])
+                    dw = np.zeros(9)
+                    for wc, code in ((10, 1), (20, 5), (30, 2), (40, 4), (50, 6)):
+                        dw[DYNAMIC_WORLD.codes.index(code)] += f[WORLDCOVER.codes.index(wc)]
+                    np.testing.assert_array_equal(labels[1], (dw >= 0.01).astype(np.float32))
+
+
+def test_the_label_taxonomy_comes_from_the_manifest_or_the_config(tmp_path):
+    from eoforge.train.data.shardlists import dataset_label_taxonomy
+
+    root = _labelled_variants(tmp_path / "ds")
+    assert dataset_label_taxonomy(resolve_shards(root, "train")) == "worldcover"
+    assert dataset_label_taxonomy(resolve_shards(shard_urls(root, "train"), None)) is None
+    with pytest.raises(ValueError, match="data.label_taxonomy"):
+        DataConfig(label_taxonomy="corine")

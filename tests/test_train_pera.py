@@ -23,10 +23,9 @@ from eoforge.train.bench_pera import bench_pera_vs_dino, largest_batch, markdown
 from eoforge.train.heads import DINOHead
 from eoforge.train.losses import DINOClsLoss, KoLeoLoss, teacher_temperature
 from eoforge.train.methods import METHODS, PerA, PeraConfig, create_method
-from eoforge.train.methods.pera import (
-    PeraViews, apply_colour, embed_kept_patches, gather_patches, mask_counts, pos_embed_for_grid,
-)
+from eoforge.train.methods.pera import PeraViews, apply_colour, mask_counts
 from eoforge.train.models import ModelConfig
+from eoforge.train.sparse_vit import embed_kept_patches, gather_patches, pos_embed_for_grid
 
 C = 13
 TINY_HEADS = {"head_hidden_dim": 64, "head_bottleneck_dim": 32, "head_prototypes": 128}

@@ -131,3 +131,28 @@ def random_brightness_contrast(x: Tensor, brightness: float, contrast: float, ge
     """:func:`brightness_contrast` with factors drawn by :func:`sample_brightness_contrast`; ``x`` ``[C, H, W]``."""
     b, c = sample_brightness_contrast(x.shape[-3], brightness, contrast, generator)
     return brightness_contrast(x, b.to(x.device), c.to(x.device))
+
+
+def gaussian_kernel1d(sigma: float, radius: int) -> Tensor:
+    """Normalised 1-D Gaussian weights ``[2 * radius + 1]`` (float32)."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def gaussian_blur(x: Tensor, sigma: float, kernel_px: int) -> Tensor:
+    """Separable Gaussian blur of every band of ``x`` ``[C, H, W]`` (reflect padding, as torchvision).
+
+    Args:
+        sigma: standard deviation in pixels (> 0).
+        kernel_px: odd kernel size; torchvision's MoCo / BYOL recipes use 23 px at 224 px.
+    """
+    if kernel_px % 2 != 1 or sigma <= 0:
+        raise ValueError(f"gaussian_blur needs an odd kernel and sigma > 0, got {kernel_px}, {sigma}")
+    radius = kernel_px // 2
+    c = x.shape[-3]
+    w = gaussian_kernel1d(sigma, radius).to(x.dtype)
+    y = F.pad(x[None], (radius, radius, 0, 0), mode="reflect")
+    y = F.conv2d(y, w.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(y, w.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]

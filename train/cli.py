@@ -15,7 +15,7 @@ import click
 @click.command("pretrain")
 @click.option("--data", required=True, metavar="DS",
               help="Dataset folder (shards + manifest.parquet + stats.json) to pretrain on.")
-@click.option("--method", required=True, metavar="NAME", help="Pretraining method: pera (softcon, cmid, dualenc).")
+@click.option("--method", required=True, metavar="NAME", help="Pretraining method: pera, softcon or dualenc.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), metavar="RUN",
               help="Run folder: config.yaml, metrics.jsonl, checkpoints/, loss.png.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
@@ -79,26 +79,34 @@ def pretrain(data: str, method: str, out: str, config_file: str | None, model: s
               help="Weights to write; the metadata goes to MODEL.json beside them.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="A specific checkpoint of RUN [RUN/checkpoints/latest].")
-def export(run: str, out: str, checkpoint: str | None) -> None:
+@click.option("--branch", metavar="NAME",
+              help="Encoder of a several-encoder method: dualenc s2 (default) or s1.")
+def export(run: str, out: str, checkpoint: str | None, branch: str | None) -> None:
     """Export the backbone of training run RUN as a timm state dict (safetensors) + MODEL.json.
 
-    PerA exports its EMA teacher. MODEL.json names the timm model and its create_model
-    arguments, the input bands and the normalisation statistics, the method, the full
+    PerA exports its EMA teacher, SoftCon its online encoder, the dual encoder its S2 encoder
+    (--branch s1: the S1 encoder). MODEL.json names the timm model and its create_model
+    arguments, the input bands and the normalisation of that encoder, the method, the full
     config and the sha256 of the dataset's manifest.parquet.
 
     \b
-    Example:
+    Examples:
         eoforge export demo/run-pera --out demo/pera-vitp.safetensors
+        eoforge export demo/run-dualenc --out demo/dualenc-s1.safetensors --branch s1
         python -c "from eoforge.train.export import load_exported;
                    net, meta = load_exported('demo/pera-vitp.safetensors')"
     """
     from eoforge.train.export import export_run
 
     try:
-        result = export_run(run, out, checkpoint=checkpoint)
-    except FileNotFoundError as err:
+        result = export_run(run, out, checkpoint=checkpoint, branch=branch)
+    except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"wrote {result.weights} ({result.num_tensors} tensors, {result.num_params / 1e6:.2f} M weights) "
+    which = ""
+    if len(result.branches) > 1:
+        others = ", ".join(b for b in result.branches if b != result.branch)
+        which = f" the {result.branch} branch ({'the default; ' if branch is None else ''}--branch {others} for the other),"
+    click.echo(f"wrote {result.weights}:{which} {result.num_tensors} tensors, {result.num_params / 1e6:.2f} M weights, "
                f"from {result.checkpoint.name}")
     click.echo(f"metadata: {result.meta}")
 

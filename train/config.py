@@ -101,6 +101,9 @@ class EngineConfig:
         collapse_max_mean_cos: collapse monitor ceiling of the mean pairwise cosine.
         collapse_patience: consecutive logged checks before collapse is reported.
         dist_timeout_s: collective timeout; a rank that waits longer fails instead of hanging.
+        sync_batchnorm: with several CUDA ranks, BatchNorm layers (ResNet backbones, SoftCon's
+            projector and predictor) normalise over the global batch (``SyncBatchNorm``, as MoCo v3
+            and SimCLR); CPU / gloo runs keep per-rank statistics (SyncBatchNorm needs CUDA).
         torch_threads: intra-op CPU threads of each training process (``torch.set_num_threads``);
             0 keeps torch's default (all cores, or ``OMP_NUM_THREADS``, which torchrun sets to
             1 for several processes per node). On a small shared CPU, 1 avoids OpenMP threads
@@ -119,9 +122,10 @@ class EngineConfig:
     progress: bool = True
     record_keys: bool = True
     collapse_min_std_norm: float = 0.05
-    collapse_max_mean_cos: float = 0.95
+    collapse_max_mean_cos: float = 0.99
     collapse_patience: int = 3
     dist_timeout_s: float = 1800.0
+    sync_batchnorm: bool = True
     torch_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -189,7 +193,7 @@ def _coerce(value: Any, hint: Any) -> Any:
         for arg in typing.get_args(hint):
             if arg is type(None):
                 continue
-            if typing.get_origin(arg) is tuple or arg is tuple:
+            if typing.get_origin(arg) is tuple or arg is tuple or arg is float:
                 return _coerce(value, arg)
         return value
     if (origin is tuple or hint is tuple) and isinstance(value, list):
@@ -199,6 +203,12 @@ def _coerce(value: Any, hint: Any) -> Any:
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; a float field means the number
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
 
 

@@ -132,6 +132,54 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order, without gradient.
+
+    For keys of a momentum (EMA) branch, which carry no gradient anyway (MoCo v3's
+    ``concat_all_gather``). Every rank must pass the same shape. ``tensor`` itself alone.
+    """
+    if not is_initialized():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward hands each rank the sum, over ranks, of the gradient of its slice.
+
+    Rank ``r``'s loss depends on every rank's features; summing the slices' gradients over ranks
+    (one all-reduce of the gathered gradient) gives each rank the full gradient of its own
+    features, so that with DDP's gradient averaging the update equals that of the mean loss over
+    the global batch (the SimCLR / CLIP "gather layer"; all-reduce works on gloo and NCCL alike).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world, rank = get_world_size(), get_rank()
+        ctx.rank, ctx.rows = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0, differentiable (see :class:`_GatherWithGrad`).
+
+    For contrastive losses whose both sides are trainable (CLIP-style cross-modal InfoNCE).
+    ``tensor`` itself alone.
+    """
+    if not is_initialized():
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` alone."""
     if not is_initialized():

@@ -143,7 +143,7 @@ def state_sha256(module: nn.Module) -> str:
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -255,21 +255,22 @@ def describe_dataset(data: str | os.PathLike[str] | list[str], cfg: PretrainConf
         methods stack them); ``normalization`` holds ``mode``, ``clip``, the rule, and per band
         ``mean``/``std`` (stored unit: S2 DN, S1 dB), ``offset``/``scale`` and, for
         ``"minmax2sigma"``, ``lo``/``hi`` (the values mapped to 0 and 1); bands without
-        statistics (L2A's zero B10) have ``None`` and are fed as 0. ``manifest_sha256`` is None
-        for a list of shard URLs.
+        statistics (L2A's zero B10) have ``None`` and are fed as 0; ``value_min``/``value_max``
+        (stored unit) when values are clipped before the affine map (``data.s1_clip_db``).
+        ``manifest_sha256`` is None for a list of shard URLs.
     """
-    from eoforge.train.data import band_norm, read_stats, resolve_shards
+    from eoforge.train.data import read_stats, resolve_shards
+    from eoforge.train.data.loader import modality_norms
 
     source = resolve_shards(data, cfg.data.split)
     stats_at = cfg.data.stats or source.stats
     if stats_at is None:
         raise ValueError(f"{source.name}: an explicit shard list needs data.stats (path or URL of stats.json)")
     stats = read_stats(stats_at)
-    modalities = ("s2", "s1") if cfg.data.modality == "s1s2" else (cfg.data.modality,)
     bands: list[str] = []
-    per_band: dict[str, list[Any]] = {k: [] for k in ("modality", "unit", "mean", "std", "offset", "scale", "lo", "hi")}
-    for m in modalities:
-        norm = band_norm(stats, m, cfg.data.normalization, cfg.data.clip)
+    per_band: dict[str, list[Any]] = {k: [] for k in ("modality", "unit", "mean", "std", "offset", "scale", "lo", "hi",
+                                                      "value_min", "value_max")}
+    for m, norm in modality_norms(stats, cfg.data).items():
         section = stats[m]
         bands += list(norm.bands)
         for b in range(len(norm.bands)):
@@ -283,8 +284,13 @@ def describe_dataset(data: str | os.PathLike[str] | list[str], cfg: PretrainConf
             per_band["scale"].append(float(norm.scale[b]))
             per_band["lo"].append(mean - 2 * std if usable else None)
             per_band["hi"].append(mean + 2 * std if usable else None)
+            clipped = norm.value_min is not None and norm.value_max is not None
+            per_band["value_min"].append(float(norm.value_min[b]) if clipped else None)  # type: ignore[index]
+            per_band["value_max"].append(float(norm.value_max[b]) if clipped else None)  # type: ignore[index]
     if cfg.data.normalization != "minmax2sigma":
         del per_band["lo"], per_band["hi"]
+    if all(v is None for v in per_band["value_min"]):
+        del per_band["value_min"], per_band["value_max"]
     manifest = None
     if not isinstance(data, (list, tuple)) and Path(data).is_dir():
         path = Path(data) / "manifest.parquet"
@@ -300,8 +306,9 @@ def describe_dataset(data: str | os.PathLike[str] | list[str], cfg: PretrainConf
         "normalization": {
             "mode": cfg.data.normalization,
             "clip": bool(cfg.data.clip and cfg.data.normalization == "minmax2sigma"),
-            "rule": "x_norm = (x - offset) * scale per band (minmax2sigma: lo -> 0, hi -> 1; zscore: "
-                    "(x - mean) / std); no-data pixels (S2 DN 0, S1 invalid or NaN) -> 0",
+            "rule": "x_norm = (clip(x, value_min, value_max) - offset) * scale per band (minmax2sigma: lo -> 0, "
+                    "hi -> 1; zscore: (x - mean) / std; no clip where value_min/value_max are absent or None); "
+                    "no-data pixels (S2 DN 0, S1 invalid or NaN) -> 0",
             "stats": str(stats_at),
             "bands": bands,
             **per_band,
@@ -414,10 +421,15 @@ class _Run:
         self.dataset_facts = facts
 
         steps = cfg.engine.steps
-        self.method = create_method(
+        method = create_method(
             cfg.method_name, cfg.method, cfg.model, in_chans=int(self.dataset_facts["in_chans"]),
             total_steps=steps, world_size=info.world_size,
-        ).to(info.device)
+        )
+        method.check_data(cfg.data)
+        if cfg.engine.sync_batchnorm and info.world_size > 1 and info.device.type == "cuda":
+            # BatchNorm statistics over the global batch (MoCo v3, SimCLR); SyncBatchNorm needs CUDA
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        self.method = method.to(info.device)
         self.optimizer = build_optimizer(self.method.param_groups(), cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         o = cfg.optim
@@ -609,7 +621,7 @@ class _Run:
                     t_end = time.perf_counter()
                     if cfg.engine.record_keys and keys is not None:
                         self.keys.append([str(k) for k in keys])
-                    terms = {"loss": loss_value, **{k: float(v) for k, v in (out.logs or {}).items()}}
+                    terms = {"loss": loss_value, **_plain_logs(out.logs)}
                     terms.update({"step_time_s": t_end - t_prev, "wait_s": t_data - t_prev,
                                   "samples": float(_batch_size(batch, keys))})
                     for k, v in terms.items():
@@ -648,6 +660,17 @@ class _Run:
         D.barrier()
         return TrainResult(run=self.run_dir, steps=steps, start_step=self.start_step, checkpoint=checkpoint,
                            last_metrics=last_line, is_main=info.is_main)
+
+
+def _plain_logs(logs: dict[str, Any] | None) -> dict[str, float]:
+    """A method's logs as floats; 0-d tensors are read in one device-to-host copy."""
+    logs = logs or {}
+    tensors = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in logs.items() if k not in tensors}
+    if tensors:
+        values = torch.stack([logs[k].detach().float().reshape(()) for k in tensors]).tolist()
+        out.update(zip(tensors, values))
+    return out
 
 
 def _batch_size(batch: dict[str, Any], keys: Any) -> int:

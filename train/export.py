@@ -1,8 +1,10 @@
 """A training run -> a plain timm backbone: ``MODEL.safetensors`` + ``MODEL.json``.
 
 ``export_run(RUN, "model.safetensors")`` rebuilds the method from ``RUN/config.yaml``, loads
-the latest checkpoint, takes ``method.export_backbone()`` (PerA: the EMA teacher's backbone)
-and writes its state dict with safetensors. ``MODEL.json`` beside it says how to use it::
+the latest checkpoint, takes ``method.export_backbone(branch)`` (PerA: the EMA teacher; SoftCon:
+the online encoder; the dual encoder: its ``s2`` encoder, or ``s1`` with ``branch="s1"``) and
+writes its state dict with safetensors. A branch's MODEL.json lists only the bands and the
+normalisation of the modalities that encoder reads. ``MODEL.json`` beside it says how to use it::
 
     {"timm_model": "vit_small_patch16_224",      # timm.create_model name
      "timm_kwargs": {"in_chans": 13, "num_classes": 0, "img_size": 224},
@@ -10,7 +12,7 @@ and writes its state dict with safetensors. ``MODEL.json`` beside it says how to
      "bands": ["B1", ..., "B12"],                # input channel order
      "normalization": {"mode": "minmax2sigma", "bands": [...], "lo": [...], "hi": [...]}
                                                  # or "mean"/"std" for "zscore"
-     "method": "pera", "step": 1000, "config": {...the run's PretrainConfig...},
+     "method": "pera", "branch": "main", "step": 1000, "config": {...the run's PretrainConfig...},
      "manifest_sha256": "…",                     # sha256 of the dataset's manifest.parquet bytes
      "data": "/path/to/DS", "run": "/path/to/RUN"}
 
@@ -46,6 +48,8 @@ class ExportResult:
         checkpoint: the checkpoint exported.
         num_tensors: tensors in the state dict.
         num_params: scalar weights in the state dict.
+        branch: the encoder exported (``"main"`` for one-encoder methods).
+        branches: every branch the method has (the first is the default).
     """
 
     weights: Path
@@ -53,22 +57,40 @@ class ExportResult:
     checkpoint: Path
     num_tensors: int
     num_params: int
+    branch: str = "main"
+    branches: tuple[str, ...] = ("main",)
 
 
-def timm_kwargs(cfg: PretrainConfig, in_chans: int, backbone: torch.nn.Module) -> dict[str, Any]:
-    """Keyword arguments of ``timm.create_model`` that rebuild the exported backbone's shapes."""
+def timm_kwargs(model: Any, in_chans: int, backbone: torch.nn.Module) -> dict[str, Any]:
+    """Keyword arguments of ``timm.create_model`` that rebuild the exported backbone's shapes
+    (``model``: the ``ModelConfig`` that built it)."""
     from eoforge.train.models import is_vit
 
-    kwargs: dict[str, Any] = {"in_chans": in_chans, "num_classes": 0}
+    kwargs: dict[str, Any] = {**model.timm_kwargs, "in_chans": in_chans, "num_classes": 0}
     if is_vit(backbone):
-        kwargs["img_size"] = cfg.model.img_size_px
-        if cfg.model.patch_size_px is not None:
-            kwargs["patch_size"] = cfg.model.patch_size_px
+        kwargs["img_size"] = model.img_size_px
+        if model.patch_size_px is not None:
+            kwargs["patch_size"] = model.patch_size_px
     return kwargs
 
 
+def branch_inputs(facts: dict[str, Any], modalities: tuple[str, ...] | None) -> tuple[list[str], dict[str, Any]]:
+    """The bands and the normalisation record of ``RUN/dataset.json`` restricted to ``modalities``
+    (None: all), per-band lists filtered alike."""
+    bands = list(facts.get("bands") or [])
+    norm = dict(facts.get("normalization") or {})
+    if modalities is None:
+        return bands, norm
+    n = len(norm.get("modality") or [])
+    keep = [i for i, m in enumerate(norm.get("modality") or []) if m in modalities]
+    for key, value in list(norm.items()):
+        if isinstance(value, list) and len(value) == n:
+            norm[key] = [value[i] for i in keep]
+    return [bands[i] for i in keep], norm
+
+
 def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
-               checkpoint: str | os.PathLike[str] | None = None) -> ExportResult:
+               checkpoint: str | os.PathLike[str] | None = None, branch: str | None = None) -> ExportResult:
     """Export the backbone of a training run as a timm state dict plus metadata.
 
     Args:
@@ -76,9 +98,12 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
         out: the ``.safetensors`` file to write; the metadata goes to the same name with
             ``.json``.
         checkpoint: a specific checkpoint (default: ``RUN/checkpoints/latest``).
+        branch: which encoder of a several-encoder method (the dual encoder: ``"s2"``, the
+            default, or ``"s1"``); None: the method's first.
 
     Raises:
         FileNotFoundError: the run has no config or no checkpoint.
+        ValueError: ``branch`` is not one of the method's.
     """
     from safetensors.torch import save_file
 
@@ -98,23 +123,30 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
     if not facts_path.is_file():
         raise FileNotFoundError(f"{run}: no dataset.json (written at the start of training)")
     facts = json.loads(facts_path.read_text())
-    in_chans = int(facts["in_chans"])
 
-    method = create_method(cfg.method_name, cfg.method, cfg.model, in_chans=in_chans,
+    method = create_method(cfg.method_name, cfg.method, cfg.model, in_chans=int(facts["in_chans"]),
                            total_steps=cfg.engine.steps, world_size=1)
+    branches = tuple(method.branches)
+    branch = branch or branches[0]
+    if branch not in method.branches:
+        raise ValueError(f"{run}: method {cfg.method_name} has the branches {list(branches)}, not {branch!r}")
     method.load_state_dict(state["model"])
-    backbone = method.export_backbone()
+    backbone = method.export_backbone(branch)
+    model_cfg = method.branch_model(branch)
+    bands, normalization = branch_inputs(facts, method.branches[branch])
+    in_chans = len(bands)
     # safetensors refuses shared storage: clone every tensor into its own contiguous buffer
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
     meta: dict[str, Any] = {
         "format": "eoforge-backbone/1",
-        "timm_model": cfg.model.name,
-        "timm_kwargs": timm_kwargs(cfg, in_chans, backbone),
+        "timm_model": model_cfg.name,
+        "timm_kwargs": timm_kwargs(model_cfg, in_chans, backbone),
         "in_chans": in_chans,
-        "img_size": cfg.model.img_size_px,
-        "bands": facts.get("bands"),
-        "normalization": facts.get("normalization"),
+        "img_size": model_cfg.img_size_px,
+        "bands": bands,
+        "normalization": normalization,
         "method": cfg.method_name,
+        "branch": branch,
         "step": int(state["step"]),
         "config": cfg.to_dict(),
         "manifest_sha256": facts.get("manifest_sha256"),
@@ -124,14 +156,14 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"timm_model": cfg.model.name, "method": cfg.method_name})
+    save_file(tensors, str(tmp), metadata={"timm_model": model_cfg.name, "method": cfg.method_name, "branch": branch})
     os.replace(tmp, out)
     meta_path = out.with_suffix(".json")
     tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
     tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp_meta, meta_path)
     return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(tensors),
-                        num_params=int(sum(t.numel() for t in tensors.values())))
+                        num_params=int(sum(t.numel() for t in tensors.values())), branch=branch, branches=branches)
 
 
 def load_exported(weights: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Projection heads: the DINO head (MLP -> L2-norm -> weight-normed linear to K prototypes).
+"""Projection heads: the DINO head (MLP -> L2-norm -> weight-normed linear to K prototypes) and
+MoCo v3's BatchNorm MLP (projectors and predictors of SoftCon and the dual encoder).
 
 As DINO / DINOv2 (``dinov2/layers/dino_head.py``): a 3-layer MLP ``D -> hidden -> hidden ->
 bottleneck`` with GELU and no normalisation layers, an L2 normalisation of the bottleneck
@@ -78,3 +79,24 @@ class DINOHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[N, D]`` -> ``[N, out_dim]`` (prototype logits / pixel values)."""
         return self.last_layer(self.project(x))
+
+
+def moco_mlp(n_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
+    """MoCo v3's projector / predictor MLP (Chen et al. 2021, ``moco/builder.py`` ``_build_mlp``).
+
+    ``n_layers`` bias-free linear layers ``in_dim -> hidden_dim -> ... -> out_dim``, each hidden
+    one followed by BatchNorm + ReLU; the last by a BatchNorm without affine parameters when
+    ``last_bn`` (SimCLR's design, MoCo v3's default). Input and output ``[N, D]``.
+    """
+    if n_layers < 1:
+        raise ValueError(f"an MLP needs at least one layer, got {n_layers}")
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        a = in_dim if i == 0 else hidden_dim
+        b = out_dim if i == n_layers - 1 else hidden_dim
+        layers.append(nn.Linear(a, b, bias=False))
+        if i < n_layers - 1:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(b, affine=False))
+    return nn.Sequential(*layers)

@@ -32,7 +32,7 @@ checkpoint import this module first)::
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class ModelConfig:
         pretrained: path of a LOCAL checkpoint to start from, or ``None`` for random init.
         input_layer: how a checkpoint's input layer meets a new band count: ``"reinit"``
             (SoftCon) or ``"inflate"`` (timm's repeat-and-scale).
+        timm_kwargs: further keyword arguments of ``timm.create_model`` (``embed_dim``,
+            ``depth``, ``init_values``, ...): a variant of a registered architecture. Export
+            records them, so plain timm rebuilds the model.
     """
 
     name: str = "vit_small_patch16_224"
@@ -72,8 +75,13 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     pretrained: str | None = None
     input_layer: str = "reinit"
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        reserved = sorted(set(self.timm_kwargs) & {"in_chans", "num_classes", "pretrained", "img_size", "patch_size",
+                                                  "drop_path_rate"})
+        if reserved:
+            raise ValueError(f"model.timm_kwargs: {reserved} are set by other model keys or the data")
         if self.input_layer not in INPUT_LAYER_RULES:
             raise ValueError(f"model.input_layer must be one of {INPUT_LAYER_RULES}, got {self.input_layer!r}")
         if self.img_size_px < 1 or (self.patch_size_px is not None and self.patch_size_px < 1):
@@ -142,7 +150,8 @@ def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
     """
     if not timm.is_model(cfg.name.split(".")[0]):
         raise ValueError(f"unknown timm model {cfg.name!r} (tiny test ViT: 'vit_pico_patch8')")
-    kwargs: dict[str, Any] = {"in_chans": in_chans, "num_classes": 0, "drop_path_rate": cfg.drop_path_rate}
+    kwargs: dict[str, Any] = {**cfg.timm_kwargs, "in_chans": in_chans, "num_classes": 0,
+                              "drop_path_rate": cfg.drop_path_rate}
     if _is_vit_name(cfg.name):
         kwargs.update(img_size=cfg.img_size_px, dynamic_img_size=True)
         if cfg.patch_size_px is not None:
@@ -188,11 +197,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def _input_layer_key(model: nn.Module) -> str:
+def input_layer_name(model: nn.Module) -> str:
+    """The module that takes the bands (timm's ``first_conv``): ``"patch_embed.proj"``, ``"conv1"``, ..."""
     first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv") or "patch_embed.proj"
     if isinstance(first_conv, (list, tuple)):
         first_conv = first_conv[0]
-    return f"{first_conv}.weight"
+    return str(first_conv)
+
+
+def _input_layer_key(model: nn.Module) -> str:
+    return f"{input_layer_name(model)}.weight"
 
 
 def adapt_input_layer(state: dict[str, Tensor], model: nn.Module, rule: str) -> dict[str, Tensor]:

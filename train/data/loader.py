@@ -80,17 +80,18 @@ from torch.utils.data._utils.collate import default_collate
 from webdataset.tariterators import base_plus_ext
 
 from eoforge.shards.encoding import DecodeError, decode_array, decode_entry, decode_json
-from eoforge.shards.schema import META_MEMBER
+from eoforge.shards.schema import ALL_TAXONOMIES, META_MEMBER, S1_BAND_NAMES, convert_label_vector
 from eoforge.train.data.malloc import retain_freed_memory
 from eoforge.train.data.normalize import NORMALIZATIONS, BandNorm, band_norm, normalize_s1, normalize_s2, read_stats
 from eoforge.train.data.shardlists import (
-    check_enough_shards, derive_seed, resampled, resolve_shards, split_by_rank, split_by_worker,
+    check_enough_shards, check_pairing_rule, dataset_label_taxonomy, derive_seed, resampled, resolve_shards,
+    split_by_rank, split_by_worker,
 )
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("s2", "s1", "s1s2")
-TIME_STEPS = ("random", "first", "all")
+TIME_STEPS = ("random", "first", "all", "random_pair")
 #: Tar members each modality needs (plus the JSON metadata, for keys and labels).
 MODALITY_MEMBERS: dict[str, frozenset[str]] = {
     "s2": frozenset({"s2", META_MEMBER}),
@@ -117,8 +118,22 @@ class DataConfig:
         open_shards: shards each worker reads at once, taking samples from them in turn.
         normalization: ``"minmax2sigma"`` (mean ± 2σ -> [0, 1]) or ``"zscore"``.
         clip: clip ``minmax2sigma`` output to [0, 1] (SoftCon's convention).
-        time_step: ``"random"`` (one of the T steps, seeded), ``"first"`` or ``"all"`` (inputs
-            keep the T axis: ``[T, C, H, W]``).
+        time_step: ``"random"`` (one of the T steps, seeded), ``"first"``, ``"all"`` (inputs
+            keep the T axis: ``[T, C, H, W]``) or ``"random_pair"`` (two steps drawn
+            independently, SSL4EO's two-season views: inputs ``[2, C, H, W]``, labels ``[2, K]``;
+            a tile with one step gives that step twice).
+        paired_only: draw only among time steps that carry both S2 and a paired S1 acquisition
+            (``s1_product_id`` in the step's metadata, within ``max_dt_days``); tiles without
+            one are passed over (not errors). For S1/S2 methods (the dual encoder).
+        max_dt_days: with ``paired_only``, the largest |S1 time - S2 time| of a usable step, in
+            days; None keeps every pair the dataset holds. It can only tighten the pairing rule
+            the dataset was ingested with (a looser value is an error at start-up).
+        label_taxonomy: the label vector's class list: ``"worldcover"``, ``"dynamic_world"``, ...
+            Labels of another taxonomy are converted (WorldCover -> Dynamic World, SoftCon's
+            mapping; merged classes by their summed fractions and the sample's threshold). None:
+            the dataset's own (read from its manifest). Unlabelled samples get a zero vector.
+        s1_clip_db: per S1 band ``[lo, hi]`` in dB, clipped before normalisation (the dual
+            encoder's S1 rule: VV [-25, 0], VH [-32.5, 0]); None: no clipping.
         crop_px: cut a random ``crop_px`` x ``crop_px`` window of each sample (the same window
             for every member; uniform position, seeded) before normalisation and views; None
             keeps whole tiles. Tiles smaller than the crop are skipped and counted.
@@ -141,6 +156,10 @@ class DataConfig:
     normalization: str = "minmax2sigma"
     clip: bool = False
     time_step: str = "random"
+    paired_only: bool = False
+    max_dt_days: float | None = None
+    label_taxonomy: str | None = None
+    s1_clip_db: tuple[tuple[float, float], ...] | None = None
     crop_px: int | None = None
     stats: str | None = None
     prefetch_factor: int = 2
@@ -162,6 +181,16 @@ class DataConfig:
             raise ValueError(f"data.workers must be >= 0, got {self.workers}")
         if self.crop_px is not None and self.crop_px < 1:
             raise ValueError(f"data.crop_px must be >= 1 or None, got {self.crop_px}")
+        if self.max_dt_days is not None and (self.max_dt_days < 0 or not self.paired_only):
+            raise ValueError("data.max_dt_days must be >= 0 and needs data.paired_only: true")
+        if self.label_taxonomy is not None and self.label_taxonomy not in ALL_TAXONOMIES:
+            raise ValueError(f"data.label_taxonomy {self.label_taxonomy!r} not in {sorted(ALL_TAXONOMIES)}")
+        if self.s1_clip_db is not None:
+            ranges = tuple(tuple(float(v) for v in r) for r in self.s1_clip_db)
+            if len(ranges) != len(S1_BAND_NAMES) or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
+                raise ValueError(f"data.s1_clip_db must be one increasing [lo, hi] pair per S1 band "
+                                 f"{S1_BAND_NAMES}, got {self.s1_clip_db}")
+            object.__setattr__(self, "s1_clip_db", ranges)
 
 
 def identity_views(inputs: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -176,14 +205,30 @@ class SkipCounter:
     """Logs and counts skipped samples of one worker; gives up on a dataset that yields nothing.
 
     ``count`` is cumulative for the worker's life (one loader segment); ``ok()`` marks a usable
-    sample and resets the run of consecutive failures.
+    sample and resets the run of consecutive failures. ``filtered`` counts samples passed over
+    on purpose (no time step the rule accepts): not errors, but a worker whose shards hold
+    nothing usable still gives up, after ``FILTERED_PER_ERROR`` times as many in a row.
     """
+
+    #: passed-over samples in a row worth one failure (a paired-only run over a sparsely paired dataset)
+    FILTERED_PER_ERROR = 100
 
     def __init__(self, where: str = "", max_consecutive: int = 100) -> None:
         self.where = where
         self.max_consecutive = max_consecutive
         self.count = 0
         self.consecutive = 0
+        self.filtered = 0
+        self.filtered_consecutive = 0
+
+    def filter(self, url: str | None, key: str | None, reason: str) -> None:
+        self.filtered += 1
+        self.filtered_consecutive += 1
+        if self.filtered_consecutive >= self.max_consecutive * self.FILTERED_PER_ERROR:
+            raise RuntimeError(
+                f"{self.where or 'loader'}: {self.filtered_consecutive} samples in a row passed over without a"
+                f" usable one, last in {url} key {key}: {reason}"
+            )
 
     def skip(self, url: str | None, key: str | None, reason: str) -> None:
         self.count += 1
@@ -198,6 +243,11 @@ class SkipCounter:
 
     def ok(self) -> None:
         self.consecutive = 0
+        self.filtered_consecutive = 0
+
+
+class NoUsableStep(ValueError):
+    """A sample has no time step the selection accepts (e.g. none paired with S1): passed over."""
 
 
 # -------------------------------------------------------------------------- stages
@@ -290,24 +340,36 @@ def interleave(urls: Iterator[str], read: Callable[[str], Iterator[dict]], open_
 
 
 def decode_inputs(
-    src: Iterable[dict[str, Any]], modality: str, time_step: str, rng: random.Random, counter: SkipCounter
+    src: Iterable[dict[str, Any]], modality: str, time_step: str, rng: random.Random, counter: SkipCounter, *,
+    paired_only: bool = False, max_dt_days: float | None = None, label_taxonomy: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Raw samples -> the arrays of ``modality`` at one time step, still at stored dtype.
+    """Raw samples -> the arrays of ``modality`` at the chosen time step(s), still at stored dtype.
 
     Yields ``{"__key__": str, "s2": uint16 [13, H, W], "s1": float16/32 [2, H, W] dB,
-    "s1valid": bool [H, W], "labels": float32 [K]}`` (only the modalities asked for; a ``[T, ...]``
-    leading axis with ``time_step="all"``). The JSON is decoded first and the step drawn from
-    ``rng`` among its ``time_steps`` (``"random"``; S1 and S2 share it); of each image member
-    only that step is decoded (:func:`~eoforge.shards.encoding.decode_entry`: eoforge writes
-    one zstd frame per time step, so one step of T costs 1 / T of a full decode), and a
-    shuffle buffer holds one step per sample. Never unpickles. Samples lacking a member, with
-    undecodable members or with shapes that disagree with their metadata (the number of time
-    steps included) are skipped and counted.
+    "s1valid": bool [H, W], "labels": float32 [K]}`` (only the modalities asked for). With
+    ``time_step="all"`` every (usable) step is kept: ``[T, ...]`` arrays, labels ``[T, K]``;
+    with ``"random_pair"`` two independently drawn steps: ``[2, ...]``, labels ``[2, K]``.
+
+    The JSON is decoded first and the step(s) drawn from ``rng`` among the usable steps (every
+    step, or with ``paired_only`` those with a paired S1 acquisition within ``max_dt_days``;
+    S1 and S2 share the step); of each image member only those steps are decoded
+    (:func:`~eoforge.shards.encoding.decode_entry`: eoforge writes one zstd frame per time step,
+    so one step of T costs 1 / T of a full decode), and a shuffle buffer holds only them.
+
+    Labels: the step's own row where the sample has per-step labels
+    (``labels.per_step_multi_hot``), else the sample's ``multi_hot``, converted to
+    ``label_taxonomy`` when that is another class list; an unlabelled sample gets zeros (with
+    ``label_taxonomy`` known) or an empty vector. Never unpickles. Samples lacking a member,
+    with undecodable members or with shapes that disagree with their metadata are skipped and
+    counted; samples without a usable step are passed over (``counter.filtered``).
     """
     want = tuple(m for m in ("s2", "s1", "s1valid") if m in MODALITY_MEMBERS[modality])
     for raw in src:
         try:
-            out = _decode_selected(raw, want, time_step, rng)
+            out = _decode_selected(raw, want, time_step, rng, paired_only, max_dt_days, label_taxonomy)
+        except NoUsableStep as err:
+            counter.filter(raw.get("__url__"), raw.get("__key__"), str(err))
+            continue
         except (DecodeError, KeyError, ValueError, TypeError, IndexError) as err:
             reason = str(err) if isinstance(err, DecodeError) else f"unusable sample: {err}"
             counter.skip(raw.get("__url__"), raw.get("__key__"), reason)
@@ -316,28 +378,84 @@ def decode_inputs(
         yield out
 
 
-def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str, rng: random.Random) -> dict[str, Any]:
+def usable_steps(time_steps: list[dict[str, Any]], paired_only: bool, max_dt_days: float | None) -> list[int]:
+    """Indices of the time steps a sample may be drawn at (all, or those paired with S1)."""
+    if not paired_only:
+        return list(range(len(time_steps)))
+    usable = []
+    for i, step in enumerate(time_steps):
+        dt = step.get("dt_days")
+        if not step.get("s2_product_id") or not step.get("s1_product_id") or dt is None:
+            continue
+        if max_dt_days is not None and abs(float(dt)) > max_dt_days:
+            continue
+        if step.get("s1_valid_fraction") == 0:
+            continue
+        usable.append(i)
+    return usable
+
+
+def label_vectors(meta: dict[str, Any], picks: list[int], taxonomy: str | None) -> np.ndarray:
+    """Float32 ``[len(picks), K]`` label vectors of the picked steps (see :func:`decode_inputs`)."""
+    labels = meta.get("labels") or {}
+    source = labels.get("taxonomy")
+    target = taxonomy or source
+    width = len(ALL_TAXONOMIES[target].names) if target in ALL_TAXONOMIES else len(labels.get("multi_hot") or [])
+    if not labels or not labels.get("multi_hot"):
+        return np.zeros((len(picks), width), dtype=np.float32)
+    per_step = labels.get("per_step_multi_hot")
+    if per_step is not None:
+        rows = np.asarray([per_step[p] for p in picks], dtype=np.float32)
+        return convert_label_vector(rows, source, target) if source != target else rows
+    if source != target and labels.get("fractions") is not None and labels.get("threshold") is not None:
+        row = convert_label_vector(np.asarray(labels["fractions"], dtype=np.float64), source, target,
+                                   threshold=float(labels["threshold"]))
+    else:
+        row = convert_label_vector(np.asarray(labels["multi_hot"], dtype=np.float32), source, target)
+    return np.repeat(row[None].astype(np.float32), len(picks), axis=0)
+
+
+def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str, rng: random.Random,
+                     paired_only: bool = False, max_dt_days: float | None = None,
+                     label_taxonomy: str | None = None) -> dict[str, Any]:
     key, url = raw.get("__key__"), raw.get("__url__")
     members = {ext.partition(".")[0]: ext for ext in raw if not ext.startswith("__")}  # "s2" -> "s2.npy.zst"
     missing = [name for name in (*want, META_MEMBER) if name not in members]
     if missing:
         raise KeyError(f"no {', '.join(missing)} member")
     meta = decode_json(raw[members[META_MEMBER]])
-    steps = len(meta.get("time_steps") or [])
+    time_steps = meta.get("time_steps") or []
+    steps = len(time_steps)
     if steps < 1:
         raise ValueError("metadata lists no time_steps")
-    pick = None if time_step == "all" else rng.randrange(steps) if time_step == "random" else 0
+    usable = usable_steps(time_steps, paired_only, max_dt_days)
+    if not usable:
+        raise NoUsableStep("no time step paired with S1" + (f" within {max_dt_days:g} days" if max_dt_days is not None else ""))
+    if time_step == "all":
+        picks = usable
+    elif time_step == "random":
+        picks = [usable[rng.randrange(len(usable))]]
+    elif time_step == "random_pair":
+        picks = [usable[rng.randrange(len(usable))], usable[rng.randrange(len(usable))]]
+    else:
+        picks = [usable[0]]
     out: dict[str, Any] = {"__key__": key}
     shapes: dict[str, tuple[int, ...]] = {}
     for name in want:
         ext = members[name]
         suffix = ext.partition(".")[2]
         try:
-            if pick is None:
+            if time_step == "all" and len(picks) == steps:
                 out[name] = decode_array(raw[ext], suffix)
                 shapes[name] = out[name].shape
             else:
-                out[name], shapes[name] = decode_entry(raw[ext], suffix, pick)
+                decoded: dict[int, np.ndarray] = {}
+                for p in dict.fromkeys(picks):
+                    decoded[p], shapes[name] = decode_entry(raw[ext], suffix, p)
+                if time_step in ("random", "first"):
+                    out[name] = decoded[picks[0]]
+                else:  # a new leading axis of the picked steps (one copy; a repeated step is copied twice)
+                    out[name] = np.stack([decoded[p] for p in picks])
         except DecodeError as err:
             raise DecodeError(f"{url}: {key}.{ext}: {err}") from err
     ref = shapes["s2"] if "s2" in shapes else shapes["s1"]
@@ -349,8 +467,8 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
         if shapes[name] != expected[name]:
             raise ValueError(f"{name} has shape {shapes[name]}, expected {expected[name]}"
                              f" (the metadata lists {steps} time steps)")
-    labels = (meta.get("labels") or {}).get("multi_hot") or []
-    out["labels"] = np.asarray(labels, dtype=np.float32)
+    vectors = label_vectors(meta, picks, label_taxonomy)
+    out["labels"] = vectors[0] if time_step in ("random", "first") else vectors
     return out
 
 
@@ -485,11 +603,13 @@ class ShardStream(IterableDataset):
         norms: per-modality normalisation (``"s2"``, ``"s1"``).
         views: ``views(inputs, generator) -> dict of tensors``.
         seed, start_step, rank: the data position (see the module docstring).
+        label_taxonomy: the label vectors' class list (default ``cfg.label_taxonomy``).
     """
 
     def __init__(self, urls: Sequence[str], cfg: DataConfig, norms: dict[str, BandNorm], views: Views,
-                 *, seed: int, start_step: int, rank: int) -> None:
+                 *, seed: int, start_step: int, rank: int, label_taxonomy: str | None = None) -> None:
         super().__init__()
+        self.label_taxonomy = label_taxonomy or cfg.label_taxonomy
         self.urls = list(urls)
         self.cfg = cfg
         self.norms = norms
@@ -515,7 +635,9 @@ class ShardStream(IterableDataset):
         urls = split_by_worker(self.urls, worker, num_workers)
         read = partial(read_shard, members=MemberSelector(MODALITY_MEMBERS[cfg.modality]), counter=counter)
         samples: Iterator[dict[str, Any]] = interleave(resampled(urls, rng("shards")), read, cfg.open_shards)
-        samples = decode_inputs(samples, cfg.modality, cfg.time_step, rng("time_step"), counter)
+        samples = decode_inputs(samples, cfg.modality, cfg.time_step, rng("time_step"), counter,
+                                paired_only=cfg.paired_only, max_dt_days=cfg.max_dt_days,
+                                label_taxonomy=self.label_taxonomy)
         if cfg.shuffle_buffer > 1:
             samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_initial, rng=rng("shuffle"))(samples)
         if cfg.crop_px is not None:
@@ -628,15 +750,24 @@ def build_loader(
     if stats_at is None:
         raise ValueError(f"{source.name}: an explicit shard list needs DataConfig.stats (path or URL of stats.json)")
     stats = read_stats(stats_at)
-    modalities = ("s2", "s1") if cfg.modality == "s1s2" else (cfg.modality,)
-    norms = {m: band_norm(stats, m, cfg.normalization, cfg.clip) for m in modalities}
+    norms = modality_norms(stats, cfg)
+    if cfg.max_dt_days is not None:
+        check_pairing_rule(source, cfg.max_dt_days)
+    taxonomy = cfg.label_taxonomy or dataset_label_taxonomy(source)
     stream = ShardStream(split_by_rank(source.urls, rank, world_size), cfg, norms, views,
-                         seed=seed, start_step=start_step, rank=rank)
+                         seed=seed, start_step=start_step, rank=rank, label_taxonomy=taxonomy)
     return ShardLoader(stream, num_steps)
 
 
+def modality_norms(stats: dict[str, Any], cfg: DataConfig) -> dict[str, BandNorm]:
+    """The per-modality normalisation ``cfg`` asks for, from ``stats.json`` content."""
+    modalities = ("s2", "s1") if cfg.modality == "s1s2" else (cfg.modality,)
+    return {m: band_norm(stats, m, cfg.normalization, cfg.clip, cfg.s1_clip_db if m == "s1" else None)
+            for m in modalities}
+
+
 __all__ = [
-    "DataConfig", "MODALITIES", "ShardLoader", "ShardStream", "SkipCounter", "Views", "apply_views", "batched",
+    "DataConfig", "MODALITIES", "NoUsableStep", "ShardLoader", "ShardStream", "SkipCounter", "Views", "apply_views", "batched",
     "build_loader", "decode_inputs", "identity_views", "interleave", "normalize_inputs", "normalized_batches",
-    "random_crops", "read_shard",
+    "modality_norms", "random_crops", "read_shard", "usable_steps",
 ]

@@ -9,6 +9,9 @@ Two modes, both an affine map per band, ``x_norm = (x - offset) * scale``:
   need bounded inputs.
 - ``"zscore"``: ``offset = mean``, ``scale = 1 / σ``.
 
+Optionally, stored values are clipped to a per-band range first (``value_range``: the dual
+encoder's S1 rule, VV [-25, 0] dB and VH [-32.5, 0] dB); NaN stays NaN (and becomes 0).
+
 Units: S2 statistics and inputs are DN (reflectance x 10000, uint16), S1 statistics and inputs
 are dB. Pixels without data are 0 after normalisation, in both modes: S2 DN 0 (the nodata value;
 ``stats.json`` excludes those pixels too) and S1 pixels where ``s1valid`` is False or the value is
@@ -41,6 +44,8 @@ class BandNorm:
         scale: float32 ``[C]``, per stored unit; 0 for bands without usable statistics.
         mode: ``"minmax2sigma"`` or ``"zscore"``.
         clip: clip results to [0, 1] (``"minmax2sigma"`` only).
+        value_min, value_max: float32 ``[C]`` range the stored values are clipped to before the
+            affine map (in the stored unit), or None.
     """
 
     modality: str
@@ -49,6 +54,8 @@ class BandNorm:
     scale: np.ndarray
     mode: str
     clip: bool = False
+    value_min: np.ndarray | None = None
+    value_max: np.ndarray | None = None
 
     def apply(self, x: np.ndarray, valid: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Normalise ``x`` (``[..., C, H, W]``, any dtype) to float32 of the same shape.
@@ -63,6 +70,10 @@ class BandNorm:
         shape = (-1, 1, 1)
         # float32 straight from the stored dtype (the in-place ops below are safe), no astype pass
         out = np.subtract(x, self.offset.reshape(shape), dtype=np.float32, out=out)
+        if self.value_min is not None and self.value_max is not None:
+            # clip(x, lo, hi) - offset == clip(x - offset, lo - offset, hi - offset); NaN passes through
+            np.clip(out, (self.value_min - self.offset).reshape(shape), (self.value_max - self.offset).reshape(shape),
+                    out=out)
         out *= self.scale.reshape(shape)
         if self.clip:
             np.clip(out, 0.0, 1.0, out=out)
@@ -108,8 +119,12 @@ def read_stats(source: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{text}: stats.json is not valid JSON: {err}") from err
 
 
-def band_norm(stats: dict[str, Any], modality: str, mode: str = "minmax2sigma", clip: bool = False) -> BandNorm:
+def band_norm(stats: dict[str, Any], modality: str, mode: str = "minmax2sigma", clip: bool = False,
+              value_range: Any = None) -> BandNorm:
     """The normalisation of ``modality`` (``"s2"`` / ``"s1"``) from ``stats.json`` content.
+
+    ``value_range``: one ``(lo, hi)`` per band in the stored unit, clipped before the affine
+    map (None: no clipping).
 
     Raises:
         ValueError: unknown mode, or ``stats`` has no section for ``modality``.
@@ -129,8 +144,14 @@ def band_norm(stats: dict[str, Any], modality: str, mode: str = "minmax2sigma", 
             offset[b], scale[b] = mean - 2.0 * std, 1.0 / (4.0 * std)
         else:
             offset[b], scale[b] = mean, 1.0 / std
+    lo = hi = None
+    if value_range is not None:
+        if len(value_range) != len(bands):
+            raise ValueError(f"{modality}: {len(value_range)} value ranges for {len(bands)} bands {bands}")
+        lo = np.asarray([float(r[0]) for r in value_range], dtype=np.float32)
+        hi = np.asarray([float(r[1]) for r in value_range], dtype=np.float32)
     return BandNorm(modality, bands, offset.astype(np.float32), scale.astype(np.float32), mode,
-                    clip and mode == "minmax2sigma")
+                    clip and mode == "minmax2sigma", lo, hi)
 
 
 def _usable(v: Any) -> bool:

@@ -135,6 +135,70 @@ def resolve_shards(data: str | os.PathLike[str] | Sequence[str], split: str | No
     return source
 
 
+def _dataset_file(source: ShardSource, name: str) -> bytes | None:
+    """A file at the dataset root (local folder or URL root), or None for shard lists / when absent."""
+    if source.split is None:
+        return None
+    root = source.name
+    try:
+        if is_url(root):
+            return _read_url(join_url(root, name))
+        path = Path(root) / name
+        return path.read_bytes() if path.is_file() else None
+    except Exception:  # noqa: BLE001 - a remote file that is not there
+        return None
+
+
+def dataset_label_taxonomy(source: ShardSource) -> str | None:
+    """The taxonomy of the dataset's labels, from its manifest (None: no labels, or a shard list).
+
+    Raises:
+        ValueError: the dataset mixes taxonomies (name one with ``data.label_taxonomy``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = _dataset_file(source, MANIFEST_NAME)
+    if raw is None:
+        return None
+    try:
+        table = pq.ParquetFile(pa.BufferReader(raw)).read(columns=["label_taxonomy"])
+    except (OSError, KeyError, pa.ArrowInvalid):
+        return None
+    names = sorted({t for t in table.column("label_taxonomy").to_pylist() if t})
+    if len(names) > 1:
+        raise ValueError(f"{source.name}: samples are labelled in several taxonomies {names}; "
+                         "choose one with data.label_taxonomy")
+    return names[0] if names else None
+
+
+def check_pairing_rule(source: ShardSource, max_dt_days: float) -> None:
+    """Fail when ``max_dt_days`` is looser than the S1/S2 pairing rule the dataset was ingested with.
+
+    The rule is in the dataset's ``report.json`` (``pairing.max_dt_days``); datasets without one
+    (adapters, shard lists) are not checked. Training can only tighten the rule: pairs farther
+    apart were never written.
+
+    Raises:
+        ValueError: naming both values and how to get looser pairs (re-ingest).
+    """
+    import json
+
+    raw = _dataset_file(source, "report.json")
+    if raw is None:
+        return
+    try:
+        ingest_dt = json.loads(raw).get("pairing", {}).get("max_dt_days")
+    except (ValueError, AttributeError):
+        return
+    if ingest_dt is not None and max_dt_days > float(ingest_dt):
+        raise ValueError(
+            f"data.max_dt_days={max_dt_days:g} is looser than the pairing rule of {source.name} "
+            f"(|S1 - S2| <= {float(ingest_dt):g} days at ingest): training can only tighten it; "
+            f"re-ingest with --max-dt-days {max_dt_days:g} for looser pairs"
+        )
+
+
 def _looks_like_shards(text: str) -> bool:
     """A shard URL or brace pattern rather than a dataset root."""
     return text.startswith("pipe:") or "{" in text or "::" in text or text.rstrip("/").endswith(".tar")
@@ -201,6 +265,6 @@ def resampled(urls: Sequence[str], rng: random.Random) -> Iterator[str]:
 
 
 __all__ = [
-    "ShardSource", "check_enough_shards", "derive_seed", "is_url", "join_url", "resampled",
+    "ShardSource", "check_enough_shards", "check_pairing_rule", "dataset_label_taxonomy", "derive_seed", "is_url", "join_url", "resampled",
     "resolve_shards", "split_by_rank", "split_by_worker",
 ]

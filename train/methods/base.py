@@ -4,11 +4,12 @@ A method is an ``nn.Module`` holding the student (trainable), any teacher (EMA, 
 loss buffers it owns. The engine (``eoforge.train.engine``) uses exactly this surface::
 
     method = create_method(name, method_cfg, model_cfg, in_chans=..., total_steps=..., world_size=...)
+    method.check_data(data_cfg)              # before any worker starts: a clear error, not a bad batch
     loader = build_loader(..., views=method.make_views(), ...)   # views run in DataLoader workers
     out = ddp(batch, step=i)                 # MethodOutput; batch tensors already on the device
     out.loss.backward(); optimizer.step()
     method.update_teacher(momentum[i])
-    export: method.export_backbone().state_dict()
+    export: method.export_backbone(branch).state_dict()   # branch in method.branches
 
 Every trainable parameter must receive a gradient every step (DDP runs with
 ``find_unused_parameters=False``); losses needing cross-rank statistics all-reduce themselves.
@@ -17,12 +18,43 @@ Every trainable parameter must receive a gradient every step (DDP runs with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
 
 Views = Callable[[dict, torch.Generator], dict]
+
+#: image modalities stacked along the band axis, in this order (``"s1s2"``: 13 S2 then 2 S1 bands)
+IMAGE_KEYS = ("s2", "s1")
+#: names excluded from weight decay besides biases and 1-D tensors (norms, weight-norm scales)
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token")
+
+
+def stack_image(inputs: dict[str, Any]) -> Tensor:
+    """The sample's image: the modalities present in ``IMAGE_KEYS`` order, stacked along the band
+    axis, float32 ``[..., C, H, W]`` (a leading time axis, ``time_step: random_pair``, is kept)."""
+    parts = [inputs[k] for k in IMAGE_KEYS if k in inputs]
+    if not parts:
+        raise KeyError(f"sample {inputs.get('__key__', '?')} has none of the image inputs {IMAGE_KEYS}")
+    return torch.cat([torch.as_tensor(p, dtype=torch.float32) for p in parts], dim=-3)
+
+
+def weight_decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Trainable parameters as AdamW groups: weights with decay, biases / norms / tokens without.
+
+    ``lr_scale`` multiplies the scheduled learning rate of both groups (a pretrained backbone at 0.1x).
+    """
+    decay, no_decay = [], []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "apply_weight_decay": True, "lr_scale": lr_scale},
+            {"params": no_decay, "apply_weight_decay": False, "lr_scale": lr_scale}]
 
 
 @dataclass
@@ -32,7 +64,8 @@ class MethodOutput:
     Attributes:
         loss: float32 scalar that requires grad (the total objective).
         logs: loss terms and schedule values of the step (e.g. ``{"dino": 9.1, "koleo": -1.2,
-            "pixel": 3.4, "teacher_temp": 0.03}``), plain floats.
+            "pixel": 3.4, "teacher_temp": 0.03}``), floats or 0-d tensors (the engine reads all
+            tensors of a step in one device-to-host copy).
         embeddings: float ``[B, D]`` detached features (student CLS of the first view) for the
             engine's collapse monitor.
     """
@@ -53,6 +86,12 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    #: exportable encoders -> the input modalities each reads; the first is the default
+    #: (one-encoder methods: ``{"main": None}``, the data set's modalities)
+    branches: ClassVar[dict[str, tuple[str, ...] | None]] = {"main": None}
+
+    def check_data(self, data: Any) -> None:
+        """Raise ``ValueError`` when the data settings (``DataConfig``) cannot feed this method."""
 
     def make_views(self) -> Views:
         """A small picklable callable (NOT the module) ``views(inputs, generator) -> dict of tensors``.
@@ -73,6 +112,11 @@ class Method(nn.Module):
         """Student parameters as ``[{"params": [...], "apply_weight_decay": bool}, ...]``."""
         raise NotImplementedError
 
-    def export_backbone(self) -> nn.Module:
-        """The timm backbone to export (its ``state_dict`` loads into ``timm.create_model``)."""
+    def export_backbone(self, branch: str | None = None) -> nn.Module:
+        """The timm backbone of ``branch`` (default: the first of :attr:`branches`) to export
+        (its ``state_dict`` loads into ``timm.create_model``)."""
         raise NotImplementedError
+
+    def branch_model(self, branch: str | None = None) -> Any:
+        """The ``ModelConfig`` that built ``branch``'s backbone (export names its timm model)."""
+        return self.model_cfg  # type: ignore[attr-defined]

@@ -55,8 +55,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from eoforge.train.augment import (
@@ -66,13 +65,10 @@ from eoforge.train.augment import (
 from eoforge.train.ema import ema_update
 from eoforge.train.heads import DINOHead
 from eoforge.train.losses import DINOClsLoss, KoLeoLoss, teacher_temperature
-from eoforge.train.methods.base import Method, MethodOutput
-from eoforge.train.models import ModelConfig, create_backbone, is_vit
+from eoforge.train.methods.base import Method, MethodOutput, stack_image, weight_decay_groups
+from eoforge.train.models import ModelConfig, create_backbone
+from eoforge.train.sparse_vit import check_sparse_vit, embed_kept_patches, gather_patches, pos_embed_for_grid
 
-#: image modalities stacked along the band axis, in this order (``"s1s2"``: 13 S2 then 2 S1 bands)
-IMAGE_KEYS = ("s2", "s1")
-#: names excluded from weight decay besides biases and 1-D tensors (norms, weight-norm scales)
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token")
 
 
 @dataclass(frozen=True)
@@ -185,14 +181,6 @@ def mask_counts(n_patches: int, student_ratio: float, mask_ratio: float, teacher
 # ---------------------------------------------------------------------------------------------
 # views (DataLoader workers)
 
-def stack_image(inputs: dict[str, Any]) -> Tensor:
-    """The sample's image: the modalities present in ``IMAGE_KEYS`` order, stacked, float32 ``[C, H, W]``."""
-    parts = [inputs[k] for k in IMAGE_KEYS if k in inputs]
-    if not parts:
-        raise KeyError(f"sample {inputs.get('__key__', '?')} has none of the image inputs {IMAGE_KEYS}")
-    return torch.cat([torch.as_tensor(p, dtype=torch.float32) for p in parts], dim=0)
-
-
 @dataclass(frozen=True)
 class PeraViews:
     """Picklable per-sample view maker: ``views(inputs, generator) -> dict`` (module docstring layout).
@@ -261,89 +249,6 @@ def apply_colour(crops: Tensor, brightness: Tensor, contrast: Tensor, grey: Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# sparse ViT pieces (timm modules, tokens gathered)
-
-def gather_patches(crops: Tensor, index: Tensor, patch_px: int) -> Tensor:
-    """The pixels of the patches ``index`` of each crop, flattened like a Conv2d kernel.
-
-    Args:
-        crops: float ``[N, C, H, W]``, ``H`` and ``W`` multiples of ``patch_px``.
-        index: int64 ``[N, K]`` row-major patch indices (``row * (W / patch) + col``).
-        patch_px: patch edge ``p``.
-
-    Returns:
-        ``[N, K, C * p * p]`` in ``(C, py, px)`` order (matches ``proj.weight.flatten(1)``). Only
-        the kept patches are copied.
-    """
-    n, c, h, w = crops.shape
-    gh, gw = h // patch_px, w // patch_px
-    grid = crops.reshape(n, c, gh, patch_px, gw, patch_px).permute(0, 2, 4, 1, 3, 5)  # a view
-    rows = torch.arange(n, device=crops.device)[:, None]
-    return grid[rows, index // gw, index % gw].reshape(n, index.shape[1], c * patch_px * patch_px)
-
-
-def pos_embed_for_grid(vit: nn.Module, grid: tuple[int, int]) -> tuple[Tensor | None, Tensor]:
-    """A timm ViT's position embedding for a ``grid`` of patches: ``(prefix [1, P, D] | None, patches [1, L, D])``.
-
-    Resampled (bicubic, as timm's ``dynamic_img_size`` path) when the grid is not the model's.
-    """
-    n_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-    pos = vit.pos_embed
-    if tuple(grid) != tuple(vit.patch_embed.grid_size):
-        pos = resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(vit.patch_embed.grid_size),
-                                     num_prefix_tokens=n_prefix)
-    return (pos[:, :n_prefix] if n_prefix else None), pos[:, n_prefix:]
-
-
-def embed_kept_patches(vit: nn.Module, crops: Tensor, index: Tensor, pos: tuple[Tensor | None, Tensor],
-                       patch_px: int) -> Tensor:
-    """Prefix tokens + the kept patches only, embedded: ``[N, P + K, D]``.
-
-    The patch embedding (a stride-p Conv2d) is applied as the equivalent linear map to the
-    gathered patches, so dropped patches cost nothing; then each token gets its own position
-    embedding, the prefix ([CLS], registers) is prepended, and timm's ``pos_drop`` / ``norm_pre``
-    run as in ``VisionTransformer.forward_features``.
-
-    Args:
-        vit: a timm ``VisionTransformer``.
-        crops: float ``[N, C, H, W]``.
-        index: int64 ``[N, K]`` kept patch indices.
-        pos: :func:`pos_embed_for_grid` of the crops' grid.
-    """
-    proj = vit.patch_embed.proj
-    tokens = F.linear(gather_patches(crops, index, patch_px), proj.weight.flatten(1), proj.bias)
-    tokens = vit.patch_embed.norm(tokens)
-    prefix_pos, patch_pos = pos
-    tokens = tokens + patch_pos[0][index]
-    n = crops.shape[0]
-    prefix = [vit.cls_token.expand(n, -1, -1)]
-    if vit.reg_token is not None:
-        prefix.append(vit.reg_token.expand(n, -1, -1))
-    prefix_tokens = torch.cat(prefix, dim=1)
-    if prefix_pos is not None:
-        prefix_tokens = prefix_tokens + prefix_pos
-    return vit.norm_pre(vit.pos_drop(torch.cat([prefix_tokens, tokens], dim=1)))
-
-
-def check_sparse_vit(vit: nn.Module, name: str) -> int:
-    """Check that ``vit`` supports PerA's sparse path; return its (square) patch size in pixels."""
-    if not is_vit(vit):
-        raise ValueError(f"PerA needs a timm VisionTransformer (patch tokens to mask); {name!r} is a "
-                         f"{type(vit).__name__}. Use e.g. vit_small_patch16_224 / vit_base_patch16_224.")
-    proj = vit.patch_embed.proj
-    p = tuple(vit.patch_embed.patch_size)
-    if (not isinstance(proj, nn.Conv2d) or p[0] != p[1] or tuple(proj.kernel_size) != p
-            or tuple(proj.stride) != p or tuple(proj.padding) != (0, 0)):
-        raise ValueError(f"{name!r}: PerA needs a plain square stride-p patch embedding")
-    if vit.cls_token is None or vit.pos_embed is None:
-        raise ValueError(f"{name!r}: PerA needs a [CLS] token and absolute position embeddings")
-    if vit.attn_pool is not None or any(True for _ in vit.fc_norm.parameters()):
-        raise ValueError(f"{name!r}: PerA reads the [CLS] token; models with fc_norm / attention pooling "
-                         "would leave parameters without gradients")
-    return p[0]
-
-
-# ---------------------------------------------------------------------------------------------
 # the method
 
 @dataclass
@@ -386,7 +291,7 @@ class PerA(Method):
         self.cfg, self.model_cfg, self.in_chans = cfg, model_cfg, in_chans
         self.total_steps, self.world_size = total_steps, world_size
         backbone = create_backbone(model_cfg, in_chans)
-        self.patch_px = check_sparse_vit(backbone, model_cfg.name)
+        self.patch_px = check_sparse_vit(backbone, model_cfg.name, "PerA")
         for kind, size in (("global", cfg.global_crop_px), ("local", cfg.local_crop_px)):
             if size % self.patch_px:
                 raise ValueError(f"method.{kind}_crop_px={size} is not a multiple of the patch size {self.patch_px}")
@@ -428,17 +333,9 @@ class PerA(Method):
         ema_update(self.teacher, self.student, momentum)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if name.startswith("teacher.") or not p.requires_grad:
-                continue
-            if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        return [{"params": decay, "apply_weight_decay": True}, {"params": no_decay, "apply_weight_decay": False}]
+        return weight_decay_groups((n, p) for n, p in self.named_parameters() if not n.startswith("teacher."))
 
-    def export_backbone(self) -> nn.Module:
+    def export_backbone(self, branch: str | None = None) -> nn.Module:
         return self.teacher["backbone"]
 
     def teacher_temp(self, step: int) -> float:

@@ -52,7 +52,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.eoforge-installed
 BENCH_STAMP := $(VENV)/.eoforge-bench-installed
 
-.PHONY: help install test demo demo-data ingest pretrain eval bench clean
+.PHONY: help install test demo demo-data ingest pretrain eval bench bench-gpu clean
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -122,7 +122,13 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m eoforge.ingest.bench --out build/bench
 	$(BIN)/python -m eoforge.train.data.bench --out build/bench
 	$(BIN)/python -m eoforge.train.bench_pera --out build/bench
+	$(BIN)/python -m eoforge.train.bench_softcon --out build/bench
 	@echo "make bench: results in build/bench/results.md"
+
+# on a CUDA machine: PerA/DINO and SoftCon training steps (images/s, MFU) and the loader with one
+# worker per core -> build/bench-gpu/results.md (train/bench_gpu.sh says how to run it without make)
+bench-gpu: $(STAMP)
+	PYTHON=$(BIN)/python train/bench_gpu.sh build/bench-gpu
 
 clean:
 	rm -rf build demo .pytest_cache

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data._utils.collate import default_collate
 
-import eoforge.train.models  # noqa: F401  (registers vit_pico_patch8)
+import eoforge.train.models  # noqa: F401  (registers vit_pico_patch8 with timm)
 from conftest import make_sample
 from eoforge.eval.adapters.sen1floods11 import adapt_sen1floods11
 from eoforge.eval.run import EvalConfig, evaluate
@@ -54,7 +54,8 @@ def _unpair(sample, step: int) -> None:
 @pytest.fixture(scope="module")
 def mixed_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Train: 12 tiles of 3 steps in 6 shards; step 1 of every tile S2-only, step 2 paired 2.5 days
-    apart (step 0: 0.2 days); tile 0 has no paired step at all. Ingest's rule: 3 days (report.json)."""
+    apart (step 0: 0.2 days); tiles 0 and 11 have no paired step at all (11 no S1 member either).
+    Ingest's rule: 3 days (report.json)."""
     root = tmp_path_factory.mktemp("mixed") / "ds"
     for split, indices in (("train", range(12)), ("val", range(12, 14))):
         with ShardWriter(root, split, max_samples=2) as writer:
@@ -62,9 +63,11 @@ def mixed_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 s = make_sample(i, split, steps=3)
                 _unpair(s, 1)
                 s.meta.time_steps[2].dt_days = 2.5
-                if i == 0:
+                if i in (0, 11):
                     _unpair(s, 0)
                     _unpair(s, 2)
+                if i == 11:  # a tile no S1 scene covered: no s1 members at all
+                    del s.arrays["s1"], s.arrays["s1valid"]
                 writer.write(s)
     merge_parts(root)
     compute_stats(root, workers=1)
@@ -83,7 +86,9 @@ def test_the_dual_encoder_never_sees_an_unpaired_step(mixed_ds: Path) -> None:
     sentinel = float((SENTINEL_DN - band_norm(stats, "s2").offset[1]) * band_norm(stats, "s2").scale[1])
     batches = _batches(mixed_ds, steps=15)
     keys = [k for b in batches for k in b["__key__"]]
-    assert len(keys) == 60 and "32n_00250_01900" not in keys  # tile 0: no paired step, passed over
+    unpaired = {make_sample(i, "train").meta.key for i in (0, 11)}
+    assert len(keys) == 60 and not unpaired & set(keys)  # tiles without a paired step: passed over, not errors
+    assert batches[-1]["__skipped__"] == 0
     for b in batches:
         assert not torch.isclose(b["s2"][:, 1], torch.tensor(sentinel)).all(dim=(-2, -1)).any()
         assert b["s1valid"].flatten(1).any(dim=1).all()  # every step drawn carries S1

@@ -19,7 +19,8 @@ from torch.utils.data import default_collate
 from eoforge.train.augment import (
     band_mean_grey, brightness_contrast, random_resized_crop_params, resized_crop, rot90,
 )
-from eoforge.train.bench_pera import bench_pera_vs_dino, largest_batch, markdown, saved_activation_bytes
+from eoforge.train.bench_measure import saved_activation_bytes
+from eoforge.train.bench_pera import bench_pera_vs_dino, largest_batch, markdown
 from eoforge.train.heads import DINOHead
 from eoforge.train.losses import DINOClsLoss, KoLeoLoss, teacher_temperature
 from eoforge.train.methods import METHODS, PerA, PeraConfig, create_method

@@ -14,7 +14,8 @@ also runs its pixel head on the mask tokens. Measured side by side in one proces
 3. The analytic count of student tokens × layers (METHODS.md: ≈ 29 % for ViT-B at 448/96).
 
 With CUDA (:func:`bench_pera_gpu`): full training steps (student forward + backward, teacher,
-AdamW, EMA) in bf16 autocast, images/s and peak memory at the largest batch that fits, PerA
+AdamW, EMA) in bf16 autocast, images/s, peak memory, FLOPs per step and MFU
+(:mod:`eoforge.train.bench_measure`) at the largest batch that fits (or a given one), PerA
 (ViT-B/16 by default) against full-view DINO.
 
 ``python -m eoforge.train.bench_pera --out build/bench`` writes the ``train_pera`` section of
@@ -30,12 +31,15 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import click
 import torch
 from torch import Tensor, nn
 
+from eoforge.train.bench_measure import (
+    compare_side_by_side, datasheet_tflops, measured_matmul_tflops, mfu, step_flops,
+)
 from eoforge.train.losses import DINOClsLoss
 from eoforge.train.methods.pera import PerA, PeraBatch, PeraConfig
 from eoforge.train.models import ModelConfig
@@ -127,34 +131,6 @@ def random_batch(method: PerA, batch_size: int, device: torch.device | str, seed
     return {k: v.to(device) for k, v in out.items()}
 
 
-def saved_activation_bytes(fn: Callable[[], Any], params: Iterable[Tensor]) -> tuple[int, Any]:
-    """Run ``fn()`` and sum the bytes of the unique storages autograd saved for backward.
-
-    Storages of ``params`` (and views of them, e.g. a transposed weight) are not counted.
-
-    Returns:
-        ``(bytes, fn's result)``; keep the result alive until done with the graph.
-    """
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_ptrs:
-            seen[ptr] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return sum(seen.values()), out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def student_token_layers(method: PerA) -> dict[str, int]:
     """Tokens × blocks processed by the student per sample: PerA's sparse count and full-view DINO's."""
     cfg, depth, d = method.cfg, len(method.student["backbone"].blocks), method.insert_depth
@@ -227,27 +203,7 @@ def bench_pera_vs_dino(
         "dino": lambda: dino_student_loss(dino, full),
     }
     modules = {"pera": pera, "dino": dino}
-
-    activation: dict[str, int] = {}
-    for name, fn in runs.items():
-        nbytes, loss = saved_activation_bytes(fn, modules[name].parameters())
-        activation[name] = nbytes
-        del loss
-
-    def step(name: str) -> float:
-        modules[name].zero_grad(set_to_none=True)
-        _sync(dev)
-        t0 = time.perf_counter()
-        runs[name]().backward()
-        _sync(dev)
-        return time.perf_counter() - t0
-
-    times: dict[str, list[float]] = {"pera": [], "dino": []}
-    for name in times:
-        step(name)  # warm-up (allocator, kernels)
-    for _ in range(repeats):
-        for name in times:  # interleaved: shared cores drift alike for both
-            times[name].append(step(name))
+    activation, times = compare_side_by_side(runs, modules, repeats, dev)
     step_s = {k: statistics.median(v) for k, v in times.items()}
     tokens = student_token_layers(pera)
     (gs, gm, gt), (ls, _, lt) = pera.global_counts, pera.local_counts
@@ -277,16 +233,26 @@ def bench_pera_vs_dino(
 # ---------------------------------------------------------------------------------------------
 # GPU: images/s and peak memory at the largest batch that fits
 
+def _forward_fn(name: str, pera: PerA, dino: FullViewDINO) -> Callable[[dict[str, Tensor], int], Tensor]:
+    """The loss of ``name`` ("pera" / "dino") on a batch, in bf16 autocast on CUDA."""
+    device_type = pera.mask_token.device.type
+
+    def forward(batch: dict[str, Tensor], i: int) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+            return pera(batch, i).loss if name == "pera" else dino(batch)
+
+    return forward
+
+
 def _train_step_fn(name: str, pera: PerA, dino: FullViewDINO) -> Callable[[dict[str, Tensor], int], None]:
     """One full training step of ``name`` ("pera" / "dino"): bf16 autocast on CUDA, AdamW, EMA."""
     module: nn.Module = pera if name == "pera" else dino
-    device_type = pera.mask_token.device.type
+    forward = _forward_fn(name, pera, dino)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, eps=2e-5)
     teacher, student = module.teacher, module.student
 
     def step(batch: dict[str, Tensor], i: int) -> None:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-            loss = pera(batch, i).loss if name == "pera" else dino(batch)
+        loss = forward(batch, i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -346,12 +312,14 @@ def bench_pera_gpu(
     max_batch: int = 1024,
     steps: int = 10,
     seed: int = 0,
+    batch_size: int | None = None,
 ) -> dict[str, Any] | None:
     """Full training steps (bf16 autocast) of PerA and full-view DINO on one CUDA device.
 
     For each method: the largest batch (multiple of 8, up to ``max_batch``) whose two training
-    steps fit, then ``steps`` timed steps at that batch: images/s (samples, each with all its
-    crops) and peak allocated memory. Returns ``None`` without CUDA.
+    steps fit, or ``batch_size`` when given (then both run at it, a batch one of them cannot fit
+    being reported as such), then ``steps`` timed steps at that batch: images/s (samples, each
+    with all its crops), peak allocated memory, FLOPs per step and MFU. Returns ``None`` without CUDA.
     """
     if not torch.cuda.is_available():
         return None
@@ -363,13 +331,21 @@ def bench_pera_gpu(
                                         "local": [n_local_crops, local_crop_px]},
                               "heads": {"hidden": head_hidden_dim, "bottleneck": head_bottleneck_dim,
                                         "prototypes": head_prototypes}, "amp": "bf16"}
+    sheet, measured = datasheet_tflops(result["device"]), measured_matmul_tflops(dev)
+    result.update(datasheet_tflops=sheet, measured_matmul_tflops=measured)
+    fixed = batch_size
     for name in ("pera", "dino"):
         step = _train_step_fn(name, pera, dino)
-        batch_size = largest_batch(lambda b: _fits(step, pera, b, dev), max_batch)
+        if fixed is None:
+            batch_size = largest_batch(lambda b: _fits(step, pera, b, dev), max_batch)
+        else:
+            batch_size = fixed if _fits(step, pera, fixed, dev) else 0
         if batch_size == 0:
             result[name] = {"max_batch": 0}
             continue
         batch = random_batch(pera, batch_size, dev, seed)
+        forward = _forward_fn(name, pera, dino)
+        flops = step_flops(lambda: forward(batch, 0))
         step(batch, 0)
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -378,9 +354,12 @@ def bench_pera_gpu(
             step(batch, i + 1)
         torch.cuda.synchronize(dev)
         elapsed = time.perf_counter() - t0
-        result[name] = {"max_batch": batch_size, "images_per_s": batch_size * steps / elapsed,
-                        "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30}
-        del batch, step
+        result[name] = {"max_batch": batch_size, "batch_searched": fixed is None,
+                        "images_per_s": batch_size * steps / elapsed,
+                        "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30, "flops_per_step": flops,
+                        "mfu_datasheet": mfu(flops, steps / elapsed, sheet),
+                        "mfu_measured": mfu(flops, steps / elapsed, measured)}
+        batch = step = None  # type: ignore[assignment]  (free this method's memory before the next)
         torch.cuda.empty_cache()
     if result["pera"].get("images_per_s") and result["dino"].get("images_per_s"):
         result["images_per_s_ratio"] = result["pera"]["images_per_s"] / result["dino"]["images_per_s"]
@@ -416,15 +395,28 @@ def markdown(result: dict[str, Any], gpu: dict[str, Any] | None = None) -> str:
         f"| ≤ {r['targets']['step_time_ratio']} {'✓' if r['met']['step_time_ratio'] else '✗'} |",
         "",
     ]
+    return "\n".join(lines) + "\n" + gpu_markdown(gpu, title=False)
+
+
+def gpu_markdown(gpu: dict[str, Any] | None, title: bool = True) -> str:
+    """The GPU part of the section (:func:`bench_pera_gpu`), with the section title when alone."""
+    lines = ["## PerA vs full-view DINO (`train/bench_pera.py`)", ""] if title else []
     if gpu:
-        lines += [f"GPU ({gpu['device']}), `{gpu['model']}`, full training steps in bf16 at the largest batch that fits:", "",
-                  "| method | max batch | images/s | peak memory |", "|---|---:|---:|---:|"]
+        how = "at the largest batch that fits" if gpu.get("pera", {}).get("batch_searched", True) else "at a fixed batch"
+        lines += [f"GPU ({gpu['device']}), `{gpu['model']}`, full training steps in bf16 {how}; MFU = counted "
+                  "matmul/conv/attention FLOPs of forward + backward × steps/s ÷ peak (datasheet "
+                  f"{gpu.get('datasheet_tflops')} TFLOP/s; measured bf16 matmul "
+                  f"{gpu.get('measured_matmul_tflops', float('nan')):.0f} TFLOP/s):", "",
+                  "| method | batch | images/s | peak memory | TFLOP per step | MFU (datasheet) | MFU (measured peak) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, label in (("dino", "full-view DINO"), ("pera", "PerA")):
             g = gpu[name]
             if g.get("max_batch"):
-                lines.append(f"| {label} | {g['max_batch']} | {g['images_per_s']:.1f} | {g['peak_memory_gib']:.1f} GiB |")
+                md = f"{100 * g['mfu_datasheet']:.1f} %" if g.get("mfu_datasheet") is not None else "n/a"
+                lines.append(f"| {label} | {g['max_batch']} | {g['images_per_s']:.1f} | {g['peak_memory_gib']:.1f} GiB "
+                             f"| {g['flops_per_step'] / 1e12:.2f} | {md} | {100 * g['mfu_measured']:.1f} % |")
             else:
-                lines.append(f"| {label} | does not fit | | |")
+                lines.append(f"| {label} | does not fit | | | | | |")
         lines.append("")
     else:
         lines += ["GPU figures: not measured (no CUDA device in this run).", ""]
@@ -442,9 +434,12 @@ def markdown(result: dict[str, Any], gpu: dict[str, Any] | None = None) -> str:
 @click.option("--repeats", type=int, default=3, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads [torch's default].")
 @click.option("--gpu-model", default="vit_base_patch16_224", show_default=True, help="ViT for the CUDA comparison.")
+@click.option("--gpu-batch", type=int, default=None, help="Fixed batch of the CUDA comparison [the largest that fits].")
+@click.option("--gpu-only", is_flag=True, help="Only the CUDA comparison (on a device machine).")
 @click.option("--small", is_flag=True, help="Tiny ViT and crops: a seconds-long smoke run.")
 def main(out: Path, model: str, batch_size: int, global_crop_px: int, local_crop_px: int, n_local_crops: int,
-         head_prototypes: int, repeats: int, threads: int | None, gpu_model: str, small: bool) -> None:
+         head_prototypes: int, repeats: int, threads: int | None, gpu_model: str, gpu_batch: int | None,
+         gpu_only: bool, small: bool) -> None:
     """Measure PerA vs full-view DINO and write the 'train_pera' benchmark section."""
     from eoforge.shards.bench import write_results
 
@@ -454,13 +449,13 @@ def main(out: Path, model: str, batch_size: int, global_crop_px: int, local_crop
                   n_local_crops=n_local_crops, head_prototypes=head_prototypes, repeats=repeats, threads=threads)
     if small:
         kwargs.update(head_hidden_dim=128, head_bottleneck_dim=64)
-    result = bench_pera_vs_dino(**kwargs)
+    result: dict[str, Any] = {} if gpu_only else bench_pera_vs_dino(**kwargs)
     gpu = None if small else bench_pera_gpu(model=gpu_model, global_crop_px=global_crop_px,
                                             local_crop_px=local_crop_px, n_local_crops=n_local_crops,
-                                            head_prototypes=head_prototypes)
+                                            head_prototypes=head_prototypes, batch_size=gpu_batch)
     if gpu is not None:
         result["gpu"] = gpu
-    md = markdown(result, gpu)
+    md = markdown(result, gpu) if not gpu_only else gpu_markdown(gpu)
     click.echo(md)
     write_results(out, SECTION, result, md)
     click.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")

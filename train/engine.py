@@ -232,9 +232,12 @@ RESUME_HARMLESS = frozenset({
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two ``to_dict()`` trees (harmless ones left out)."""
+    """Dotted keys whose values differ between the saved tree ``a`` and ``b`` (harmless ones left
+    out, and keys ``a`` lacks: settings added by a later eoforge, which take their defaults)."""
     out = []
     for k in sorted(set(a) | set(b)):
+        if k not in a:
+            continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _config_diff(va, vb, f"{prefix}{k}.")

@@ -420,17 +420,19 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
                      label_taxonomy: str | None = None) -> dict[str, Any]:
     key, url = raw.get("__key__"), raw.get("__url__")
     members = {ext.partition(".")[0]: ext for ext in raw if not ext.startswith("__")}  # "s2" -> "s2.npy.zst"
-    missing = [name for name in (*want, META_MEMBER) if name not in members]
-    if missing:
-        raise KeyError(f"no {', '.join(missing)} member")
+    if META_MEMBER not in members:
+        raise KeyError(f"no {META_MEMBER} member")
     meta = decode_json(raw[members[META_MEMBER]])
     time_steps = meta.get("time_steps") or []
     steps = len(time_steps)
     if steps < 1:
         raise ValueError("metadata lists no time_steps")
     usable = usable_steps(time_steps, paired_only, max_dt_days)
-    if not usable:
+    if not usable:  # before the members: a tile S1 never covered has no s1 member at all
         raise NoUsableStep("no time step paired with S1" + (f" within {max_dt_days:g} days" if max_dt_days is not None else ""))
+    missing = [name for name in want if name not in members]
+    if missing:
+        raise KeyError(f"no {', '.join(missing)} member")
     if time_step == "all":
         picks = usable
     elif time_step == "random":

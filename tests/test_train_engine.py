@@ -164,6 +164,42 @@ def test_monitor_figures_on_known_embeddings() -> None:
     assert math.isnan(embedding_figures(torch.ones(1, 4))["embed_std"])
 
 
+def test_monitor_effective_rank_and_what_it_flags() -> None:
+    g = torch.Generator().manual_seed(0)
+    iso = embedding_figures(torch.randn(64, 32, generator=g))
+    assert 20 < iso["embed_rank"] <= 32 and iso["embed_std_norm"] > 0.9
+    # images that differ along one direction only: effective rank ~ 1, flagged
+    line = torch.ones(64, 32) + torch.randn(64, 1, generator=g) * torch.eye(32)[0]
+    assert embedding_figures(line)["embed_rank"] < 2
+    # a constant output with float noise: spread everywhere, but no std left
+    noise = 5 + 1e-5 * torch.randn(64, 32, generator=g)
+    assert embedding_figures(noise)["embed_std_norm"] < 1e-3
+    mon = CollapseMonitor(patience=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CollapseWarning)
+        assert mon.update(line, 1)["collapsed"] and mon.update(noise, 2)["collapsed"]
+    # two images always differ along one direction: too few to judge the rank
+    assert not CollapseMonitor(patience=1).update(torch.randn(2, 32, generator=g), 1)["collapsed"]
+
+
+def test_monitor_does_not_flag_random_init_networks_on_real_tiles(built_dataset) -> None:
+    """Pooled features of random-init ViTs and ResNets are concentrated (mean cosine up to 0.99)
+    but not collapsed: the default thresholds leave them alone."""
+    import timm
+
+    import eoforge.train.models  # noqa: F401  (registers vit_pico_patch8 with timm)
+    from eoforge.shards.reader import iter_dataset
+
+    x = torch.stack([torch.from_numpy(s["s2"][0].astype("float32") / 3000.0) for s in iter_dataset(built_dataset)])
+    mon = CollapseMonitor(patience=1)
+    for name, kw in (("vit_pico_patch8", {"img_size": 32}), ("resnet18", {})):
+        torch.manual_seed(0)
+        net = timm.create_model(name, in_chans=13, num_classes=0, **kw).eval()
+        with torch.no_grad():
+            figures = mon.update(net(x), 1)
+        assert not figures["collapsed"], (name, figures)
+
+
 def test_monitor_warns_after_patience() -> None:
     mon = CollapseMonitor(min_std_norm=0.1, max_mean_cos=0.9, patience=2)
     spread = torch.eye(4)

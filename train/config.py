@@ -98,7 +98,10 @@ class EngineConfig:
         record_keys: keep the sample keys each rank consumed in ``RUN/ranks/rank-N.json``
             (a debugging aid: memory grows with steps x batch size; off for long runs).
         collapse_min_std_norm: collapse monitor floor of std*sqrt(D) of the embeddings.
-        collapse_max_mean_cos: collapse monitor ceiling of the mean pairwise cosine.
+        collapse_max_mean_cos: collapse monitor ceiling of the mean pairwise cosine (1.0: not
+            a trigger; healthy pooled features are concentrated, see ``eoforge.train.monitor``).
+        collapse_min_rank: collapse monitor floor of the effective rank of the centred
+            embeddings (how many directions the images' differences use).
         collapse_patience: consecutive logged checks before collapse is reported.
         dist_timeout_s: collective timeout; a rank that waits longer fails instead of hanging.
         sync_batchnorm: with several CUDA ranks, BatchNorm layers (ResNet backbones, SoftCon's
@@ -122,7 +125,8 @@ class EngineConfig:
     progress: bool = True
     record_keys: bool = True
     collapse_min_std_norm: float = 0.05
-    collapse_max_mean_cos: float = 0.99
+    collapse_max_mean_cos: float = 1.0
+    collapse_min_rank: float = 2.0
     collapse_patience: int = 3
     dist_timeout_s: float = 1800.0
     sync_batchnorm: bool = True

@@ -34,7 +34,7 @@ Run folder ``RUN``::
 terms averaged over the steps since the previous line and over ranks, ``lr``, ``wd``,
 ``momentum``, ``grad_norm``, ``samples_per_s`` (global), ``data_wait_share`` (time waiting
 on the loader ÷ step time), the collapse figures of rank 0's last batch (``embed_std``,
-``embed_std_norm``, ``embed_mean_cos``, ``collapsed``), ``skipped_samples`` (corrupt samples
+``embed_std_norm``, ``embed_mean_cos``, ``embed_rank``, ``collapsed``), ``skipped_samples`` (corrupt samples
 the loaders of all ranks skipped since the start of the run) and ``time_s``. On ``--resume``
 lines past the checkpoint's step are dropped before appending, so the log continues from the
 saved step with no gap and no duplicate.
@@ -81,7 +81,7 @@ FAULT_ENV = "EOFORGE_FAULT_KILL_AFTER_STEP"
 #: metric keys the engine writes; any other key of a metrics line is one of the method's logs
 ENGINE_KEYS = frozenset({
     "step", "loss", "lr", "wd", "momentum", "grad_norm", "samples_per_s", "data_wait_share", "embed_std",
-    "embed_std_norm", "embed_mean_cos", "collapsed", "skipped_samples", "max_memory_gib", "time_s",
+    "embed_std_norm", "embed_mean_cos", "embed_rank", "collapsed", "skipped_samples", "max_memory_gib", "time_s",
 })
 
 
@@ -210,7 +210,7 @@ def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[st
     for k, label in (("embed_std_norm", "std x sqrt(D)"), ("embed_mean_cos", "mean pairwise cosine")):
         ax3.plot(steps, [r.get(k, math.nan) for r in rows], label=label)
     ax3.set_ylim(-0.05, 1.05)
-    ax3.set_title("collapse monitor (student embeddings)")
+    ax3.set_title("collapse monitor (trained encoder's embeddings)")
     ax3.legend(fontsize=8)
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("step")
@@ -457,7 +457,7 @@ class _Run:
         else:
             self.model = self.method
         self.monitor = CollapseMonitor(cfg.engine.collapse_min_std_norm, cfg.engine.collapse_max_mean_cos,
-                                       cfg.engine.collapse_patience)
+                                       cfg.engine.collapse_min_rank, cfg.engine.collapse_patience)
         self.tb = None
         if info.is_main:
             if self.start_step > 0:

@@ -25,7 +25,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urljoin, uses_relative
 
 import webdataset as wds
@@ -158,11 +158,16 @@ def dataset_label_taxonomy(source: ShardSource) -> str | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    raw = _dataset_file(source, MANIFEST_NAME)
-    if raw is None:
+    if source.split is None:
+        return None
+    local = Path(source.name) / MANIFEST_NAME
+    # a local manifest is read column by column from disk; a remote one is fetched whole
+    where: Any = local if not is_url(source.name) else _dataset_file(source, MANIFEST_NAME)
+    if where is None or (isinstance(where, Path) and not where.is_file()):
         return None
     try:
-        table = pq.ParquetFile(pa.BufferReader(raw)).read(columns=["label_taxonomy"])
+        table = pq.ParquetFile(where if isinstance(where, Path) else pa.BufferReader(where)).read(
+            columns=["label_taxonomy"])
     except (OSError, KeyError, pa.ArrowInvalid):
         return None
     names = sorted({t for t in table.column("label_taxonomy").to_pylist() if t})

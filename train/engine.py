@@ -195,8 +195,8 @@ def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[st
 
     steps = [r["step"] for r in rows]
     # the method's own terms (PerA: dino, koleo, pixel) in their own panel, on a symlog scale
-    # because their magnitudes differ by orders; schedules (temperatures) left out
-    terms = [k for k, v in rows[-1].items() if k not in ENGINE_KEYS and "temp" not in k
+    # because their magnitudes differ by orders; schedules (temperatures) and shares left out
+    terms = [k for k, v in rows[-1].items() if k not in ENGINE_KEYS and "temp" not in k and "share" not in k
              and isinstance(v, (int, float)) and not isinstance(v, bool)]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     ax1.plot(steps, [r.get("loss", math.nan) for r in rows], color="k")
@@ -211,7 +211,13 @@ def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[st
         ax3.plot(steps, [r.get(k, math.nan) for r in rows], label=label)
     ax3.set_ylim(-0.05, 1.05)
     ax3.set_title("collapse monitor (trained encoder's embeddings)")
-    ax3.legend(fontsize=8)
+    if any("embed_rank" in r for r in rows):
+        rank_ax = ax3.twinx()
+        rank_ax.plot(steps, [r.get("embed_rank", math.nan) for r in rows], color="tab:green", label="effective rank")
+        rank_ax.set_ylim(bottom=0)
+        rank_ax.set_ylabel("effective rank (directions)")
+        rank_ax.legend(fontsize=8, loc="center right")
+    ax3.legend(fontsize=8, loc="upper right")
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

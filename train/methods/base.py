@@ -40,6 +40,30 @@ def stack_image(inputs: dict[str, Any]) -> Tensor:
     return torch.cat([torch.as_tensor(p, dtype=torch.float32) for p in parts], dim=-3)
 
 
+def check_ranges(cfg: Any, *names: str, fractions: tuple[str, ...] = ()) -> None:
+    """Config fields that are ``(low, high)`` pairs: YAML lists become tuples of floats, each must be
+    two increasing positive numbers, and the ``fractions`` among them at most 1 (area fractions).
+
+    Raises:
+        ValueError: naming ``method.<field>`` and the value.
+    """
+    for name in names:
+        value = tuple(float(v) for v in getattr(cfg, name))
+        if len(value) != 2 or not 0 < value[0] <= value[1]:
+            raise ValueError(f"method.{name} must be two increasing positive numbers, got {value}")
+        if name in fractions and value[1] > 1:
+            raise ValueError(f"method.{name} is an area fraction, at most 1, got {value}")
+        object.__setattr__(cfg, name, value)  # frozen dataclasses
+
+
+def check_probabilities(cfg: Any, *names: str) -> None:
+    """Config fields that are probabilities (a number, or a tuple of numbers, each in [0, 1])."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not all(0.0 <= float(p) <= 1.0 for p in (value if isinstance(value, (list, tuple)) else (value,))):
+            raise ValueError(f"method.{name} is a probability, got {value}")
+
+
 def weight_decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Trainable parameters as AdamW groups: weights with decay, biases / norms / tokens without.
 

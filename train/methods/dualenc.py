@@ -49,7 +49,7 @@ from eoforge.train.augment import (
 )
 from eoforge.train.heads import moco_mlp
 from eoforge.train.losses import CrossModalInfoNCE
-from eoforge.train.methods.base import Method, MethodOutput, weight_decay_groups
+from eoforge.train.methods.base import Method, MethodOutput, check_probabilities, check_ranges, weight_decay_groups
 from eoforge.train.models import ModelConfig, create_backbone
 
 SENSORS = ("s2", "s1")
@@ -96,16 +96,8 @@ class DualencConfig:
     intra_jitter_p: float = 0.8
 
     def __post_init__(self) -> None:
-        for name in ("crop_scale", "crop_ratio"):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) != 2 or not 0 < value[0] <= value[1]:
-                raise ValueError(f"method.{name} must be two increasing positive numbers, got {value}")
-            object.__setattr__(self, name, value)
-        if self.crop_scale[1] > 1:
-            raise ValueError("method.crop_scale is an area fraction, at most 1")
-        for name in ("hflip_p", "vflip_p", "jitter_p", "intra_jitter_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"method.{name} is a probability, got {getattr(self, name)}")
+        check_ranges(self, "crop_scale", "crop_ratio", fractions=("crop_scale",))
+        check_probabilities(self, "hflip_p", "vflip_p", "jitter_p", "intra_jitter_p")
         if self.temperature <= 0 or self.intra_weight < 0:
             raise ValueError("method.temperature must be > 0 and intra_weight >= 0")
 

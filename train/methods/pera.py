@@ -65,7 +65,9 @@ from eoforge.train.augment import (
 from eoforge.train.ema import ema_update
 from eoforge.train.heads import DINOHead
 from eoforge.train.losses import DINOClsLoss, KoLeoLoss, teacher_temperature
-from eoforge.train.methods.base import Method, MethodOutput, stack_image, weight_decay_groups
+from eoforge.train.methods.base import (
+    Method, MethodOutput, check_probabilities, check_ranges, stack_image, weight_decay_groups,
+)
 from eoforge.train.models import ModelConfig, create_backbone
 from eoforge.train.sparse_vit import check_sparse_vit, embed_kept_patches, gather_patches, pos_embed_for_grid
 
@@ -139,18 +141,11 @@ class PeraConfig:
     pixel_weight: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("global_crop_scale", "local_crop_scale", "crop_ratio"):
-            value = tuple(float(v) for v in getattr(self, name))  # YAML gives lists
-            if len(value) != 2 or not 0 < value[0] <= value[1]:
-                raise ValueError(f"method.{name} must be two increasing positive numbers, got {value}")
-            object.__setattr__(self, name, value)
-        if self.global_crop_scale[1] > 1 or self.local_crop_scale[1] > 1:
-            raise ValueError("method crop scales are area fractions, at most 1")
+        check_ranges(self, "global_crop_scale", "local_crop_scale", "crop_ratio",
+                     fractions=("global_crop_scale", "local_crop_scale"))
         if self.n_global_crops < 1 or self.n_local_crops < 0:
             raise ValueError("method.n_global_crops must be >= 1 and n_local_crops >= 0")
-        for name in ("hflip_p", "vflip_p", "student_colour_p", "student_grey_p", "teacher_colour_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"method.{name} is a probability, got {getattr(self, name)}")
+        check_probabilities(self, "hflip_p", "vflip_p", "student_colour_p", "student_grey_p", "teacher_colour_p")
         ratios = (self.student_ratio, self.mask_ratio, self.teacher_ratio)
         if min(ratios) <= 0 or sum(ratios) > 1 + 1e-9:
             raise ValueError(f"method student/mask/teacher ratios must be > 0 and sum to <= 1, got {ratios}")

@@ -60,7 +60,9 @@ from eoforge.train.ema import ema_update
 from eoforge.train.heads import moco_mlp
 from eoforge.train.losses import SoftContrastiveLoss
 from eoforge.train.losses.soft_contrastive import SOFT_FORMS
-from eoforge.train.methods.base import Method, MethodOutput, stack_image, weight_decay_groups
+from eoforge.train.methods.base import (
+    Method, MethodOutput, check_probabilities, check_ranges, stack_image, weight_decay_groups,
+)
 from eoforge.train.models import ModelConfig, create_backbone, input_layer_name, is_vit
 from eoforge.train.sparse_vit import check_sparse_vit, cls_of_kept_patches
 
@@ -120,22 +122,12 @@ class SoftconConfig:
     backbone_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("crop_scale", "crop_ratio", "blur_p", "blur_sigma_px"):
-            value = tuple(float(v) for v in getattr(self, name))  # YAML gives lists
-            if len(value) != 2:
-                raise ValueError(f"method.{name} needs two numbers, got {value}")
-            object.__setattr__(self, name, value)
-        for name in ("crop_scale", "crop_ratio", "blur_sigma_px"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
-                raise ValueError(f"method.{name} must be two increasing positive numbers, got {(lo, hi)}")
-        if self.crop_scale[1] > 1:
-            raise ValueError("method.crop_scale is an area fraction, at most 1")
-        for name in ("hflip_p", "vflip_p", "jitter_p", "grey_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"method.{name} is a probability, got {getattr(self, name)}")
-        if not all(0.0 <= p <= 1.0 for p in self.blur_p):
-            raise ValueError(f"method.blur_p are probabilities, got {self.blur_p}")
+        check_ranges(self, "crop_scale", "crop_ratio", "blur_sigma_px", fractions=("crop_scale",))
+        blur_p = tuple(float(p) for p in self.blur_p)  # YAML gives a list
+        if len(blur_p) != 2:
+            raise ValueError(f"method.blur_p needs one probability per view, got {blur_p}")
+        object.__setattr__(self, "blur_p", blur_p)
+        check_probabilities(self, "hflip_p", "vflip_p", "jitter_p", "grey_p", "blur_p")
         if self.blur_kernel_px < 1 or self.blur_kernel_px % 2 == 0:
             raise ValueError(f"method.blur_kernel_px must be odd and positive, got {self.blur_kernel_px}")
         if not 0.0 <= self.mask_ratio < 1.0:

@@ -140,8 +140,13 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_initialized():
         return tensor
+    return _gathered(tensor.detach())
+
+
+def _gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """``dist.all_gather`` of ``tensor`` (same shape on every rank), concatenated in rank order."""
     parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    dist.all_gather(parts, tensor.detach().contiguous())
+    dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
 
 
@@ -156,11 +161,8 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        world, rank = get_world_size(), get_rank()
-        ctx.rank, ctx.rows = rank, tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(world)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        ctx.rank, ctx.rows = get_rank(), tensor.shape[0]
+        return _gathered(tensor)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

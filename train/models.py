@@ -205,9 +205,6 @@ def input_layer_name(model: nn.Module) -> str:
     return str(first_conv)
 
 
-def _input_layer_key(model: nn.Module) -> str:
-    return f"{input_layer_name(model)}.weight"
-
 
 def adapt_input_layer(state: dict[str, Tensor], model: nn.Module, rule: str) -> dict[str, Tensor]:
     """Fit the checkpoint's input layer (``patch_embed.proj`` / ``conv1``) to ``model``'s band count.
@@ -222,7 +219,7 @@ def adapt_input_layer(state: dict[str, Tensor], model: nn.Module, rule: str) -> 
     """
     if rule not in INPUT_LAYER_RULES:
         raise ValueError(f"input_layer rule must be one of {INPUT_LAYER_RULES}, got {rule!r}")
-    key = _input_layer_key(model)
+    key = f"{input_layer_name(model)}.weight"
     own = model.state_dict()
     if key not in state or key not in own or state[key].shape[1] == own[key].shape[1]:
         return dict(state)

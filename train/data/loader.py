@@ -441,6 +441,7 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
         picks = [usable[rng.randrange(len(usable))], usable[rng.randrange(len(usable))]]
     else:
         picks = [usable[0]]
+    single = time_step in ("random", "first")  # one step, no time axis
     out: dict[str, Any] = {"__key__": key}
     shapes: dict[str, tuple[int, ...]] = {}
     for name in want:
@@ -454,7 +455,7 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
                 decoded: dict[int, np.ndarray] = {}
                 for p in dict.fromkeys(picks):
                     decoded[p], shapes[name] = decode_entry(raw[ext], suffix, p)
-                if time_step in ("random", "first"):
+                if single:
                     out[name] = decoded[picks[0]]
                 else:  # a new leading axis of the picked steps (one copy; a repeated step is copied twice)
                     out[name] = np.stack([decoded[p] for p in picks])
@@ -470,7 +471,7 @@ def _decode_selected(raw: dict[str, Any], want: tuple[str, ...], time_step: str,
             raise ValueError(f"{name} has shape {shapes[name]}, expected {expected[name]}"
                              f" (the metadata lists {steps} time steps)")
     vectors = label_vectors(meta, picks, label_taxonomy)
-    out["labels"] = vectors[0] if time_step in ("random", "first") else vectors
+    out["labels"] = vectors[0] if single else vectors
     return out
 
 

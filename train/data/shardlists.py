@@ -160,14 +160,17 @@ def dataset_label_taxonomy(source: ShardSource) -> str | None:
 
     if source.split is None:
         return None
-    local = Path(source.name) / MANIFEST_NAME
-    # a local manifest is read column by column from disk; a remote one is fetched whole
-    where: Any = local if not is_url(source.name) else _dataset_file(source, MANIFEST_NAME)
-    if where is None or (isinstance(where, Path) and not where.is_file()):
-        return None
+    if is_url(source.name):  # a remote manifest is fetched whole
+        raw = _dataset_file(source, MANIFEST_NAME)
+        if raw is None:
+            return None
+        manifest: Any = pa.BufferReader(raw)
+    else:  # a local one is read column by column from disk
+        manifest = Path(source.name) / MANIFEST_NAME
+        if not manifest.is_file():
+            return None
     try:
-        table = pq.ParquetFile(where if isinstance(where, Path) else pa.BufferReader(where)).read(
-            columns=["label_taxonomy"])
+        table = pq.ParquetFile(manifest).read(columns=["label_taxonomy"])
     except (OSError, KeyError, pa.ArrowInvalid):
         return None
     names = sorted({t for t in table.column("label_taxonomy").to_pylist() if t})

@@ -57,6 +57,9 @@ def demo_data(out: str, seed: int, extent_km: float, quiet: bool) -> None:
                    "else a LocalCluster.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the LocalCluster [CPU count].")
 @click.option("--strict", is_flag=True, help="Stop at the first bad input instead of recording it and going on.")
+@click.option("--dry-run", is_flag=True,
+              help="Scan and plan only, then report what the archive will give (DS/dry-run.md): tiles, time "
+                   "steps, S1 pairing, shards and estimated size, per split and plan region. No pixels are read.")
 @click.option("--tile-size", "tile_size_px", type=click.IntRange(min=8), help="Tile edge in pixels [264].")
 @click.option("--resolution", "resolution_m", type=click.FloatRange(min=0, min_open=True),
               help="Pixel size in metres [10].")
@@ -68,7 +71,8 @@ def demo_data(out: str, seed: int, extent_km: float, quiet: bool) -> None:
               help="Taxonomy of --landcover rasters whose name does not say [worldcover].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_file: str | None,
-           scheduler: str | None, workers: int | None, strict: bool, quiet: bool, **overrides: object) -> None:
+           scheduler: str | None, workers: int | None, strict: bool, dry_run: bool, quiet: bool,
+           **overrides: object) -> None:
     """Tile raw Sentinel-1/2 GeoTIFFs (and land cover) into WebDataset shards in --out.
 
     RAW are folders, files or URLs (s3://, https://) holding S2 SAFE products, Earth
@@ -78,12 +82,15 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
     encoded per-tile pieces) -> materialize (one Dask task per shard, assembled from the
     pieces) -> finalize (manifest.parquet, stats.json, errors.parquet, report.md).
 
-    Rerunning the same command resumes: finished read tasks and shards are kept, the rest is redone.
+    Rerunning the same command resumes: finished read tasks and shards are kept, the rest is redone;
+    headers of unchanged files are not read again (DS/scan-inventory.parquet).
     The exit status is 1 when any input failed (everything else is still written).
+    --dry-run stops after the plan and writes DS/dry-run.json and DS/dry-run.md instead of shards.
 
     \b
     Examples:
         eoforge ingest demo/raw --out demo/ds
+        eoforge ingest /data/s2 /data/s1 --out ds --dry-run
         eoforge ingest /data/s2 /data/s1 --landcover /data/worldcover --out ds --workers 16
         eoforge ingest s3://bucket/scenes --out ds --scheduler tcp://head:8786 --config recipe.yaml
     """
@@ -97,13 +104,22 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
         config = config.replace(**overrides)
         t0 = time.perf_counter()
         result = run_ingest(list(raw), out, landcover=list(landcover), config=config, scheduler=scheduler,
-                            workers=workers, strict=strict, progress=not quiet)
+                            workers=workers, strict=strict, progress=not quiet, dry_run=dry_run)
     except (ConfigError, IngestError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"{result.samples} samples in {result.shards} shard(s) -> {result.out} "
-               f"({time.perf_counter() - t0:.1f} s); report: {result.out / 'report.md'}")
+    if dry_run:
+        p = result.report["plan"]
+        rate = "n/a" if p["pairing_rate"] is None else f"{p['pairing_rate']:.1%}"
+        click.echo(f"dry run: {p['tiles']} tiles, {p['time_steps']} time steps ({p['paired_steps']} with S1, {rate}) "
+                   f"from {p['s2_scenes_used']} S2 + {p['s1_scenes_used']} S1 scenes -> {p['shards']} shard(s), "
+                   f"~{p['estimated_bytes'] / 1e9:.3g} GB ({time.perf_counter() - t0:.1f} s); "
+                   f"report: {result.out / 'dry-run.md'}")
+    else:
+        click.echo(f"{result.samples} samples in {result.shards} shard(s) -> {result.out} "
+                   f"({time.perf_counter() - t0:.1f} s); report: {result.out / 'report.md'}")
     if result.errors:
-        click.echo(f"{len(result.errors)} input error(s), see {result.out / 'errors.parquet'}:", err=True)
+        where = result.out / ("dry-run.json" if dry_run else "errors.parquet")
+        click.echo(f"{len(result.errors)} input error(s), see {where}:", err=True)
         for e in result.errors[:10]:
             click.echo(f"  {e['path']}: {e['reason']}", err=True)
         if len(result.errors) > 10:

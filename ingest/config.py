@@ -58,6 +58,10 @@ class IngestConfig:
             least as many scenes of that kind as workers, else ceil(workers / scenes) tasks.
         read_window_tiles: most tiles one window read spans along a tile row (bounds a
             task's pixel buffers; GDAL's block cache keeps the source blocks between rows).
+        plan_region_tiles: a plan region is a block of this many x this many grid tiles
+            of one UTM zone (id ``{zone:02d}{hemi}_{col // R}_{row // R}``, 64 tiles of
+            2.64 km: ~169 km square). The dry-run report (``--dry-run``) breaks its counts
+            and size estimate down by region; what is written does not depend on it.
         samples_per_shard: target samples per shard (tiles are dealt to shards in a seeded
             random order, so every shard mixes places and scenes from the whole area).
         codec: array member codec (``"zstd"`` or ``"npy"``).
@@ -91,6 +95,7 @@ class IngestConfig:
     split_block_tiles: int = 8
     read_task_rows: int | None = None
     read_window_tiles: int = 16
+    plan_region_tiles: int = 64
     samples_per_shard: int = 64
     codec: str = "zstd"
     s1_dtype: str = "float16"
@@ -119,6 +124,7 @@ class IngestConfig:
             (self.split_block_tiles >= 1, "split_block_tiles must be >= 1"),
             (self.read_task_rows is None or self.read_task_rows >= 1, "read_task_rows must be >= 1 (or null: automatic)"),
             (self.read_window_tiles >= 1, "read_window_tiles must be >= 1"),
+            (self.plan_region_tiles >= 1, "plan_region_tiles must be >= 1"),
             (self.gdal_cache_mb >= 16, "gdal_cache_mb must be >= 16"),
             (self.gdal_threads >= 1, "gdal_threads must be >= 1"),
             (self.stats_pixel_stride >= 1, "stats_pixel_stride must be >= 1"),

@@ -10,10 +10,14 @@
 
 The dataset folder records the job in ``DS/ingest.json`` (inputs, config and a
 fingerprint of the plan). Rerunning the same command re-scans and re-plans (cheap,
-metadata only); when the plan's fingerprint matches, finished shards (those with a task
-report) are skipped, finished read tasks are reused and the rest is redone, so an
-interrupted run ends with the same bytes as an uninterrupted one. A different plan over
-existing shards is refused.
+metadata only: the headers of unchanged files and the probes of unchanged scenes come from
+``DS/scan-inventory.parquet``, :mod:`.inventory`); when the plan's fingerprint matches,
+finished shards (those with a task report) are skipped, finished read tasks are reused and
+the rest is redone, so an interrupted run ends with the same bytes as an uninterrupted one.
+A different plan over existing shards is refused.
+
+``--dry-run`` stops after the plan and reports what the archive will give
+(:mod:`.dryrun`): ``DS/dry-run.json`` and ``DS/dry-run.md``.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ import pyarrow as pa
 
 from eoforge import __version__
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.dryrun import build_dry_run_report, write_dry_run
 from eoforge.ingest.engine import Engine
+from eoforge.ingest.inventory import INVENTORY_NAME
 from eoforge.ingest.materialize import (
     TASK_REPORTS, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
 from eoforge.ingest.pieces import STAGING, finished_read, read_report_paths, read_source
-from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards
+from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, write_plan
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
 from eoforge.shards.manifest import merge_parts, read_manifest, write_parquet_atomic
@@ -75,9 +81,12 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
 
 
-def plan_fingerprint(rows: list[dict[str, Any]]) -> str:
-    text = json.dumps(rows, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def plan_fingerprint(rows: pa.Table) -> str:
+    """sha256 of the plan rows (their Arrow IPC stream: the same rows, the same digest)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows.combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 def _check_job(out: Path, job: dict[str, Any]) -> None:
@@ -99,8 +108,15 @@ def _check_job(out: Path, job: dict[str, Any]) -> None:
 
 def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: list[str] | None = None,
                config: IngestConfig | None = None, scheduler: str | None = None, workers: int | None = None,
-               strict: bool = False, progress: bool = True, engine: Engine | None = None) -> IngestResult:
-    """Run the whole ingest; see the module docstring. ``engine`` reuses a running one."""
+               strict: bool = False, progress: bool = True, engine: Engine | None = None,
+               dry_run: bool = False) -> IngestResult:
+    """Run the whole ingest; see the module docstring. ``engine`` reuses a running one.
+
+    ``dry_run``: scan and plan only (``scenes.parquet``, ``plan.parquet``, the scan
+    inventory), then write ``dry-run.json`` / ``dry-run.md`` (:mod:`.dryrun`) instead of
+    reading any pixels; ``ingest.json`` is left as it is, so a later real run starts (or
+    resumes) as if there had been no dry run. The result then has 0 samples and shards and
+    the dry-run report as ``report``."""
     config = config or IngestConfig()
     landcover = list(landcover or [])
     out = Path(out)
@@ -113,7 +129,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
     background = _Background()
     try:
         t0 = time.perf_counter()
-        scanned = scan(inputs, landcover, config, engine)
+        scanned = scan(inputs, landcover, config, engine, inventory=out / INVENTORY_NAME)
         errors = list(scanned.errors)
         _write_table(scanned.scenes, out / "scenes.parquet")
         timings["scan"] = time.perf_counter() - t0
@@ -122,23 +138,33 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
 
         t0 = time.perf_counter()
-        plan = plan_ingest(scanned.scenes, config)
+        plan = plan_ingest(scanned.scenes, config, engine=engine)
         errors += plan.errors
-        _write_table(plan.rows, out / "plan.parquet")
         job = {"eoforge": __version__, "inputs": [str(i) for i in inputs], "landcover": landcover,
                "config": config.to_dict(), "plan_sha256": plan_fingerprint(plan.rows)}
-        _check_job(out, job)
-        tmp = out / (JOB_NAME + ".tmp")
-        tmp.write_text(json.dumps(job, indent=2) + "\n")
-        os.replace(tmp, out / JOB_NAME)
+        _check_job(out, job)  # before plan.parquet: a refused run leaves the dataset's plan as it was
+        write_plan(plan.rows, out / "plan.parquet")
+        plan_rows = plan.rows.to_pylist()
+        if not dry_run:
+            tmp = out / (JOB_NAME + ".tmp")
+            tmp.write_text(json.dumps(job, indent=2) + "\n")
+            os.replace(tmp, out / JOB_NAME)
         timings["plan"] = time.perf_counter() - t0
         if strict and errors:
             write_errors(out, errors)
             raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
+        if dry_run:
+            written = sum(finished_shard(out, j["split"], j["shard"]) is not None for j in plan_shards(plan_rows))
+            report = build_dry_run_report(
+                inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover], config=config,
+                scanned=scanned, plan=plan, errors=errors, plan_sha256=job["plan_sha256"], shards_written=written)
+            report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+            write_dry_run(out, report)
+            return IngestResult(out, 0, 0, errors, report)
 
         by_scene = {s["scene"]: s for s in scanned.scenes}
-        jobs = plan_shards(plan.rows)
-        reads = plan_reads(plan.rows, config, workers=engine.task_slots)
+        jobs = plan_shards(plan_rows)
+        reads = plan_reads(plan_rows, config, workers=engine.task_slots)
 
         t0 = time.perf_counter()
         finished = {(j["split"], j["shard"]): finished_shard(out, j["split"], j["shard"]) for j in jobs}
@@ -164,7 +190,8 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                               engine=engine.description, config=config.to_dict(), files_seen=scanned.files_seen,
                               scenes=scanned.scenes, plan=plan, task_reports=reports,
                               read_reports=list(read_results.values()), errors=errors, manifest=manifest,
-                              timings_s=timings)
+                              timings_s=timings,
+                              scan_counts={"headers_read": scanned.headers_read, "probes_run": scanned.probes_run})
         write_report(out, report, manifest)
         background.join()
         return IngestResult(out, manifest.num_rows, sum(1 for r in reports if r["samples"]), errors, report)

@@ -1,20 +1,22 @@
-"""Stage 2, plan: decide every sample from metadata alone.
+"""Stage 2, plan: decide every sample from metadata alone, in columns and by region.
 
 From the scene inventory to one row per (tile, time step) in ``plan.parquet``:
 
 1. **Level**: S2 products of the other processing level (``s2_level``) are set aside.
 2. **Dedup (a)**, the same product delivered twice (mirror copies, a SAFE and its Earth
    Search COG twin): one delivery per product id is kept.
-3. **Tiles**: the grid tiles each S2 scene covers by at least ``min_scene_coverage``.
+3. **Tiles**: the grid tiles each S2 scene covers by at least ``min_scene_coverage``
+   (:mod:`.coverage`: grid arithmetic, exact geometry only at the footprint's outline).
 4. **Dedup (b)**, one acquisition in several products (overlapping MGRS tiles of a
    datatake, reprocessed baselines): per tile and acquisition the product covering the
    tile best is kept (then: already in the tile's CRS, newest baseline).
 5. **Dedup (c)**, zone edges: tiles of neighbouring UTM zones whose footprints overlap by
    IoU >= ``zone_overlap_iou`` (shapely STRtree) are near-duplicates; the tile whose centre
-   lies deeper inside its own zone stays.
+   lies deeper inside its own zone stays. Only tiles within two tile diagonals of a zone
+   edge can clash, so this runs once, for the whole archive, over those alone.
 6. **Pairing**: per tile one S1 orbit direction (the one that pairs most steps, unless
    configured); each S2 candidate takes the S1 of that direction nearest in time within
-   ``max_dt_days``.
+   ``max_dt_days`` (a sorted time join per tile).
 7. **Seasons**: per tile and season the clearest S2 candidate (scene cloud cover, then
    paired, then coverage); up to ``seasons`` steps, in time order.
 8. **Split**: blocks of ``split_block_tiles`` tiles go to val or train as a whole.
@@ -24,25 +26,82 @@ From the scene inventory to one row per (tile, time step) in ``plan.parquet``:
     serves, north to south and west to east, in as few tasks as keep the workers busy (or
     of ``read_task_rows`` tile rows): each source is read once, in raster order, whichever
     shards its tiles go to.
+
+How it scales (DESIGN.md, "Scale"): scenes are columns (:class:`Scenes`), candidate
+(tile, scene) pairs are NumPy arrays keyed by integer tile keys, dedup and season choice
+are sort + group-by, pairing is a sorted join: O(n log n). Steps 3-7 run per **plan
+region** (``plan_region_tiles`` square blocks of one zone's grid) on the scenes that touch
+it, so memory follows the region, not the archive; a region's result depends only on its
+own tiles, and the union over regions is the same whatever the region size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import shapely
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.coverage import (
+    Window, footprint_cells, key_parts, lonlat_to_utm, tile_centres_lonlat, tile_id_strings, tile_of,
+    zone_epsg, zones_touched,
+)
 from eoforge.ingest.grid import Grid, zone_central_meridian
 from eoforge.ingest.names import parse_time
 from eoforge.ingest.scan import error_row
 from eoforge.shards.keys import TileId
+
+#: S1 and land-cover footprints give tiles of every zone whose band, widened by this, they touch
+#: (a zone's edge tiles reach past its band by less than a tile: < 0.4° up to 84° latitude).
+CROSS_ZONE_MARGIN_DEG = 1.0
+#: Examples kept per removal reason (the report shows them; the counts are exact).
+REMOVED_EXAMPLES = 5
+_US_PER_DAY = 86400e6
+
+#: Repeated strings (a tile has ~4 rows, a product ~100) are dictionary-encoded, in memory as
+#: in the file: the plan of 10⁵ products holds 4 bytes per row for each instead of ~60.
+_TEXT = pa.dictionary(pa.int32(), pa.string())
+PLAN_SCHEMA = pa.schema([
+    ("tile_id", _TEXT), ("epsg", pa.int64()), ("step", pa.int64()), ("season", pa.int64()),
+    ("s2_scene", pa.int64()), ("s2_product_id", _TEXT), ("s2_datetime", _TEXT),
+    ("s2_coverage", pa.float64()), ("cloud_percentage", pa.float64()),
+    ("s1_scene", pa.int64()), ("s1_product_id", _TEXT), ("s1_datetime", _TEXT),
+    ("dt_days", pa.float64()), ("orbit_direction", _TEXT),
+    ("split", _TEXT), ("shard", pa.int64()), ("position", pa.int64()), ("landcover_scenes", pa.list_(pa.int64())),
+])
+#: The scene columns planning reads (``scenes.parquet`` has more).
+SCENE_COLUMNS = ("scene", "sensor", "product_id", "location", "level", "datetime", "baseline", "mgrs_tile",
+                 "orbit_direction", "source_id", "epsg", "cloud_percentage", "footprint", "paths")
+
+
+@dataclass
+class Removed:
+    """What one removal reason took out: the exact count and the first few records."""
+
+    count: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, count: int, examples: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:
+        self.count += int(count)
+        for record in examples:
+            if len(self.examples) >= REMOVED_EXAMPLES:
+                break
+            self.examples.append(record)
 
 
 @dataclass
@@ -50,20 +109,32 @@ class Plan:
     """The planned samples and what planning removed.
 
     Attributes:
-        rows: one dict per (tile, time step) (see :func:`plan_ingest`).
-        removed: reason -> list of (what, why) records for the report.
+        rows: one row per (tile, time step), :data:`PLAN_SCHEMA`, in shard order.
+        removed: reason -> :class:`Removed` (counts and examples for the report).
         errors: error rows (e.g. land-cover rasters overlapping no tile).
-        pairing: S1 usage (per S1 scene, why unused) and Δt values.
+        pairing: S1 usage counts and the Δt of every pair (``dt_days``, float64 array).
+        regions: plan regions planned.
     """
 
-    rows: list[dict[str, Any]]
-    removed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: pa.Table
+    removed: dict[str, Removed] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     pairing: dict[str, Any] = field(default_factory=dict)
+    regions: int = 0
 
     @property
     def num_tiles(self) -> int:
-        return len({r["tile_id"] for r in self.rows})
+        return len(set(self.rows.column("tile_id").to_pylist())) if self.rows.num_rows else 0
+
+
+def read_scenes(path: str | os.PathLike[str]) -> pa.Table:
+    """The columns of ``scenes.parquet`` that planning reads (of ``paths``, only the first:
+    a SAFE lists ~30 files, and planning names a file only in a land-cover error row)."""
+    names = pq.read_schema(path).names
+    table = pq.read_table(path, columns=[c for c in SCENE_COLUMNS if c in names and c != "paths"])
+    batches = pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["paths"])
+    first = pa.chunked_array([pc.list_element(batch.column(0), 0) for batch in batches], pa.string())
+    return table.append_column("first_path", first)
 
 
 def season_of(when: datetime, seasons: int) -> int:
@@ -76,250 +147,635 @@ def _hash(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def _acquisition(scene: dict[str, Any]) -> tuple[str, str, str]:
-    """Same mission, sensor and start second = same acquisition."""
-    return scene["sensor"], scene["product_id"][:3], scene["datetime"][:19]
+def _ranks(values: list[Any]) -> np.ndarray:
+    """Dense int64 rank of each value in sorted order (equal values, equal ranks)."""
+    _, inverse = np.unique(np.asarray(values, dtype=object), return_inverse=True)
+    return inverse.astype(np.int64)
 
 
-def tile_footprints(grid: Grid, tiles: list[TileId]) -> np.ndarray:
-    return np.array([grid.footprint_lonlat(t) for t in tiles], dtype=object)
+def _group_starts(*sorted_keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first row of each run of equal keys (rows already sorted by them)."""
+    n = len(sorted_keys[0])
+    first = np.zeros(n, dtype=bool)
+    if n:
+        first[0] = True
+        for k in sorted_keys:
+            first[1:] |= k[1:] != k[:-1]
+    return first
 
 
-def _coverage(tile_polys: np.ndarray, footprint: shapely.Geometry) -> np.ndarray:
-    """Share of each tile (lon/lat polygons) inside a scene footprint, 0..1."""
-    shapely.prepare(footprint)
-    inter = shapely.area(shapely.intersection(tile_polys, footprint))
-    return np.clip(inter / shapely.area(tile_polys), 0.0, 1.0)
+# ---------------------------------------------------------------------------- scenes as columns
+
+class Scenes:
+    """The scan's scene rows as columns (list of dicts or a ``scenes.parquet`` table), with the
+    derived keys planning sorts and joins on. Row ``k`` is scene ``ids[k]``."""
+
+    def __init__(self, scenes: list[dict[str, Any]] | pa.Table) -> None:
+        def col(name: str) -> list[Any]:
+            if isinstance(scenes, pa.Table):
+                return scenes.column(name).to_pylist() if name in scenes.column_names else [None] * scenes.num_rows
+            return [s.get(name) for s in scenes]
+
+        self.ids = np.asarray(col("scene"), dtype=np.int64)
+        self.sensor = np.asarray(col("sensor"), dtype=object)
+        self.product_id = col("product_id")
+        self.location = col("location")
+        self.level = col("level")
+        self.datetime = col("datetime")
+        self.mgrs_tile = col("mgrs_tile")
+        self.mgrs_code = np.where([m is None for m in self.mgrs_tile], -1, _ranks([m or "" for m in self.mgrs_tile]))
+        self.orbit_direction = col("orbit_direction")
+        self.has_source_id = np.array([v is not None for v in col("source_id")], dtype=bool)
+        self.epsg = np.asarray([e if e is not None else -1 for e in col("epsg")], dtype=np.int64)
+        self.baseline = np.asarray([float(b or 0) for b in col("baseline")])
+        self.cloud = np.asarray([np.nan if c is None else float(c) for c in col("cloud_percentage")])
+        self.footprint_wkb: list[bytes] = col("footprint")
+        self.first_path = col("first_path") if isinstance(scenes, pa.Table) and "first_path" in scenes.column_names \
+            else [p[0] if p else "" for p in col("paths")]
+        self.pid_rank = _ranks(self.product_id)
+        self.datetime_rank = _ranks([d or "" for d in self.datetime])
+        times = [parse_time(d) if d else None for d in self.datetime]
+        epoch = datetime(1970, 1, 1)
+        self.time_us = np.asarray([(t - epoch) // _ONE_US if t else 0 for t in times], dtype=np.int64)
+        self.month = np.asarray([t.month if t else 0 for t in times], dtype=np.int64)
+        # same mission, sensor and start second = same acquisition
+        self.acquisition = _ranks([f"{s}|{p[:3]}|{(d or '')[:19]}" for s, p, d in
+                                   zip(self.sensor, self.product_id, self.datetime)])
+        self.descending = np.asarray([d == "descending" for d in self.orbit_direction], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> "Scenes":
+        """The scenes of ``rows`` (ranks stay those of the whole inventory, so sorts agree)."""
+        sub = object.__new__(Scenes)
+        for name, value in vars(self).items():
+            setattr(sub, name, value[rows] if isinstance(value, np.ndarray) else [value[k] for k in rows.tolist()])
+        return sub
+
+    def footprint(self, k: int) -> shapely.Geometry:
+        return _footprint(self.footprint_wkb[k])
 
 
-def _depth_in_zone(grid: Grid, tile: TileId) -> float:
-    """Degrees of longitude between the tile centre and its zone's nearest edge
-    (negative when the centre lies in the neighbouring zone)."""
-    lon, _ = grid.centre_lonlat(tile)
-    return 3.0 - abs(lon - zone_central_meridian(tile.zone))
+_ONE_US = datetime(1970, 1, 1, 0, 0, 0, 1) - datetime(1970, 1, 1)
 
 
-def _one_delivery_per_product(scenes: list[dict[str, Any]], config: IngestConfig,
-                              removed: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Steps 1-2: set other-level S2 aside; keep one delivery per product id (a SAFE
-    before its COG twin, then by location)."""
-    by_product: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for s in scenes:
-        if s["sensor"] == "s2" and s["level"] != config.s2_level:
-            removed["other_level"].append({"product_id": s["product_id"], "location": s["location"],
-                                           "why": f"{s['level']} product; s2_level is {config.s2_level}"})
+@lru_cache(maxsize=8192)
+def _footprint(wkb: bytes) -> shapely.Geometry:
+    return shapely.from_wkb(wkb)
+
+
+# ---------------------------------------------------------------------------- steps 1-2
+
+def _one_delivery_per_product(sc: Scenes, config: IngestConfig, removed: dict[str, Removed]) -> np.ndarray:
+    """Steps 1-2: set other-level S2 aside; keep one delivery per product id (a SAFE before its
+    COG twin, then by location). Returns the kept rows (indices into ``sc``), sorted."""
+    other_level = (sc.sensor == "s2") & np.array([lv != config.s2_level for lv in sc.level], dtype=bool)
+    removed["other_level"].add(other_level.sum(), (
+        {"product_id": sc.product_id[k], "location": sc.location[k],
+         "why": f"{sc.level[k]} product; s2_level is {config.s2_level}"} for k in np.flatnonzero(other_level)))
+    rows = np.flatnonzero(~other_level & (sc.sensor != "landcover"))
+    location_rank = _ranks(sc.location)
+    sensor_rank = _ranks(list(sc.sensor))
+    order = rows[np.lexsort((location_rank[rows], sc.has_source_id[rows], sc.pid_rank[rows], sensor_rank[rows]))]
+    first = _group_starts(sensor_rank[order], sc.pid_rank[order])
+    kept_copy = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+    dups = np.flatnonzero(~first)
+    removed["duplicate_product"].add(len(dups), (
+        {"product_id": sc.product_id[order[d]], "location": sc.location[order[d]],
+         "why": f"same product as {sc.location[order[kept_copy[d]]]}"} for d in dups))
+    return np.sort(np.concatenate([order[first], np.flatnonzero(sc.sensor == "landcover")]))
+
+
+# ---------------------------------------------------------------------------- regions
+
+@dataclass(frozen=True, order=True)
+class Region:
+    """A plan region: ``size`` × ``size`` tiles of one zone's grid (``col // size``, ``row // size``)."""
+
+    zone: int
+    south: bool
+    rc: int
+    rr: int
+    size: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.rc * self.size, (self.rc + 1) * self.size, self.rr * self.size, (self.rr + 1) * self.size)
+
+    def __str__(self) -> str:
+        return f"{self.zone:02d}{'s' if self.south else 'n'}_{self.rc}_{self.rr}"
+
+    def tiles_of(self, keys: np.ndarray) -> np.ndarray:
+        """The tile keys (of ``keys``) inside this region."""
+        zone, south, col, row = key_parts(keys)
+        w = self.window
+        inside = (zone == self.zone) & (south == self.south) & (col >= w.col0) & (col < w.col1) & \
+            (row >= w.row0) & (row < w.row1)
+        return keys[inside]
+
+
+def region_ids(keys: np.ndarray, size: int) -> list[str]:
+    """The plan region id of each tile key (``32n_3_105``: zone, hemisphere, col // size, row // size)."""
+    zone, south, col, row = key_parts(keys)
+    return [f"{z:02d}{'s' if s else 'n'}_{c}_{r}" for z, s, c, r in
+            zip(zone.tolist(), south.tolist(), (col // size).tolist(), (row // size).tolist())]
+
+
+def _regions_touched(grid: Grid, footprint: shapely.Geometry, size: int, margin_deg: float) -> list[Region]:
+    """Regions whose tiles a footprint may cover (from its bounds in each zone: a superset)."""
+    found = []
+    region_m = size * grid.tile_m
+    for zone, south in zones_touched(footprint, margin_deg):
+        part = shapely.intersection(footprint, _band_box(zone, south, margin_deg))
+        if part.is_empty or part.area == 0:
             continue
-        by_product[(s["sensor"], s["product_id"])].append(s)
-    kept: list[dict[str, Any]] = []
-    for (sensor, pid), copies in sorted(by_product.items()):
-        if sensor == "landcover":
-            kept.extend(copies)
-            continue
-        copies = sorted(copies, key=lambda s: (s.get("source_id") is not None, s["location"]))
-        kept.append(copies[0])
-        for dup in copies[1:]:
-            removed["duplicate_product"].append({"product_id": pid, "location": dup["location"],
-                                                 "why": f"same product as {copies[0]['location']}"})
-    return kept
+        x0, y0, x1, y1 = lonlat_to_utm(part, zone_epsg(zone, south)).bounds
+        for rc in range(max(int(x0 // region_m), 0), int(x1 // region_m) + 1):
+            for rr in range(max(int(y0 // region_m), 0), int(y1 // region_m) + 1):
+                found.append(Region(zone, south, rc, rr, size))
+    return found
 
 
-def _drop_zone_edge_duplicates(grid: Grid, tiles: list[TileId], polys: dict[TileId, shapely.Polygon],
-                               min_iou: float, removed: dict[str, list[dict[str, Any]]]) -> set[TileId]:
-    """Step 5: visit tiles deepest-in-their-zone first; drop a tile whose footprint overlaps
-    an already kept tile of another zone by IoU >= ``min_iou``. Returns the kept tiles."""
-    tree = shapely.STRtree([polys[t] for t in tiles])
-    kept: set[TileId] = set()
-    for t in sorted(tiles, key=lambda t: (-_depth_in_zone(grid, t), t)):
+def _band_box(zone: int, south: bool, margin_deg: float) -> shapely.Polygon:
+    west = zone_central_meridian(zone) - 3.0
+    lat0, lat1 = (-90.0, 0.0) if south else (0.0, 90.0)
+    return shapely.box(west - margin_deg, max(lat0 - margin_deg, -90.0), west + 6.0 + margin_deg, min(lat1 + margin_deg, 90.0))
+
+
+def scenes_by_region(grid: Grid, sc: Scenes, rows: np.ndarray, size: int, margin_deg: float
+                     ) -> dict[Region, list[int]]:
+    """Region -> the scene rows (of ``rows``) whose footprint may cover its tiles."""
+    out: dict[Region, list[int]] = defaultdict(list)
+    by_wkb: dict[bytes, list[Region]] = {}
+    for k in rows.tolist():
+        wkb = sc.footprint_wkb[k]
+        if wkb not in by_wkb:
+            by_wkb[wkb] = _regions_touched(grid, sc.footprint(k), size, margin_deg)
+        for region in by_wkb[wkb]:
+            out[region].append(k)
+    return out
+
+
+# ---------------------------------------------------------------------------- candidate (tile, scene) pairs
+
+@dataclass
+class Pairs:
+    """Candidate (tile, scene) pairs: int64 tile keys, scene rows, coverage 0..1."""
+
+    tile: np.ndarray
+    scene: np.ndarray
+    coverage: np.ndarray
+
+    def take(self, index: np.ndarray) -> "Pairs":
+        return Pairs(self.tile[index], self.scene[index], self.coverage[index])
+
+    def __len__(self) -> int:
+        return len(self.tile)
+
+
+def covered_pairs(grid: Grid, sc: Scenes, rows: list[int], region: Region, margin_deg: float) -> Pairs:
+    """Every (tile of ``region``, scene) pair with the tile's coverage by the scene."""
+    tiles, scenes, covs = [], [], []
+    cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # one MGRS footprint serves ~60 dates
+    for k in rows:
+        wkb = sc.footprint_wkb[k]
+        if wkb not in cache:
+            cache[wkb] = footprint_cells(grid, sc.footprint(k), region.zone, region.south,
+                                         margin_deg=margin_deg, window=region.window)
+        keys, cov = cache[wkb]
+        tiles.append(keys)
+        scenes.append(np.full(len(keys), k, dtype=np.int64))
+        covs.append(cov)
+    if not tiles:
+        return Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    return Pairs(np.concatenate(tiles), np.concatenate(scenes), np.concatenate(covs))
+
+
+def one_per_acquisition(pairs: Pairs, sc: Scenes, removed: dict[str, Removed]) -> Pairs:
+    """Step 4: per tile and acquisition the product covering the tile best (then: already in
+    the tile's CRS, newest baseline, product id)."""
+    if not len(pairs):
+        return pairs
+    zone, south, _, _ = key_parts(pairs.tile)
+    other_crs = sc.epsg[pairs.scene] != (np.where(south, 32700, 32600) + zone)
+    acq = sc.acquisition[pairs.scene]
+    order = np.lexsort((sc.pid_rank[pairs.scene], -sc.baseline[pairs.scene], other_crs,
+                        -np.round(pairs.coverage, 6), acq, pairs.tile))
+    p = pairs.take(order)
+    first = _group_starts(p.tile, acq[order])
+    winner = np.maximum.accumulate(np.where(first, np.arange(len(p)), 0))
+    losers = np.flatnonzero(~first)
+    if len(losers):
+        a, b = p.scene[winner[losers]], p.scene[losers]
+        same_mgrs = (sc.mgrs_code[a] >= 0) & (sc.mgrs_code[a] == sc.mgrs_code[b])
+        for reason, sel in (("reprocessed_baseline", same_mgrs), ("same_acquisition", ~same_mgrs)):
+            idx = losers[sel]
+            removed[reason].add(len(idx), (
+                {"tile_id": str(tile_of(int(p.tile[d]))), "product_id": sc.product_id[p.scene[d]],
+                 "why": f"{(sc.datetime[p.scene[d]] or '')[:19]} also in {sc.product_id[p.scene[winner[d]]]} "
+                        f"(coverage {p.coverage[winner[d]]:.2f} vs {p.coverage[d]:.2f})"} for d in idx[:REMOVED_EXAMPLES]))
+    return p.take(np.flatnonzero(first))
+
+
+# ---------------------------------------------------------------------------- step 5: zone edges
+
+def zone_edge_duplicates(grid: Grid, keys: np.ndarray, min_iou: float, removed: dict[str, Removed]) -> np.ndarray:
+    """Step 5: of candidate tiles (int64 keys), those to drop as near-duplicates of a tile of a
+    neighbouring zone. Only tiles near a zone edge can overlap another zone's tiles, so only
+    they are compared: visited deepest-in-their-zone first, a tile is dropped when it overlaps
+    an already kept tile of another zone by IoU >= ``min_iou`` (shapely STRtree)."""
+    keys = np.unique(keys)
+    if not len(keys):
+        return keys
+    lon, lat = tile_centres_lonlat(grid, keys)
+    zone, _, _, _ = key_parts(keys)
+    depth = 3.0 - np.abs(lon - (-183.0 + 6.0 * zone))  # degrees to the zone's nearest edge
+    # a tile reaches at most its diagonal from its centre: tiles deeper than two diagonals
+    # (in degrees of longitude at their latitude) overlap no other zone's tile
+    reach_deg = 2 * math.sqrt(2) * grid.tile_m / (111_320.0 * np.maximum(np.cos(np.radians(lat)), 0.01))
+    edge = depth < reach_deg
+    if not edge.any():
+        return np.empty(0, np.int64)
+    tiles = [tile_of(int(k)) for k in keys[edge]]
+    depth_edge = depth[edge]
+    polys = [grid.footprint_lonlat(t) for t in tiles]
+    tree = shapely.STRtree(polys)
+    kept: set[int] = set()
+    dropped = []
+    for i in sorted(range(len(tiles)), key=lambda i: (-depth_edge[i], tiles[i])):
         clash = None
-        for h in tree.query(polys[t], predicate="intersects"):
-            other = tiles[h]
-            if other.zone == t.zone or other not in kept:
+        for h in tree.query(polys[i], predicate="intersects"):
+            if tiles[h].zone == tiles[i].zone or h not in kept:
                 continue
-            inter = shapely.area(shapely.intersection(polys[t], polys[other]))
-            iou = inter / (shapely.area(polys[t]) + shapely.area(polys[other]) - inter)
+            inter = shapely.area(shapely.intersection(polys[i], polys[h]))
+            iou = inter / (shapely.area(polys[i]) + shapely.area(polys[h]) - inter)
             if iou >= min_iou:
-                clash = (other, iou)
+                clash = (tiles[h], iou)
                 break
         if clash:
-            removed["zone_edge_overlap"].append({"tile_id": str(t), "why": f"IoU {clash[1]:.2f} with {clash[0]}"})
+            dropped.append(i)
+            removed["zone_edge_overlap"].add(1, [{"tile_id": str(tiles[i]), "why": f"IoU {clash[1]:.2f} with {clash[0]}"}])
         else:
-            kept.add(t)
-    return kept
+            kept.add(i)
+    return np.sort(keys[edge][np.asarray(dropped, dtype=np.int64)]) if dropped else np.empty(0, np.int64)
 
 
-def plan_ingest(scenes: list[dict[str, Any]], config: IngestConfig) -> Plan:
-    """Plan samples from scene rows (``scan`` output); see the module docstring."""
-    grid = config.grid
-    removed: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    errors: list[dict[str, Any]] = []
+def _edge_candidates(grid: Grid, sc: Scenes, s2_rows: np.ndarray, config: IngestConfig) -> np.ndarray:
+    """Candidate tiles (coverage >= the minimum by some S2 scene) near a zone edge, from the S2
+    footprints that come near one: the input of :func:`zone_edge_duplicates`, planned once
+    for the whole archive before the regions (which then agree on every zone-edge decision)."""
+    found = []
+    seen: set[bytes] = set()
+    threshold = max(config.min_scene_coverage, 1e-9)
+    for k in s2_rows.tolist():
+        wkb = sc.footprint_wkb[k]
+        if wkb in seen:
+            continue
+        seen.add(wkb)
+        fp = sc.footprint(k)
+        lon0, lat0, lon1, lat1 = fp.bounds
+        reach = 3 * grid.tile_m / (111_320.0 * max(math.cos(math.radians(max(abs(lat0), abs(lat1)))), 0.01))
+        edges = np.arange(math.floor((lon0 + 180) / 6) * 6 - 180, lon1 + 6, 6.0)
+        if not np.any((edges > lon0 - reach) & (edges < lon1 + reach)):
+            continue
+        for zone, south in zones_touched(fp):
+            keys, cov = footprint_cells(grid, fp, zone, south)
+            keys = keys[cov >= threshold]
+            if len(keys):
+                found.append(keys)
+    return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
 
-    kept = _one_delivery_per_product(scenes, config, removed)
-    s2 = [s for s in kept if s["sensor"] == "s2"]
-    s1 = [s for s in kept if s["sensor"] == "s1"]
-    lcs = [s for s in kept if s["sensor"] == "landcover"]
-    footprints = {s["scene"]: shapely.from_wkb(s["footprint"]) for s in kept}
 
-    # 3: tiles per S2 scene, with coverage.
-    cover: dict[TileId, dict[int, float]] = defaultdict(dict)  # tile -> s2 scene -> coverage
-    polys: dict[TileId, shapely.Polygon] = {}
-    for s in s2:
-        fp = footprints[s["scene"]]
-        tiles = grid.tiles_covering(fp)
-        new = [t for t in tiles if t not in polys]
-        polys.update(zip(new, tile_footprints(grid, new)))
-        cov = _coverage(np.array([polys[t] for t in tiles], dtype=object), fp) if tiles else []
-        for t, c in zip(tiles, cov):
-            if c >= max(config.min_scene_coverage, 1e-9):
-                cover[t][s["scene"]] = float(c)
-    by_scene = {s["scene"]: s for s in kept}
+# ---------------------------------------------------------------------------- step 6: pairing
 
-    # 4: one product per (tile, acquisition).
-    def _best(tile: TileId, ids: list[int], coverage: dict[int, float]) -> list[int]:
-        groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-        for i in ids:
-            groups[_acquisition(by_scene[i])].append(i)
-        keep = []
-        for acq, members in sorted(groups.items()):
-            members.sort(key=lambda i: (-round(coverage[i], 6), by_scene[i]["epsg"] != tile.epsg,
-                                        -float(by_scene[i].get("baseline") or 0), by_scene[i]["product_id"]))
-            keep.append(members[0])
-            for other in members[1:]:
-                a, b = by_scene[members[0]], by_scene[other]
-                reason = "reprocessed_baseline" if a.get("mgrs_tile") and a.get("mgrs_tile") == b.get("mgrs_tile") \
-                    else "same_acquisition"
-                removed[reason].append({"tile_id": str(tile), "product_id": b["product_id"],
-                                        "why": f"{acq[2]} also in {a['product_id']} (coverage "
-                                               f"{coverage[members[0]]:.2f} vs {coverage[other]:.2f})"})
-        return keep
+def _time_join(left_group: np.ndarray, left_time: np.ndarray, right_group: np.ndarray, right_time: np.ndarray,
+               max_us: float) -> tuple[np.ndarray, np.ndarray]:
+    """All (left, right) index pairs of equal group whose times differ by at most ``max_us``
+    (plus up to a second: callers filter exactly). A sorted join: O((n + m) log m + matches)."""
+    order = np.lexsort((right_time, right_group))
+    g, t = right_group[order], right_time[order] // 1_000_000
+    lt = left_time // 1_000_000
+    span = int(max_us // 1_000_000) + 2
+    # composite key: group in the high bits, seconds since the earliest time in the low 40 bits
+    t0 = min(int(t.min()) if len(t) else 0, int(lt.min()) if len(lt) else 0) - span
+    composite = (g << 40) | (t - t0)
+    lo = np.searchsorted(composite, (left_group << 40) | (lt - span - t0), side="left")
+    hi = np.searchsorted(composite, (left_group << 40) | (lt + span - t0), side="right")
+    counts = hi - lo
+    left = np.repeat(np.arange(len(left_group)), counts)
+    right = order[np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())] if counts.sum() else \
+        np.empty(0, np.int64)
+    return left, right
 
-    candidates = {t: _best(t, sorted(c), c) for t, c in sorted(cover.items())}
-    candidates = {t: c for t, c in candidates.items() if c}
 
-    kept_tiles = _drop_zone_edge_duplicates(grid, sorted(candidates), polys, config.zone_overlap_iou, removed)
+@dataclass
+class RegionPlan:
+    """What one region's planning returns: its rows (no split/shard yet) and its bookkeeping."""
 
-    # 6: S1 candidates per tile (one product per acquisition).
-    s1_cover: dict[TileId, dict[int, float]] = defaultdict(dict)
-    final_tiles = sorted(kept_tiles)
-    final_polys = np.array([polys[t] for t in final_tiles], dtype=object)
-    for s in s1:
-        cov = _coverage(final_polys, footprints[s["scene"]]) if final_tiles else []
-        for t, c in zip(final_tiles, cov):
-            if c >= max(config.min_scene_coverage, 1e-9):
-                s1_cover[t][s["scene"]] = float(c)
-    s1_seen: dict[int, set[str]] = defaultdict(set)  # S1 scene -> what happened on each tile
-    dts: list[float] = []
-    rows: list[dict[str, Any]] = []
-    times = {s["scene"]: parse_time(s["datetime"]) for s in kept if s["datetime"]}
-    for t in final_tiles:
-        s1_ids = _best(t, sorted(s1_cover.get(t, {})), s1_cover.get(t, {})) if s1_cover.get(t) else []
-        s2_ids = candidates[t]
+    columns: dict[str, np.ndarray]
+    landcover: tuple[np.ndarray, np.ndarray]  # (tile keys, land-cover scene ids), sorted
+    removed: dict[str, Removed]
+    s1_status: tuple[np.ndarray, np.ndarray]  # (S1 rows, their best status code here: see S1_STATUS)
+    lc_used: np.ndarray  # land-cover rows that label some tile
 
-        def pair(i: int, direction: str) -> tuple[int, float] | None:
-            best = None
-            for j in s1_ids:
-                if by_scene[j]["orbit_direction"] != direction:
-                    continue
-                dt = (times[j] - times[i]).total_seconds() / 86400.0
-                if abs(dt) <= config.max_dt_days:
-                    key = (abs(dt), -s1_cover[t][j], by_scene[j]["product_id"])
-                    if best is None or key < best[0]:
-                        best = (key, j, dt)
-            return (best[1], best[2]) if best else None
 
-        if config.orbit_direction == "auto":
-            counts = {d: sum(pair(i, d) is not None for i in s2_ids) for d in ("descending", "ascending")}
-            direction = max(counts, key=lambda d: (counts[d], d == "descending"))
-        else:
-            direction = config.orbit_direction
-        pairs = {i: pair(i, direction) for i in s2_ids}
-        for j in s1_ids:
-            near = any(abs((times[j] - times[i]).total_seconds()) <= config.max_dt_days * 86400 for i in s2_ids)
-            s1_seen[j].add("not_chosen" if near and by_scene[j]["orbit_direction"] == direction
-                           else "other_orbit_direction" if near else "far_in_time")
-        pool = [i for i in s2_ids if config.keep_unpaired_s2 or pairs[i]]
-        by_season: dict[int, list[int]] = defaultdict(list)
-        for i in pool:
-            by_season[season_of(times[i], config.seasons)].append(i)
-        chosen = []
-        for season, members in sorted(by_season.items()):
-            members.sort(key=lambda i: (by_scene[i]["cloud_percentage"] if by_scene[i]["cloud_percentage"] is not None else 101.0,
-                                        pairs[i] is None, -round(cover[t][i], 6), by_scene[i]["datetime"]))
-            chosen.append((season, members[0]))
-        chosen.sort(key=lambda x: times[x[1]])
-        for step, (season, i) in enumerate(chosen):
-            s = by_scene[i]
-            p = pairs[i]
-            if p:
-                s1_seen[p[0]].add("used")
-                dts.append(p[1])
-            rows.append({
-                "tile_id": str(t), "epsg": t.epsg, "step": step, "season": season,
-                "s2_scene": i, "s2_product_id": s["product_id"], "s2_datetime": s["datetime"],
-                "s2_coverage": cover[t][i], "cloud_percentage": s["cloud_percentage"],
-                "s1_scene": p[0] if p else None, "s1_product_id": by_scene[p[0]]["product_id"] if p else None,
-                "s1_datetime": by_scene[p[0]]["datetime"] if p else None, "dt_days": p[1] if p else None,
-                "orbit_direction": by_scene[p[0]]["orbit_direction"] if p else None,
-            })
-    s1_status = {}
-    for s in s1:
-        seen = s1_seen.get(s["scene"], set())
-        status = next((k for k in ("used", "not_chosen", "other_orbit_direction", "far_in_time") if k in seen), "no_tile")
-        s1_status[s["scene"]] = status
-        if status != "used":
-            why = {"far_in_time": f"no S2 within {config.max_dt_days:g} days on any tile",
-                   "other_orbit_direction": "its tiles pair with the other orbit direction",
-                   "not_chosen": "another S1 is nearer in time on every tile",
-                   "no_tile": "covers no planned tile"}[status]
-            removed[f"s1_{status}"].append({"product_id": s["product_id"], "why": why})
+#: S1 fates, best first: a scene's status is the best it reached on any tile.
+S1_STATUS = ("used", "not_chosen", "other_orbit_direction", "far_in_time")
+S1_WHY = {"far_in_time": "no S2 within {max_dt:g} days on any tile",
+          "other_orbit_direction": "its tiles pair with the other orbit direction",
+          "not_chosen": "another S1 is nearer in time on every tile",
+          "no_tile": "covers no planned tile"}
 
-    # Labels: land-cover rasters intersecting each tile.
-    lc_tiles: dict[str, list[int]] = defaultdict(list)
-    for lc in lcs:
-        hits = [t for t, p in zip(final_tiles, final_polys) if shapely.intersects(p, footprints[lc["scene"]])]
-        if not hits:
-            errors.append(error_row(lc["paths"][0], "plan", "land-cover raster overlaps no planned tile "
-                                    "(check its extent and CRS against the S2 scenes)", lc["product_id"]))
-        for t in hits:
-            lc_tiles[str(t)].append(lc["scene"])
 
-    assign_splits_and_shards(rows, lc_tiles, config)
-    scenes_used = {r["s2_scene"] for r in rows}
-    pairing = {
-        "steps": len(rows), "paired_steps": sum(r["s1_scene"] is not None for r in rows),
-        "dt_days": dts, "s1_scenes": len(s1), "s1_used": sum(v == "used" for v in s1_status.values()),
-        "s2_scenes_used": len(scenes_used),
+def plan_region(grid: Grid, sc: Scenes, region: Region, s2: list[int], s1: list[int], lcs: list[int],
+                edge_drops: np.ndarray, config: IngestConfig) -> RegionPlan:
+    """Steps 3-7 for the tiles of one region."""
+    removed: dict[str, Removed] = defaultdict(Removed)
+    threshold = max(config.min_scene_coverage, 1e-9)
+    # 3-4: S2 candidates
+    cand = covered_pairs(grid, sc, s2, region, 0.0)
+    cand = one_per_acquisition(cand.take(np.flatnonzero(cand.coverage >= threshold)), sc, removed)
+    # 5: zone-edge duplicates, decided for the whole archive beforehand
+    cand = cand.take(np.flatnonzero(~np.isin(cand.tile, edge_drops)))
+    final = np.unique(cand.tile)
+    # 6: S1 candidates on the final tiles, one product per acquisition
+    s1p = covered_pairs(grid, sc, s1, region, CROSS_ZONE_MARGIN_DEG)
+    s1p = s1p.take(np.flatnonzero((s1p.coverage >= threshold) & np.isin(s1p.tile, final)))
+    s1p = one_per_acquisition(s1p, sc, removed)
+
+    tile_index = np.searchsorted(final, cand.tile)
+    s1_tile_index = np.searchsorted(final, s1p.tile)
+    s2_time, s1_time = sc.time_us[cand.scene], sc.time_us[s1p.scene]
+    s1_desc = sc.descending[s1p.scene]
+    max_us = config.max_dt_days * 86400 * 1e6
+
+    def best_s1(direction_desc: np.ndarray) -> np.ndarray:
+        """For each S2 candidate, the S1 pair (index into s1p) of the given direction nearest
+        in time within max_dt_days (then better covered, then product id); -1 if none."""
+        group_left = tile_index * 2 + direction_desc.astype(np.int64)
+        group_right = s1_tile_index * 2 + s1_desc.astype(np.int64)
+        left, right = _time_join(group_left, s2_time, group_right, s1_time, max_us)
+        dt = (s1_time[right] - s2_time[left]) / 1e6 / 86400.0
+        ok = np.abs(dt) <= config.max_dt_days
+        left, right, dt = left[ok], right[ok], dt[ok]
+        order = np.lexsort((sc.pid_rank[s1p.scene[right]], -s1p.coverage[right], np.abs(dt), left))
+        left, right = left[order], right[order]
+        first = _group_starts(left)
+        best = np.full(len(cand), -1, dtype=np.int64)
+        best[left[first]] = right[first]
+        return best
+
+    if config.orbit_direction == "auto":
+        best_desc, best_asc = best_s1(np.ones(len(cand), bool)), best_s1(np.zeros(len(cand), bool))
+        n_desc = np.bincount(tile_index, weights=best_desc >= 0, minlength=len(final))
+        n_asc = np.bincount(tile_index, weights=best_asc >= 0, minlength=len(final))
+        tile_desc = n_desc >= n_asc
+        pair = np.where(tile_desc[tile_index], best_desc, best_asc)
+    else:
+        tile_desc = np.full(len(final), config.orbit_direction == "descending")
+        pair = best_s1(tile_desc[tile_index])
+
+    # S1 fates: near = some S2 candidate of the tile within max_dt_days
+    left, right = _time_join(s1_tile_index, s1_time, tile_index, s2_time, max_us)
+    close = np.abs((s1_time[left] - s2_time[right]) / 1e6) <= config.max_dt_days * 86400
+    near = np.zeros(len(s1p), dtype=bool)
+    near[left[close]] = True
+    status = np.where(near & (s1_desc == tile_desc[s1_tile_index]), 1, np.where(near, 2, 3))
+
+    # 7: per tile and season the clearest S2 candidate
+    paired = pair >= 0
+    pool = np.flatnonzero(paired | config.keep_unpaired_s2)
+    season = ((sc.month[cand.scene[pool]] % 12) * config.seasons) // 12
+    cloud = np.nan_to_num(sc.cloud[cand.scene[pool]], nan=101.0)
+    order = np.lexsort((sc.datetime_rank[cand.scene[pool]], -np.round(cand.coverage[pool], 6), ~paired[pool],
+                        cloud, season, tile_index[pool]))
+    first = _group_starts(tile_index[pool][order], season[order])
+    chosen, chosen_season = pool[order][first], season[order][first]
+    order = np.lexsort((s2_time[chosen], tile_index[chosen]))
+    chosen, chosen_season = chosen[order], chosen_season[order]
+    tile_of_step = tile_index[chosen]
+    step = np.arange(len(chosen)) - np.searchsorted(tile_of_step, tile_of_step)
+    s1_chosen = pair[chosen]
+    has_s1 = s1_chosen >= 0
+    used = s1_chosen[has_s1]
+    status[used] = 0
+    order = np.lexsort((status, s1p.scene))
+    first = _group_starts(s1p.scene[order])
+    s1_status = (s1p.scene[order][first], status[order][first])  # each S1 row's best fate here
+
+    s2_rows = cand.scene[chosen]
+    s1_rows = np.full(len(chosen), -1, dtype=np.int64)
+    s1_rows[has_s1] = s1p.scene[s1_chosen[has_s1]]
+    dt_days = np.where(has_s1, (sc.time_us[np.maximum(s1_rows, 0)] - s2_time[chosen]) / 1e6 / 86400.0, np.nan)
+    columns = {
+        "tile": cand.tile[chosen], "step": step.astype(np.int16), "season": chosen_season.astype(np.int8),
+        "s2_row": s2_rows, "s2_coverage": cand.coverage[chosen], "s1_row": s1_rows, "dt_days": dt_days,
     }
-    return Plan(rows, dict(removed), errors, pairing)
+
+    # labels: land-cover rasters intersecting each final tile
+    lc_pairs = covered_pairs(grid, sc, lcs, region, CROSS_ZONE_MARGIN_DEG)
+    lc_pairs = lc_pairs.take(np.flatnonzero(np.isin(lc_pairs.tile, final)))
+    lc_ids = sc.ids[lc_pairs.scene]
+    order = np.lexsort((lc_ids, lc_pairs.tile))
+    return RegionPlan(columns, (lc_pairs.tile[order], lc_ids[order]), dict(removed), s1_status,
+                      np.unique(lc_pairs.scene))
 
 
-def assign_splits_and_shards(rows: list[dict[str, Any]], lc_tiles: dict[str, list[int]], config: IngestConfig) -> None:
-    """Add ``split``, ``shard``, ``position`` and ``landcover_scenes`` to rows (in place) and
-    sort them by (split, shard, position, step)."""
-    tiles = sorted({r["tile_id"] for r in rows})
-    parsed = {t: TileId.parse(t) for t in tiles}
+# ---------------------------------------------------------------------------- the whole plan
+
+def plan_ingest(scenes: list[dict[str, Any]] | pa.Table, config: IngestConfig, *,
+                region_tiles: int | None = None, engine: Any = None) -> Plan:
+    """Plan samples from scene rows (``scan`` output or ``scenes.parquet``); see the module
+    docstring. ``region_tiles`` overrides ``config.plan_region_tiles``; ``engine`` (an
+    :class:`~eoforge.ingest.engine.Engine`) plans the regions as Dask tasks, else they run
+    here one after another. The result is the same for every region size and worker count."""
+    grid = config.grid
+    size = region_tiles or config.plan_region_tiles
+    sc = Scenes(scenes)
+    removed: dict[str, Removed] = defaultdict(Removed)
+    errors: list[dict[str, Any]] = []
+    kept = _one_delivery_per_product(sc, config, removed)
+    s2_rows = kept[sc.sensor[kept] == "s2"]
+    s1_rows = kept[sc.sensor[kept] == "s1"]
+    lc_rows = kept[sc.sensor[kept] == "landcover"]
+
+    edge_drops = zone_edge_duplicates(grid, _edge_candidates(grid, sc, s2_rows, config), config.zone_overlap_iou, removed)
+    s2_by_region = scenes_by_region(grid, sc, s2_rows, size, 0.0)
+    s1_by_region = scenes_by_region(grid, sc, s1_rows, size, CROSS_ZONE_MARGIN_DEG)
+    lc_by_region = scenes_by_region(grid, sc, lc_rows, size, CROSS_ZONE_MARGIN_DEG)
+
+    regions = sorted(s2_by_region)
+    payloads = [_region_payload(sc, region, s2_by_region[region], s1_by_region.get(region, []),
+                                lc_by_region.get(region, []), edge_drops, config) for region in regions]
+    if engine is None:
+        results: Iterator[Any] = map(plan_region_task, payloads)
+    else:
+        results = iter(engine.map(plan_region_task, payloads, desc="plan", unit="region", key_prefix="plan"))
+    parts: list[dict[str, np.ndarray]] = []
+    lc_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    s1_best = np.full(len(sc), len(S1_STATUS), dtype=np.int64)  # per scene row; len(S1_STATUS): no tile
+    lc_used = np.zeros(len(sc), dtype=bool)
+    for region, rp in zip(regions, results):
+        if isinstance(rp, BaseException):
+            raise RuntimeError(f"planning region {region} failed: {type(rp).__name__}: {rp}") from rp
+        parts.append(rp.columns)
+        lc_parts.append(rp.landcover)
+        for reason, r in rp.removed.items():
+            removed[reason].add(r.count, r.examples)
+        np.minimum.at(s1_best, rp.s1_status[0], rp.s1_status[1])
+        lc_used[rp.lc_used] = True
+
+    for k in s1_rows.tolist():
+        status = S1_STATUS[s1_best[k]] if s1_best[k] < len(S1_STATUS) else "no_tile"
+        if status != "used":
+            removed[f"s1_{status}"].add(1, [{"product_id": sc.product_id[k],
+                                             "why": S1_WHY[status].format(max_dt=config.max_dt_days)}])
+    for k in lc_rows.tolist():
+        if not lc_used[k]:
+            errors.append(error_row(sc.first_path[k], "plan", "land-cover raster overlaps no planned tile "
+                                    "(check its extent and CRS against the S2 scenes)", sc.product_id[k]))
+
+    columns = {name: np.concatenate([p.pop(name) for p in parts]) if parts else np.empty(0, np.int64)
+               for name in ("tile", "step", "season", "s2_row", "s2_coverage", "s1_row", "dt_days")}
+    del parts
+    paired = columns["s1_row"] >= 0
+    landcover = (np.concatenate([t for t, _ in lc_parts]) if lc_parts else np.empty(0, np.int64),
+                 np.concatenate([i for _, i in lc_parts]) if lc_parts else np.empty(0, np.int64))
+    rows = _rows_table(sc, columns, landcover, config)
+    pairing = {
+        "steps": rows.num_rows, "paired_steps": int(paired.sum()), "dt_days": columns["dt_days"][paired].astype(np.float64), "s1_scenes": len(s1_rows), "s1_used": int((s1_best == 0).sum()),
+        "s2_scenes_used": len(np.unique(columns["s2_row"])),
+    }
+    return Plan(rows, {k: v for k, v in removed.items() if v.count}, errors, pairing, regions=len(regions))
+
+
+
+def write_plan(rows: pa.Table, path: str | os.PathLike[str], batch_rows: int = 1 << 20) -> None:
+    """``plan.parquet``, its text columns as plain strings (pyarrow's dictionary-column writes
+    are not byte-reproducible), converted a batch at a time; atomic, no fsync (a working table,
+    rewritten by every run)."""
+    path = Path(path)
+    schema = pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+                        for f in PLAN_SCHEMA])
+    tmp = path.with_name(path.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, max(rows.num_rows, 1), batch_rows):
+            writer.write_table(rows.slice(start, batch_rows).cast(schema), row_group_size=batch_rows)
+    os.replace(tmp, path)
+
+
+def _region_payload(sc: Scenes, region: Region, s2: list[int], s1: list[int], lcs: list[int],
+                    edge_drops: np.ndarray, config: IngestConfig) -> tuple[Any, ...]:
+    """What one region's task gets: the scenes that touch it (and their rows in the inventory)."""
+    rows = np.asarray(sorted(set(s2) | set(s1) | set(lcs)), dtype=np.int64)
+    local = {int(k): i for i, k in enumerate(rows.tolist())}
+
+    def remap(ks: list[int]) -> list[int]:
+        return [local[k] for k in ks]
+
+    return region, sc.take(rows), rows, remap(s2), remap(s1), remap(lcs), region.tiles_of(edge_drops), config
+
+
+def plan_region_task(payload: tuple[Any, ...]) -> "RegionPlan":
+    """Plan one region (a Dask task): :func:`plan_region`, scene rows mapped back to the inventory's."""
+    region, sc, rows, s2, s1, lcs, edge_drops, config = payload
+    rp = plan_region(config.grid, sc, region, s2, s1, lcs, edge_drops, config)
+    # int32 rows: the client gathers every region's columns (~40 bytes per planned step)
+    rp.columns["s2_row"] = rows[rp.columns["s2_row"]].astype(np.int32)
+    rp.columns["s1_row"] = np.where(rp.columns["s1_row"] >= 0, rows[np.maximum(rp.columns["s1_row"], 0)], -1).astype(np.int32)
+    rp.s1_status = (rows[rp.s1_status[0]], rp.s1_status[1])
+    rp.lc_used = rows[rp.lc_used]
+    return rp
+
+
+def _rows_table(sc: Scenes, c: dict[str, np.ndarray], landcover: tuple[np.ndarray, np.ndarray],
+                config: IngestConfig) -> pa.Table:
+    """The plan rows as :data:`PLAN_SCHEMA`, with split, shard and position, in shard order.
+    ``landcover``: (tile keys, land-cover scene ids) pairs."""
+    n = len(c["tile"])
+    if not n:
+        return PLAN_SCHEMA.empty_table()
+    split, shard, position = assign_splits_and_shards(c["tile"].astype(np.int64), config)
+    order = np.lexsort((c["step"], position, shard, split != "train"))
+    c = {k: v[order] for k, v in c.items()}
+    split, shard, position = split[order], shard[order], position[order]
+    tile = c["tile"].astype(np.int64)
+    s2, s1 = c["s2_row"].astype(np.int64), c["s1_row"].astype(np.int64)
+    no_s1 = s1 < 0
+    s1_or_0 = np.maximum(s1, 0)
+    zone, south, _, _ = key_parts(tile)
+    tiles, tile_index = np.unique(tile, return_inverse=True)
+
+    def strings(values: list[Any], index: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+        """``values[index]`` as a dictionary column holding only the values used, in first-use order."""
+        used, first = np.unique(index if mask is None else index[~mask], return_index=True)
+        used = used[np.argsort(first)]
+        code = np.zeros(len(values) if len(values) else 1, dtype=np.int32)
+        code[used] = np.arange(len(used), dtype=np.int32)
+        indices = pa.array(code[index], pa.int32(), mask=mask)
+        return pa.DictionaryArray.from_arrays(indices, pa.array([values[k] for k in used.tolist()], pa.string()))
+
+    lc_tile, lc_id = landcover
+    lc_order = np.lexsort((lc_id, lc_tile))
+    lc_tile, lc_id = lc_tile[lc_order], lc_id[lc_order]
+    lo, hi = np.searchsorted(lc_tile, tile, "left"), np.searchsorted(lc_tile, tile, "right")
+    counts = hi - lo
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    values = lc_id[np.repeat(lo - offsets[:-1], counts) + np.arange(offsets[-1])] if offsets[-1] else lc_id[:0]
+    cloud = sc.cloud[s2]
+    return pa.table({
+        "tile_id": strings(tile_id_strings(tiles), tile_index),
+        "epsg": pa.array(np.where(south, 32700, 32600) + zone, pa.int64()),
+        "step": pa.array(c["step"].astype(np.int64), pa.int64()),
+        "season": pa.array(c["season"].astype(np.int64), pa.int64()),
+        "s2_scene": pa.array(sc.ids[s2], pa.int64()),
+        "s2_product_id": strings(sc.product_id, s2),
+        "s2_datetime": strings(sc.datetime, s2),
+        "s2_coverage": pa.array(c["s2_coverage"], pa.float64()),
+        "cloud_percentage": pa.array(cloud, pa.float64(), mask=np.isnan(cloud)),
+        "s1_scene": pa.array(sc.ids[s1_or_0], pa.int64(), mask=no_s1),
+        "s1_product_id": strings(sc.product_id, s1_or_0, no_s1),
+        "s1_datetime": strings(sc.datetime, s1_or_0, no_s1),
+        "dt_days": pa.array(c["dt_days"], pa.float64(), mask=no_s1),
+        "orbit_direction": strings(sc.orbit_direction, s1_or_0, no_s1),
+        "split": strings(["train", "val"], (split == "val").astype(np.int64)),
+        "shard": pa.array(shard, pa.int64()),
+        "position": pa.array(position, pa.int64()),
+        "landcover_scenes": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int64())),
+    }, schema=PLAN_SCHEMA)
+
+
+def assign_splits_and_shards(tile: np.ndarray, config: IngestConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split (``"train"``/``"val"``), shard and position of each row's tile (int64 keys).
+
+    Split blocks of ``split_block_tiles`` tiles go to val or train as a whole, in a seeded
+    order; the tiles of a split, in a seeded random order, are dealt round-robin to
+    ``ceil(tiles / samples_per_shard)`` shards, so every shard mixes places from the whole area.
+    """
+    tiles, inverse = np.unique(tile, return_inverse=True)
+    zone, south, col, row = key_parts(tiles)
     B = config.split_block_tiles
-
-    def block(t: TileId) -> str:
-        return f"{t.zone:02d}{t.hemisphere}_{t.col // B}_{t.row // B}"
-
-    blocks = sorted({block(p) for p in parsed.values()}, key=lambda b: (_hash(config.seed, "split", b), b))
-    n_val = round(config.val_fraction * len(blocks))
-    if config.val_fraction > 0 and len(blocks) >= 2:
+    blocks = [f"{z:02d}{'s' if s else 'n'}_{c}_{r}" for z, s, c, r in
+              zip(zone.tolist(), south.tolist(), (col // B).tolist(), (row // B).tolist())]
+    unique_blocks = sorted(set(blocks), key=lambda b: (_hash(config.seed, "split", b), b))
+    n_val = round(config.val_fraction * len(unique_blocks))
+    if config.val_fraction > 0 and len(unique_blocks) >= 2:
         n_val = max(1, n_val)
-    val_blocks = set(blocks[:n_val])
-    split = {t: "val" if block(p) in val_blocks else "train" for t, p in parsed.items()}
-    shard_of: dict[str, tuple[int, int]] = {}
-    for name in ("train", "val"):
-        members = sorted((t for t in tiles if split[t] == name), key=lambda t: (_hash(config.seed, "shard", t), t))
+    val_blocks = set(unique_blocks[:n_val])
+    is_val = np.array([b in val_blocks for b in blocks], dtype=bool)
+    ids = tile_id_strings(tiles)
+    shard = np.zeros(len(tiles), dtype=np.int64)
+    position = np.zeros(len(tiles), dtype=np.int64)
+    for members in (np.flatnonzero(~is_val), np.flatnonzero(is_val)):
+        if not len(members):
+            continue
+        members = np.asarray(sorted(members.tolist(), key=lambda i: (_hash(config.seed, "shard", ids[i]), ids[i])))
         n_shards = math.ceil(len(members) / config.samples_per_shard)
-        for i, t in enumerate(members):  # dealt round-robin: shard sizes differ by one at most
-            shard_of[t] = (i % n_shards, i // n_shards)
-    for r in rows:
-        t = r["tile_id"]
-        r["split"] = split[t]
-        r["shard"], r["position"] = shard_of[t]
-        r["landcover_scenes"] = sorted(lc_tiles.get(t, []))
-    rows.sort(key=lambda r: (r["split"] != "train", r["shard"], r["position"], r["step"]))
+        rank = np.arange(len(members))
+        shard[members], position[members] = rank % n_shards, rank // n_shards  # dealt round-robin
+    split = np.where(is_val, "val", "train")
+    return split[inverse], shard[inverse], position[inverse]
 
 
 def read_order(tile: TileId) -> tuple[int, int, int]:

@@ -40,7 +40,9 @@ def error_reason_class(reason: str) -> str:
 def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], files_seen: int,
                  scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
                  read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: pa.Table | None,
-                 timings_s: dict[str, float]) -> dict[str, Any]:
+                 timings_s: dict[str, float], scan_counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """``report.json``. ``scan_counts``: what the scan read rather than took from its
+    inventory (``headers_read``, ``probes_run``)."""
     pieces: Counter[str] = Counter()
     for r in read_reports:
         pieces.update({f"{r.get('kind', '?')}_{k}": v for k, v in r.get("counts", {}).items()})
@@ -64,14 +66,14 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
         "engine": engine,
         "stages": {
             "scan": {"files": files_seen, "scenes": dict(sorted(sensors.items())),
-                     "errors": sum(e["stage"] == "scan" for e in errors)},
+                     "errors": sum(e["stage"] == "scan" for e in errors), **(scan_counts or {})},
             "plan": {"tiles": plan.num_tiles, "time_steps": len(plan.rows),
                      "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
             "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items()))},
             "materialize": {"shards": len(task_reports), **dict(sorted(counts.items()))},
             "finalize": {"samples": 0 if manifest is None else manifest.num_rows},
         },
-        "dedup": {reason: {"count": len(items), "examples": items[:5]} for reason, items in sorted(plan.removed.items())},
+        "dedup": {reason: {"count": r.count, "examples": r.examples[:5]} for reason, r in sorted(plan.removed.items())},
         "pairing": {
             "max_dt_days": config["max_dt_days"],
             "planned_steps": plan.pairing.get("steps", 0),
@@ -99,7 +101,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"Inputs: {', '.join(f'`{i}`' for i in report['inputs'])}; engine: {report['engine']}.", ""]
     lines += ["## Stages", "", "| stage | counts |", "|---|---|"]
     scenes = ", ".join(f"{n} {s}" for s, n in st["scan"]["scenes"].items())
-    lines.append(f"| scan | {st['scan']['files']} raster files -> {scenes or 'no'} scenes, {st['scan']['errors']} errors |")
+    reuse = (f" ({st['scan']['headers_read']} headers read, {st['scan']['probes_run']} scenes probed, the rest "
+             "from the scan inventory)" if "headers_read" in st["scan"] else "")
+    lines.append(f"| scan | {st['scan']['files']} raster files{reuse} -> {scenes or 'no'} scenes, "
+                 f"{st['scan']['errors']} errors |")
     lines.append(f"| plan | {st['plan']['tiles']} tiles, {st['plan']['time_steps']} time steps from "
                  f"{st['plan']['s2_scenes_used']} S2 scenes |")
     pieces = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in st["read"]["pieces"].items())

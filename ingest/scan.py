@@ -11,6 +11,10 @@ and sidecars say (product id, time, processing baseline, orbit, cloud cover). Ou
 The probe reads a few pixels per scene: the last block of every file (a truncated
 download fails there), a coarse look at S2 B1 (all-nodata scenes) and a grid of small
 windows of S1 (dB or linear, all-NaN). Nothing else touches pixels before materialize.
+
+A rerun into the same dataset folder reads again only the headers of files whose size or
+mtime changed and probes only the scenes those files belong to; the rest comes from the
+scan inventory the last run left (``DS/scan-inventory.parquet``, :mod:`.inventory`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import shapely
 from pyproj import CRS, Transformer
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.inventory import ScanInventory, Stat, file_stat, probe_key
 from eoforge.ingest.names import NameInfo, canonical_band, iso, parse_file_name, parse_product_name, parse_time
 from eoforge.shards.schema import S2_BANDS
 
@@ -46,9 +51,14 @@ S2_GSD = {b.name: b.gsd_m for b in S2_BANDS}
 
 @dataclass
 class ScanResult:
+    """Scene rows, error rows, raster files found, and how many of those files' headers
+    and of the scenes' probes this scan ran (the rest came from the scan inventory)."""
+
     scenes: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     files_seen: int
+    headers_read: int = 0
+    probes_run: int = 0
 
 
 def error_row(path: str, stage: str, reason: str, product_id: str | None = None) -> dict[str, Any]:
@@ -493,25 +503,30 @@ def _s1_probe(band: dict[str, Any]) -> np.ndarray:
 # ------------------------------------------------------------------ the stage
 
 
-def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, engine: Any) -> ScanResult:
-    """Discover, read headers and probe in parallel on ``engine``; group into scenes."""
+def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, engine: Any,
+         inventory: str | os.PathLike[str] | None = None) -> ScanResult:
+    """Discover, read headers and probe in parallel on ``engine``; group into scenes.
+
+    ``inventory``: the scan inventory file (``DS/scan-inventory.parquet``, :mod:`.inventory`).
+    Headers of files whose size and mtime are those it recorded, and probes of scenes whose
+    files and bands are unchanged, are taken from it instead of read again; at the end it is
+    rewritten (atomically) with what this scan found. None: everything is read, nothing kept.
+    """
     inputs, landcover = list(inputs), list(landcover)
     files, errors = discover(inputs)
     lc_files, lc_errors = discover(landcover)
     errors += lc_errors
     all_files = sorted(set(files) | set(lc_files))
-    headers = []
-    for path, h in zip(all_files, engine.map(read_header, all_files, desc="scan headers", unit="file")):
-        if isinstance(h, BaseException):
-            h = {"path": path, "error": f"unreadable raster: {h}"}
-        headers.append(h)
+    old = ScanInventory.load(inventory) if inventory is not None else ScanInventory()
+    new = ScanInventory()
+    # stat before reading: a file changed while it is read is newer than its recorded stat
+    stats = {path: file_stat(path) for path in all_files}
+    headers, headers_read = _headers(all_files, stats, old, new, engine)
     scenes, group_errors = group_scenes(headers, lc_files, config)
     errors += group_errors
-    probes = engine.map(probe_scene, scenes, desc="scan probe", unit="scene")
+    probes, probes_run = _probes(scenes, stats, old, new, engine)
     kept = []
     for scene, probe in zip(scenes, probes):
-        if isinstance(probe, BaseException):
-            probe = {"error": f"probe failed: {probe}"}
         if probe.get("error"):
             paths = probe.get("error_paths") or scene["paths"]
             errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in paths)
@@ -520,4 +535,43 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
         kept.append(scene)
     for i, scene in enumerate(kept):
         scene["scene"] = i
-    return ScanResult(kept, errors, len(all_files))
+    if inventory is not None:
+        new.save(inventory)
+    return ScanResult(kept, errors, len(all_files), headers_read, probes_run)
+
+
+def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory, new: ScanInventory,
+             engine: Any) -> tuple[list[dict[str, Any]], int]:
+    """Header records of ``files`` in order: from ``old`` where the file's stat is unchanged,
+    else read on ``engine``; every record that can be kept goes into ``new``. Returns
+    (records, headers read)."""
+    headers = [old.header(path, stats[path]) for path in files]
+    todo = [i for i, h in enumerate(headers) if h is None]
+    for i, h in zip(todo, engine.map(read_header, [files[i] for i in todo], desc="scan headers", unit="file")):
+        if isinstance(h, BaseException):  # the task raised (a dead worker?): not the file's fault, not kept
+            h = {"path": files[i], "error": f"unreadable raster: {h}"}
+        else:
+            new.keep_header(files[i], stats[files[i]], h)
+        headers[i] = h
+    for i in sorted(set(range(len(files))) - set(todo)):
+        new.carry_header(old, files[i])
+    return headers, len(todo)  # type: ignore[return-value] - every None was filled
+
+
+def _probes(scenes: list[dict[str, Any]], stats: dict[str, Stat | None], old: ScanInventory,
+            new: ScanInventory, engine: Any) -> tuple[list[dict[str, Any]], int]:
+    """Probe results of ``scenes`` in order: from ``old`` where the scene's :func:`probe_key`
+    is unchanged, else probed on ``engine``; every result that can be kept goes into ``new``.
+    Returns (results, probes run)."""
+    keys = [probe_key(scene, stats) for scene in scenes]
+    probes = [old.probe(key) for key in keys]
+    todo = [i for i, p in enumerate(probes) if p is None]
+    for i, p in zip(todo, engine.map(probe_scene, [scenes[i] for i in todo], desc="scan probe", unit="scene")):
+        if isinstance(p, BaseException):  # the task raised: not kept, probed again next time
+            p = {"error": f"probe failed: {p}"}
+        else:
+            new.keep_probe(keys[i], p)
+        probes[i] = p
+    for i in sorted(set(range(len(scenes))) - set(todo)):
+        new.carry_probe(old, keys[i])  # type: ignore[arg-type] - found under this key, so not None
+    return probes, len(todo)  # type: ignore[return-value] - every None was filled

@@ -120,6 +120,7 @@ eval: $(STAMP)
 bench: $(BENCH_STAMP)
 	EOFORGE_REAL_DATA=$(REAL_DATA) $(BIN)/python -m eoforge.shards.bench --out build/bench
 	$(BIN)/python -m eoforge.ingest.bench --out build/bench
+	$(BIN)/python -m eoforge.ingest.bench_plan --out build/bench
 	$(BIN)/python -m eoforge.train.data.bench --out build/bench
 	$(BIN)/python -m eoforge.train.bench_pera --out build/bench
 	$(BIN)/python -m eoforge.train.bench_softcon --out build/bench

@@ -7,6 +7,7 @@ import click
 from eoforge import __version__
 from eoforge.eval.cli import adapt, eval_cmd
 from eoforge.ingest.cli import demo_data, ingest
+from eoforge.ingest.synth_cli import synth_catalog
 from eoforge.shards.cli import shards
 from eoforge.train.cli import export, pretrain
 
@@ -19,6 +20,7 @@ def main() -> None:
 
 main.add_command(demo_data)
 main.add_command(ingest)
+main.add_command(synth_catalog)
 main.add_command(shards)
 main.add_command(pretrain)
 main.add_command(export)

@@ -61,7 +61,15 @@ class IngestConfig:
         plan_region_tiles: a plan region is a block of this many x this many grid tiles
             of one UTM zone (id ``{zone:02d}{hemi}_{col // R}_{row // R}``, 64 tiles of
             2.64 km: ~169 km square). The dry-run report (``--dry-run``) breaks its counts
-            and size estimate down by region; what is written does not depend on it.
+            and size estimate down by region; what is written does not depend on it. Each
+            region is planned by its own task, so planning memory follows the region size.
+        staging_budget_gb: disk the staged pieces of one *wave* may take, GB (10⁹ bytes).
+            Tiles are grouped into waves (rows of split blocks, north to south, packed until
+            their estimated size, :mod:`eoforge.ingest.sizes`, reaches the budget); a wave's
+            sources are read, its shards written, then its staging deleted before the next
+            wave, so the disk holds the dataset plus about this much. Shards mix the places of
+            one wave; the training loader mixes the waves' shards. The default suits a
+            workstation; one wave when the whole dataset fits.
         samples_per_shard: target samples per shard (tiles are dealt to shards in a seeded
             random order, so every shard mixes places and scenes from the whole area).
         codec: array member codec (``"zstd"`` or ``"npy"``).
@@ -96,6 +104,7 @@ class IngestConfig:
     read_task_rows: int | None = None
     read_window_tiles: int = 16
     plan_region_tiles: int = 64
+    staging_budget_gb: float = 64.0
     samples_per_shard: int = 64
     codec: str = "zstd"
     s1_dtype: str = "float16"
@@ -125,6 +134,7 @@ class IngestConfig:
             (self.read_task_rows is None or self.read_task_rows >= 1, "read_task_rows must be >= 1 (or null: automatic)"),
             (self.read_window_tiles >= 1, "read_window_tiles must be >= 1"),
             (self.plan_region_tiles >= 1, "plan_region_tiles must be >= 1"),
+            (self.staging_budget_gb > 0, "staging_budget_gb must be > 0"),
             (self.gdal_cache_mb >= 16, "gdal_cache_mb must be >= 16"),
             (self.gdal_threads >= 1, "gdal_threads must be >= 1"),
             (self.stats_pixel_stride >= 1, "stats_pixel_stride must be >= 1"),

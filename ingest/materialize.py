@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from eoforge.ingest.config import IngestConfig
-from eoforge.ingest.pieces import class_counts, complete_report, file_size, staging_paths
+from eoforge.ingest.pieces import class_counts, complete_report, file_size, load_piece_index, staging_paths
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
 from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
@@ -247,13 +247,29 @@ class ShardAssembler:
         return frame, labels
 
 
-def materialize_shard(job: dict[str, Any], pieces: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]],
+def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The pieces a shard needs (:func:`piece_key` -> read task), each with its ``task``, from
+    the tasks' staged indexes; a key without a piece (the read met bad data before that tile)
+    is left out."""
+    indexes: dict[str, dict[str, dict[str, Any]]] = {}
+    pieces = {}
+    for key, task in piece_tasks.items():
+        if task not in indexes:
+            indexes[task] = load_piece_index(out, task)
+        piece = indexes[task].get(key.rsplit(":", 1)[1])
+        if piece is not None:
+            pieces[key] = {**piece, "task": task}
+    return pieces
+
+
+def materialize_shard(job: dict[str, Any], piece_tasks: dict[str, str], scenes: dict[int, dict[str, Any]],
                       config: dict[str, Any], out: str) -> dict[str, Any]:
-    """Write one shard from ``pieces`` (:func:`piece_key` -> piece with its ``task``), skipped
-    when already done; return its task report."""
+    """Write one shard from the staged pieces of its tiles (``piece_tasks``: :func:`piece_key`
+    -> the read task that staged it), skipped when already done; return its task report."""
     split, shard = job["split"], int(job["shard"])
     if (done := finished_shard(out, split, shard)) is not None:
         return done
+    pieces = staged_pieces(out, piece_tasks)
     report_path = task_report_path(out, split, shard)
     started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)

@@ -327,13 +327,23 @@ def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any]
 
 
 def finished_read(out: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
-    """The result of a finished read task (its report with ``pieces`` from the index), or
-    None when its frame file or index (written last) is missing or not the recorded size."""
+    """The report of a finished read task whose pieces are staged, or None when its frame
+    file or index (written last) is missing or not the recorded size."""
     frames_path, index_path = staging_paths(out, task)
-    report = complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
-    if report is not None:
-        report["pieces"] = json.loads(index_path.read_text())
-    return report
+    return complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
+
+
+def load_piece_index(out: str | os.PathLike[str], task: str) -> dict[str, dict[str, Any]]:
+    """A finished read task's pieces, tile id -> piece (read by the shard tasks that need
+    them, so no piece index passes through the client)."""
+    return json.loads(staging_paths(out, task)[1].read_text())
+
+
+def remove_staged(out: str | os.PathLike[str], task: str) -> None:
+    """Delete a read task's staged frames and index (its report stays: its counts and, for
+    S2, statistics are the dataset's)."""
+    for path in staging_paths(out, task):
+        path.unlink(missing_ok=True)
 
 
 def _json_text(value: Any) -> str:
@@ -341,8 +351,9 @@ def _json_text(value: Any) -> str:
 
 
 def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, Any], out: str) -> dict[str, Any]:
-    """Run one read task (or load it when done); return ``{"task", "kind", "scene", "errors",
-    "counts", "pieces": {tile_id: piece}}``. See the module docstring."""
+    """Run one read task (or load its report when done); return the report: ``{"task", "kind",
+    "scene", "errors", "counts", "tiles", "frames_bytes", "index_bytes", ...}``; the pieces are
+    in the staged index (:func:`load_piece_index`). See the module docstring."""
     name = task["task"]
     if (done := finished_read(out, name)) is not None:
         return done
@@ -389,4 +400,4 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
         source.stats.save(stats_path)
     _write_text_atomic(report_path, _json_text(report))
     _write_text_atomic(index_path, index)
-    return {**report, "pieces": pieces}
+    return report

@@ -43,7 +43,7 @@ from eoforge.ingest.inventory import INVENTORY_NAME
 from eoforge.ingest.materialize import (
     TASK_REPORTS, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
-from eoforge.ingest.pieces import STAGING, finished_read, read_report_paths, read_source
+from eoforge.ingest.pieces import STAGING, file_size, finished_read, read_report_paths, read_source, remove_staged, staging_paths
 from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, write_plan
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
@@ -165,18 +165,35 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         by_scene = {s["scene"]: s for s in scanned.scenes}
         jobs = plan_shards(plan_rows)
         reads = plan_reads(plan_rows, config, workers=engine.task_slots)
-
-        t0 = time.perf_counter()
+        del plan_rows
         finished = {(j["split"], j["shard"]): finished_shard(out, j["split"], j["shard"]) for j in jobs}
-        pending = [j for j in jobs if finished[(j["split"], j["shard"])] is None]
-        read_results, failed_reads = _run_reads(engine, reads, pending, by_scene, config, out, errors, strict)
-        timings["read"] = time.perf_counter() - t0
+        reports = [r for r in finished.values() if r is not None]
+        read_results: dict[str, dict[str, Any]] = {}
+        waves = WaveLog(budget_bytes=round(config.staging_budget_gb * 1e9))
+        failed = False
+        timings["read"] = timings["materialize"] = 0.0
+        for wave in sorted({j["wave"] for j in jobs}):
+            # a wave: its reads, then its shards, then its staging deleted
+            wave_jobs = [j for j in jobs if j["wave"] == wave]
+            wave_reads = [r for r in reads if r["wave"] == wave]
+            pending = [j for j in wave_jobs if finished[(j["split"], j["shard"])] is None]
+            t0 = time.perf_counter()
+            results, failed_reads = _run_reads(engine, wave_reads, pending, by_scene, config, out, errors, strict)
+            read_results.update(results)
+            waves.staged(out, wave_reads)
+            timings["read"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        done_reports = [r for r in finished.values() if r is not None]
-        reports, failed = _run_shards(engine, done_reports, pending, reads, read_results, failed_reads, by_scene,
-                                      config, out, errors, strict)
-        timings["materialize"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            written, wave_failed = _run_shards(engine, pending, wave_reads, failed_reads, by_scene, config, out,
+                                               errors, strict)
+            reports += written
+            waves.wrote(written)
+            timings["materialize"] += time.perf_counter() - t0
+            failed |= wave_failed
+            if not wave_failed:  # every shard of the wave is written: its pieces are spent
+                for r in wave_reads:
+                    remove_staged(out, r["task"])
+        reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
         if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
             background.run(engine.__exit__, None, None, None)
             own_engine = False
@@ -190,7 +207,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                               engine=engine.description, config=config.to_dict(), files_seen=scanned.files_seen,
                               scenes=scanned.scenes, plan=plan, task_reports=reports,
                               read_reports=list(read_results.values()), errors=errors, manifest=manifest,
-                              timings_s=timings,
+                              timings_s=timings, waves=waves.summary(),
                               scan_counts={"headers_read": scanned.headers_read, "probes_run": scanned.probes_run})
         write_report(out, report, manifest)
         background.join()
@@ -220,6 +237,31 @@ def _finalize(out: Path, job: dict[str, Any], config: IngestConfig, reads: list[
     write_stats(out, train_stats, "train")
     write_errors(out, errors)
     return read_manifest(out)
+
+
+@dataclass
+class WaveLog:
+    """What the waves put on disk: each wave's staged pieces (measured on disk once its reads
+    are done, its high-water mark: shards only read them), the shards written, and so the
+    bytes written per byte of output (staging + shards over shards)."""
+
+    budget_bytes: int
+    staged_bytes: list[int] = field(default_factory=list)
+    shard_bytes: int = 0
+
+    def staged(self, out: Path, reads: list[dict[str, Any]]) -> None:
+        self.staged_bytes.append(sum(file_size(p) for r in reads for p in staging_paths(out, r["task"])))
+
+    def wrote(self, reports: list[dict[str, Any]]) -> None:
+        self.shard_bytes += sum(r.get("tar_bytes", 0) + r.get("part_bytes", 0) for r in reports)
+
+    def summary(self) -> dict[str, Any]:
+        staged = sum(self.staged_bytes)
+        return {"waves": len(self.staged_bytes), "staging_budget_bytes": self.budget_bytes,
+                "staging_high_water_bytes": max(self.staged_bytes, default=0), "staged_bytes": staged,
+                "shard_bytes": self.shard_bytes,
+                "bytes_written_per_output_byte": round((staged + self.shard_bytes) / self.shard_bytes, 3)
+                if self.shard_bytes else None}
 
 
 class _Background:
@@ -289,33 +331,19 @@ def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[s
     return results, failed
 
 
-def _shard_payload(job: dict[str, Any], piece_task: dict[tuple[str, int, str], str],
-                   read_results: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]]) -> tuple[Any, ...]:
-    """What one shard task gets: its job, the pieces its tiles use (with their read task) and
-    those scenes' rows."""
-    pieces: dict[str, dict[str, Any]] = {}
-    used: set[int] = set()
-    for kind, scene, tile in _piece_sources(job):
-        used.add(scene)
-        task = piece_task[(kind, scene, tile)]
-        piece = read_results.get(task, {}).get("pieces", {}).get(tile)
-        if piece is not None:  # None: the read met bad data before this tile
-            pieces[piece_key(kind, scene, tile)] = {**piece, "task": task}
-    return job, pieces, {i: scenes[i] for i in sorted(used)}
-
-
-def _run_shards(engine: Engine, done_reports: list[dict[str, Any]], pending: list[dict[str, Any]],
-                reads: list[dict[str, Any]], read_results: dict[str, dict[str, Any]], failed_reads: set[str],
+def _run_shards(engine: Engine, pending: list[dict[str, Any]], reads: list[dict[str, Any]], failed_reads: set[str],
                 scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
                 strict: bool) -> tuple[list[dict[str, Any]], bool]:
-    """Write the pending shards. Returns (the reports of every shard written: ``done_reports``,
-    those of earlier runs, then this run's; whether any shard is left unwritten); failures are
+    """Write the pending shards of a wave from its read tasks' staged pieces. Returns (the
+    reports of the shards written, whether any shard is left unwritten); failures are
     appended to ``errors``.
 
     A shard that needs the pieces of a read task that failed (raised, rather than met bad
-    data) is not written: a rerun retries the read and then writes it."""
+    data) is not written: a rerun retries the read and then writes it. A shard task gets
+    which task staged each of its pieces and reads their indexes itself: no per-tile state
+    passes through the client."""
     piece_task = {(r["kind"], r["scene"], t): r["task"] for r in reads for t in r["tiles"]}
-    reports = list(done_reports)
+    reports: list[dict[str, Any]] = []
     failed = False
     writable = []
     for j in pending:
@@ -327,7 +355,8 @@ def _run_shards(engine: Engine, done_reports: list[dict[str, Any]], pending: lis
                            "product_id": None})
         else:
             writable.append(j)
-    payloads = [_shard_payload(j, piece_task, read_results, scenes) for j in writable]
+    payloads = [(j, {piece_key(*key): piece_task[key] for key in _piece_sources(j)},
+                 {i: scenes[i] for i in sorted({key[1] for key in _piece_sources(j)})}) for j in writable]
     task_fn = partial(_materialize_payload, config=config.to_dict(), out=str(out.resolve()))
     for index, result in engine.as_completed(task_fn, payloads, desc="write", unit="shard", key_prefix="materialize"):
         j = writable[index]
@@ -340,7 +369,6 @@ def _run_shards(engine: Engine, done_reports: list[dict[str, Any]], pending: lis
                 raise IngestError(f"{errors[-1]['path']}: {errors[-1]['reason']}")
             continue
         reports.append(result)
-    reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
     return reports, failed
 
 
@@ -361,7 +389,7 @@ def _read_payload(payload: tuple[dict[str, Any], dict[str, Any]], config: dict[s
     return read_source(task, scene, config, out)
 
 
-def _materialize_payload(payload: tuple[dict[str, Any], dict[str, dict[str, Any]], dict[int, dict[str, Any]]],
+def _materialize_payload(payload: tuple[dict[str, Any], dict[str, str], dict[int, dict[str, Any]]],
                          config: dict[str, Any], out: str) -> dict[str, Any]:
-    job, pieces, scenes = payload
-    return materialize_shard(job, pieces, scenes, config, out)
+    job, piece_tasks, scenes = payload
+    return materialize_shard(job, piece_tasks, scenes, config, out)

@@ -61,6 +61,7 @@ from eoforge.ingest.coverage import (
 from eoforge.ingest.grid import Grid, zone_central_meridian
 from eoforge.ingest.names import parse_time
 from eoforge.ingest.scan import error_row
+from eoforge.ingest.sizes import estimate_tile_bytes
 from eoforge.shards.keys import TileId
 
 #: S1 and land-cover footprints give tiles of every zone whose band, widened by this, they touch
@@ -79,7 +80,8 @@ PLAN_SCHEMA = pa.schema([
     ("s2_coverage", pa.float64()), ("cloud_percentage", pa.float64()),
     ("s1_scene", pa.int64()), ("s1_product_id", _TEXT), ("s1_datetime", _TEXT),
     ("dt_days", pa.float64()), ("orbit_direction", _TEXT),
-    ("split", _TEXT), ("shard", pa.int64()), ("position", pa.int64()), ("landcover_scenes", pa.list_(pa.int64())),
+    ("split", _TEXT), ("wave", pa.int64()), ("shard", pa.int64()), ("position", pa.int64()),
+    ("landcover_scenes", pa.list_(pa.int64())),
 ])
 #: The scene columns planning reads (``scenes.parquet`` has more).
 SCENE_COLUMNS = ("scene", "sensor", "product_id", "location", "level", "datetime", "baseline", "mgrs_tile",
@@ -696,10 +698,17 @@ def _rows_table(sc: Scenes, c: dict[str, np.ndarray], landcover: tuple[np.ndarra
     n = len(c["tile"])
     if not n:
         return PLAN_SCHEMA.empty_table()
-    split, shard, position = assign_splits_and_shards(c["tile"].astype(np.int64), config)
+    lc_tile, lc_id = landcover
+    tile = c["tile"].astype(np.int64)
+    tiles, tile_index = np.unique(tile, return_inverse=True)
+    _, est_bytes = estimate_tile_bytes(np.bincount(tile_index, minlength=len(tiles)),
+                                       np.bincount(tile_index, weights=c["s1_row"] >= 0, minlength=len(tiles)),
+                                       np.isin(tiles, lc_tile), config)
+    split, wave, shard, position = assign_splits_and_shards(tiles, est_bytes, config)
+    split, wave, shard, position = split[tile_index], wave[tile_index], shard[tile_index], position[tile_index]
     order = np.lexsort((c["step"], position, shard, split != "train"))
     c = {k: v[order] for k, v in c.items()}
-    split, shard, position = split[order], shard[order], position[order]
+    split, wave, shard, position = split[order], wave[order], shard[order], position[order]
     tile = c["tile"].astype(np.int64)
     s2, s1 = c["s2_row"].astype(np.int64), c["s1_row"].astype(np.int64)
     no_s1 = s1 < 0
@@ -716,7 +725,6 @@ def _rows_table(sc: Scenes, c: dict[str, np.ndarray], landcover: tuple[np.ndarra
         indices = pa.array(code[index], pa.int32(), mask=mask)
         return pa.DictionaryArray.from_arrays(indices, pa.array([values[k] for k in used.tolist()], pa.string()))
 
-    lc_tile, lc_id = landcover
     lc_order = np.lexsort((lc_id, lc_tile))
     lc_tile, lc_id = lc_tile[lc_order], lc_id[lc_order]
     lo, hi = np.searchsorted(lc_tile, tile, "left"), np.searchsorted(lc_tile, tile, "right")
@@ -740,20 +748,47 @@ def _rows_table(sc: Scenes, c: dict[str, np.ndarray], landcover: tuple[np.ndarra
         "dt_days": pa.array(c["dt_days"], pa.float64(), mask=no_s1),
         "orbit_direction": strings(sc.orbit_direction, s1_or_0, no_s1),
         "split": strings(["train", "val"], (split == "val").astype(np.int64)),
+        "wave": pa.array(wave, pa.int64()),
         "shard": pa.array(shard, pa.int64()),
         "position": pa.array(position, pa.int64()),
         "landcover_scenes": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int64())),
     }, schema=PLAN_SCHEMA)
 
 
-def assign_splits_and_shards(tile: np.ndarray, config: IngestConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split (``"train"``/``"val"``), shard and position of each row's tile (int64 keys).
+def assign_waves(tiles: np.ndarray, tile_bytes: np.ndarray, config: IngestConfig) -> np.ndarray:
+    """Wave of each tile (int64 keys, sorted): rows of split blocks (``split_block_tiles`` tile
+    rows of one zone, north to south), packed greedily until their estimated bytes reach
+    ``staging_budget_gb`` (a block row larger than the budget is a wave of its own).
+
+    Whole tile rows, because a read task reads a source one tile row at a time, in windows
+    spanning the row's tiles: a row never split between waves is read in the same windows as
+    in a single wave, so the pixels are the same bytes (warped reads through GDAL's
+    approximate transformer depend, at the 1e-3 level, on the window they are read in)."""
+    zone, south, _, row = key_parts(tiles)
+    unit_key = ((zone * 2 + south) << 32) + (np.int64(1 << 20) - row // config.split_block_tiles)
+    units, unit_index = np.unique(unit_key, return_inverse=True)
+    unit_bytes = np.bincount(unit_index, weights=tile_bytes, minlength=len(units))
+    budget = config.staging_budget_gb * 1e9
+    unit_wave = np.zeros(len(units), dtype=np.int64)
+    wave, filled = 0, 0.0
+    for u, size in enumerate(unit_bytes.tolist()):
+        if filled > 0 and filled + size > budget:
+            wave, filled = wave + 1, 0.0
+        unit_wave[u] = wave
+        filled += size
+    return unit_wave[unit_index]
+
+
+def assign_splits_and_shards(tiles: np.ndarray, tile_bytes: np.ndarray, config: IngestConfig
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split (``"train"``/``"val"``), wave, shard and position of each tile (int64 keys, sorted,
+    unique; ``tile_bytes`` their estimated size).
 
     Split blocks of ``split_block_tiles`` tiles go to val or train as a whole, in a seeded
-    order; the tiles of a split, in a seeded random order, are dealt round-robin to
-    ``ceil(tiles / samples_per_shard)`` shards, so every shard mixes places from the whole area.
+    order. Waves: :func:`assign_waves`. The tiles of a split in one wave, in a seeded random
+    order, are dealt round-robin to ``ceil(tiles / samples_per_shard)`` shards, numbered on
+    from the previous wave's, so every shard mixes places from the whole wave.
     """
-    tiles, inverse = np.unique(tile, return_inverse=True)
     zone, south, col, row = key_parts(tiles)
     B = config.split_block_tiles
     blocks = [f"{z:02d}{'s' if s else 'n'}_{c}_{r}" for z, s, c, r in
@@ -764,18 +799,23 @@ def assign_splits_and_shards(tile: np.ndarray, config: IngestConfig) -> tuple[np
         n_val = max(1, n_val)
     val_blocks = set(unique_blocks[:n_val])
     is_val = np.array([b in val_blocks for b in blocks], dtype=bool)
+    wave = assign_waves(tiles, tile_bytes, config)
     ids = tile_id_strings(tiles)
     shard = np.zeros(len(tiles), dtype=np.int64)
     position = np.zeros(len(tiles), dtype=np.int64)
-    for members in (np.flatnonzero(~is_val), np.flatnonzero(is_val)):
-        if not len(members):
-            continue
-        members = np.asarray(sorted(members.tolist(), key=lambda i: (_hash(config.seed, "shard", ids[i]), ids[i])))
-        n_shards = math.ceil(len(members) / config.samples_per_shard)
-        rank = np.arange(len(members))
-        shard[members], position[members] = rank % n_shards, rank // n_shards  # dealt round-robin
-    split = np.where(is_val, "val", "train")
-    return split[inverse], shard[inverse], position[inverse]
+    next_shard = {False: 0, True: 0}
+    for w in range(int(wave.max()) + 1 if len(wave) else 0):
+        for val in (False, True):
+            members = np.flatnonzero((wave == w) & (is_val == val))
+            if not len(members):
+                continue
+            members = np.asarray(sorted(members.tolist(), key=lambda i: (_hash(config.seed, "shard", ids[i]), ids[i])))
+            n_shards = math.ceil(len(members) / config.samples_per_shard)
+            rank = np.arange(len(members))
+            shard[members] = next_shard[val] + rank % n_shards  # dealt round-robin
+            position[members] = rank // n_shards
+            next_shard[val] += n_shards
+    return np.where(is_val, "val", "train"), wave, shard, position
 
 
 def read_order(tile: TileId) -> tuple[int, int, int]:
@@ -784,28 +824,30 @@ def read_order(tile: TileId) -> tuple[int, int, int]:
 
 
 def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 1) -> list[dict[str, Any]]:
-    """The read tasks of a plan: ``{"task", "kind", "scene", "tiles", "train"}``.
+    """The read tasks of a plan: ``{"task", "wave", "kind", "scene", "tiles", "train"}``.
 
-    One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles it serves, in
+    One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles of one wave it serves, in
     :func:`read_order`, split into parts of about equal tile rows (so a scene's tasks take
     about equally long): parts of at most ``read_task_rows`` rows, or, when that is None,
-    ``ceil(workers / scenes of the kind)`` parts (one when the scenes alone keep ``workers``
-    busy: every split decodes the source blocks where two parts meet twice). ``train`` flags
-    the tiles of the train split (their S2 values go into ``stats.json``). Task names are
-    ``<kind>-<scene:06d>-<part:03d>of<parts:03d>``: a rerun that splits a scene differently
-    (other ``workers``) reads it again instead of taking another split's pieces for its own.
+    ``ceil(workers / scenes of the kind in the wave)`` parts (one when the scenes alone keep
+    ``workers`` busy: every split decodes the source blocks where two parts meet twice).
+    ``train`` flags the tiles of the train split (their S2 values go into ``stats.json``).
+    Task names are ``<kind>-<scene:06d>-w<wave:03d>-<part:03d>of<parts:03d>``: a rerun that
+    splits a scene differently (other ``workers``) reads it again instead of taking another
+    split's pieces for its own.
     """
-    users: dict[tuple[str, int], dict[str, bool]] = defaultdict(dict)
+    users: dict[tuple[int, str, int], dict[str, bool]] = defaultdict(dict)
     for r in rows:
         train = r["split"] == "train"
+        wave = int(r.get("wave") or 0)
         for kind, scenes in (("s2", [r["s2_scene"]]), ("s1", [r["s1_scene"]]), ("lc", r["landcover_scenes"])):
             for scene in scenes:
                 if scene is not None:
-                    users[(kind, int(scene))][r["tile_id"]] = train
+                    users[(wave, kind, int(scene))][r["tile_id"]] = train
     order = {"s2": 0, "s1": 1, "lc": 2}
-    scenes_of_kind = Counter(kind for kind, _ in users)
+    scenes_of_kind = Counter((wave, kind) for wave, kind, _ in users)
     tasks: list[dict[str, Any]] = []
-    for (kind, scene), tiles in sorted(users.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+    for (wave, kind, scene), tiles in sorted(users.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2])):
         parsed = sorted((TileId.parse(t) for t in tiles), key=read_order)
         tile_rows: list[list[TileId]] = []
         for t in parsed:
@@ -813,22 +855,23 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 
                 tile_rows.append([])
             tile_rows[-1].append(t)
         if config.read_task_rows is None:
-            parts = min(len(tile_rows), math.ceil(max(1, workers) / scenes_of_kind[kind]))
+            parts = min(len(tile_rows), math.ceil(max(1, workers) / scenes_of_kind[(wave, kind)]))
         else:
             parts = math.ceil(len(tile_rows) / config.read_task_rows)
         for part in range(parts):
             chunk = tile_rows[part * len(tile_rows) // parts:(part + 1) * len(tile_rows) // parts]
             ids = [str(t) for row in chunk for t in row]
-            tasks.append({"task": f"{kind}-{scene:06d}-{part:03d}of{parts:03d}", "kind": kind, "scene": scene,
-                          "tiles": ids, "train": [tiles[t] for t in ids]})
+            tasks.append({"task": f"{kind}-{scene:06d}-w{wave:03d}-{part:03d}of{parts:03d}", "wave": wave,
+                          "kind": kind, "scene": scene, "tiles": ids, "train": [tiles[t] for t in ids]})
     return tasks
 
 
 def plan_shards(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group plan rows into shard jobs: ``{"split", "shard", "tiles": [[row, ...] per tile]}``."""
-    jobs: dict[tuple[str, int], dict[str, list[list[dict[str, Any]]]]] = {}
+    """Group plan rows into shard jobs: ``{"split", "shard", "wave", "tiles": [[row, ...] per tile]}``."""
+    jobs: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
-        job = jobs.setdefault((r["split"], r["shard"]), {"split": r["split"], "shard": r["shard"], "tiles": []})
+        job = jobs.setdefault((r["split"], r["shard"]), {"split": r["split"], "shard": r["shard"],
+                                                        "wave": int(r.get("wave") or 0), "tiles": []})
         if not job["tiles"] or job["tiles"][-1][0]["tile_id"] != r["tile_id"]:
             job["tiles"].append([])
         job["tiles"][-1].append(r)

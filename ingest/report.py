@@ -40,9 +40,11 @@ def error_reason_class(reason: str) -> str:
 def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], files_seen: int,
                  scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
                  read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: pa.Table | None,
-                 timings_s: dict[str, float], scan_counts: dict[str, int] | None = None) -> dict[str, Any]:
+                 timings_s: dict[str, float], scan_counts: dict[str, int] | None = None,
+                 waves: dict[str, Any] | None = None) -> dict[str, Any]:
     """``report.json``. ``scan_counts``: what the scan read rather than took from its
-    inventory (``headers_read``, ``probes_run``)."""
+    inventory (``headers_read``, ``probes_run``); ``waves``: the staging record of the waves
+    (:class:`~eoforge.ingest.pipeline.WaveLog`)."""
     pieces: Counter[str] = Counter()
     for r in read_reports:
         pieces.update({f"{r.get('kind', '?')}_{k}": v for k, v in r.get("counts", {}).items()})
@@ -69,7 +71,7 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
                      "errors": sum(e["stage"] == "scan" for e in errors), **(scan_counts or {})},
             "plan": {"tiles": plan.num_tiles, "time_steps": len(plan.rows),
                      "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
-            "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items()))},
+            "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items())), **(waves or {})},
             "materialize": {"shards": len(task_reports), **dict(sorted(counts.items()))},
             "finalize": {"samples": 0 if manifest is None else manifest.num_rows},
         },
@@ -108,7 +110,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"| plan | {st['plan']['tiles']} tiles, {st['plan']['time_steps']} time steps from "
                  f"{st['plan']['s2_scenes_used']} S2 scenes |")
     pieces = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in st["read"]["pieces"].items())
-    lines.append(f"| read | {st['read']['tasks']} tasks (one per source and band of tile rows), pieces: {pieces or 'none'} |")
+    r = st["read"]
+    staging = (f"; {r['waves']} wave(s), staging high-water {r['staging_high_water_bytes'] / 1e6:.1f} MB of a "
+               f"{r['staging_budget_bytes'] / 1e9:g} GB budget, {r['bytes_written_per_output_byte']} bytes written "
+               "per shard byte" if r.get("waves") and r.get("bytes_written_per_output_byte") else "")
+    lines.append(f"| read | {r['tasks']} tasks (one per source, wave and band of tile rows), pieces: "
+                 f"{pieces or 'none'}{staging} |")
     m = st["materialize"]
     lines.append(f"| materialize | {m['shards']} shards, {m.get('samples_written', 0)} samples, "
                  f"{m.get('time_steps_written', 0)} time steps; dropped: "

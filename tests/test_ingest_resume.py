@@ -419,3 +419,97 @@ def test_a_read_task_that_crashes_leaves_its_shards_for_a_rerun(reference: Path,
     _check_ok(_run(_ingest_cmd(inputs, ds, recipe, "--workers", "1")))
     assert_same_dataset(ds, reference)
     assert not pq.read_table(ds / "errors.parquet").num_rows
+
+
+# ---------------------------------------------------------------------------- waves
+
+
+def _staged_bytes(ds: Path) -> int:
+    staging = ds / "staging"
+    total = 0
+    for p in (staging.iterdir() if staging.is_dir() else []):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:  # deleted between listing and stat
+            pass
+    return total
+
+
+@pytest.fixture(scope="module")
+def waved(workdir: Path, inputs: list[Path], reference: Path) -> tuple[Path, Path, int, int]:
+    """One uninterrupted run whose staging budget (a fifth of the dataset) forces several
+    waves, with the staging folder's size sampled every 20 ms while it runs. Returns (the
+    dataset, its recipe, the budget in bytes, the largest staging size seen)."""
+    shard_bytes = sum(p.stat().st_size for p in (reference / "shards").rglob("*.tar"))
+    budget = shard_bytes // 5
+    recipe = workdir / "recipe-waves.yaml"
+    recipe.write_text(RECIPE + f"  staging_budget_gb: {budget / 1e9!r}\n")
+    ds = workdir / "waved"
+    with open(workdir / "waved.log", "wb") as log:
+        proc = subprocess.Popen(_ingest_cmd(inputs, ds, recipe, "--workers", "1"), env=_env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    high_water = 0
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            high_water = max(high_water, _staged_bytes(ds))
+            time.sleep(POLL_S)
+        proc.wait(timeout=30)
+    finally:
+        _stop([proc], group=True)
+    assert proc.returncode == 0, (workdir / "waved.log").read_text()[-4000:]
+    return ds, recipe, budget, high_water
+
+
+def test_waves_bound_staging_and_keep_every_sample(waved: tuple[Path, Path, int, int], reference: Path) -> None:
+    from eoforge.shards.verify import verify_dataset
+
+    ds, _, budget, seen = waved
+    report = json.loads((ds / "report.json").read_text())["stages"]["read"]
+    assert report["waves"] >= 3
+    assert report["staging_budget_bytes"] == pytest.approx(budget, abs=1)
+    largest_task = max(json.loads(p.read_text())["frames_bytes"] + json.loads(p.read_text())["index_bytes"]
+                       for p in _read_reports(ds))
+    # the high-water mark, as the run measured it and as sampled from outside
+    assert 0 < seen <= budget + largest_task
+    assert report["staging_high_water_bytes"] <= budget + largest_task
+    assert report["bytes_written_per_output_byte"] > 1.5  # every byte twice: staging, then shards
+    assert not (ds / "staging").exists()
+    assert verify_dataset(ds).ok
+    # the same samples as one wave writes (keys, labels, pairing, the bytes of each sample),
+    # in other shards: each wave's shards mix only that wave's places
+    plan = pq.read_table(ds / "plan.parquet").to_pylist()
+    assert len({r["wave"] for r in plan}) == report["waves"]
+    shards_per_wave = {}
+    for r in plan:
+        shards_per_wave.setdefault(r["wave"], set()).add((r["split"], r["shard"]))
+    assert all(a.isdisjoint(b) for w, a in shards_per_wave.items() for v, b in shards_per_wave.items() if w < v)
+
+    def by_key(table: Any) -> dict[str, dict[str, Any]]:
+        return {r["key"]: {k: v for k, v in _nan_safe(r).items() if k not in ("shard", "members")}
+                for r in table.to_pylist()}
+
+    assert by_key(read_manifest(ds)) == by_key(read_manifest(reference))
+
+
+def test_killed_in_the_second_wave_resumes_to_the_uninterrupted_bytes(
+    inputs: list[Path], waved: tuple[Path, Path, int, int], tmp_path: Path
+) -> None:
+    reference_ds, recipe, _, _ = waved
+    ds = tmp_path / "ds"
+    cmd = _ingest_cmd(inputs, ds, recipe, "--workers", "1")
+
+    def second_wave_started(ds: Path) -> bool:
+        return any("-w001-" in p.name for p in _read_reports(ds))
+
+    _kill_when(cmd, ds, second_wave_started, "first read task of the second wave", tmp_path)
+    plan = pq.read_table(ds / "plan.parquet").to_pylist()
+    first_wave = {(r["split"], r["shard"]) for r in plan if r["wave"] == 0}
+    done = {(p.parent.name, int(p.stem.split("-")[1])) for p in _reports(ds)}
+    assert first_wave <= done, "the first wave's shards are all written before the second wave reads"
+    assert len(done) < len(_reports(reference_ds)), "the run was not interrupted"
+    assert not any("-w000-" in p.name for p in (ds / "staging").iterdir()), "the first wave's staging is deleted"
+
+    _check_ok(_run(cmd))
+    assert_same_dataset(ds, reference_ds)
+    assert not (ds / "staging").exists()

@@ -44,10 +44,10 @@ from eoforge.ingest.materialize import (
     TASK_REPORTS, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
 from eoforge.ingest.pieces import STAGING, file_size, finished_read, read_report_paths, read_source, remove_staged, staging_paths
-from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, write_plan
-from eoforge.ingest.report import build_report, write_errors, write_report
+from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan
+from eoforge.ingest.report import build_report, manifest_rows, write_errors, write_report
 from eoforge.ingest.scan import scan
-from eoforge.shards.manifest import merge_parts, read_manifest, write_parquet_atomic
+from eoforge.shards.manifest import merge_parts, write_parquet_atomic
 from eoforge.shards.stats import DatasetStats, write_stats
 from eoforge.shards.writer import shard_path
 
@@ -144,7 +144,6 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                "config": config.to_dict(), "plan_sha256": plan_fingerprint(plan.rows)}
         _check_job(out, job)  # before plan.parquet: a refused run leaves the dataset's plan as it was
         write_plan(plan.rows, out / "plan.parquet")
-        plan_rows = plan.rows.to_pylist()
         if not dry_run:
             tmp = out / (JOB_NAME + ".tmp")
             tmp.write_text(json.dumps(job, indent=2) + "\n")
@@ -154,7 +153,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             write_errors(out, errors)
             raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
         if dry_run:
-            written = sum(finished_shard(out, j["split"], j["shard"]) is not None for j in plan_shards(plan_rows))
+            written = sum(finished_shard(out, split, shard) is not None for split, shard, _ in shard_index(plan.rows))
             report = build_dry_run_report(
                 inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover], config=config,
                 scanned=scanned, plan=plan, errors=errors, plan_sha256=job["plan_sha256"], shards_written=written)
@@ -163,19 +162,21 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             return IngestResult(out, 0, 0, errors, report)
 
         by_scene = {s["scene"]: s for s in scanned.scenes}
-        jobs = plan_shards(plan_rows)
-        reads = plan_reads(plan_rows, config, workers=engine.task_slots)
-        del plan_rows
-        finished = {(j["split"], j["shard"]): finished_shard(out, j["split"], j["shard"]) for j in jobs}
+        shards = shard_index(plan.rows)
+        finished = {(split, shard): finished_shard(out, split, shard) for split, shard, _ in shards}
         reports = [r for r in finished.values() if r is not None]
         read_results: dict[str, dict[str, Any]] = {}
+        stats_tasks: list[str] = []  # read tasks whose S2 statistics go into stats.json
         waves = WaveLog(budget_bytes=round(config.staging_budget_gb * 1e9))
         failed = False
         timings["read"] = timings["materialize"] = 0.0
-        for wave in sorted({j["wave"] for j in jobs}):
-            # a wave: its reads, then its shards, then its staging deleted
-            wave_jobs = [j for j in jobs if j["wave"] == wave]
-            wave_reads = [r for r in reads if r["wave"] == wave]
+        for wave in sorted({w for _, _, w in shards}):
+            # a wave: its reads, then its shards, then its staging deleted; only the wave's
+            # plan rows are held as Python objects
+            rows = wave_rows(plan.rows, wave)
+            wave_jobs, wave_reads = plan_shards(rows), plan_reads(rows, config, workers=engine.task_slots)
+            del rows
+            stats_tasks += [r["task"] for r in wave_reads if r["kind"] == "s2" and any(r["train"])]
             pending = [j for j in wave_jobs if finished[(j["split"], j["shard"])] is None]
             t0 = time.perf_counter()
             results, failed_reads = _run_reads(engine, wave_reads, pending, by_scene, config, out, errors, strict)
@@ -199,7 +200,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             own_engine = False
 
         t0 = time.perf_counter()
-        manifest = _finalize(out, job, config, reads, reports, errors)
+        manifest = _finalize(out, job, config, stats_tasks, reports, errors)
         if not failed:  # every shard is written: the pieces are spent
             background.run(shutil.rmtree, out / STAGING, True)
         timings["finalize"] = time.perf_counter() - t0
@@ -211,32 +212,33 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                               scan_counts={"headers_read": scanned.headers_read, "probes_run": scanned.probes_run})
         write_report(out, report, manifest)
         background.join()
-        return IngestResult(out, manifest.num_rows, sum(1 for r in reports if r["samples"]), errors, report)
+        return IngestResult(out, manifest_rows(manifest), sum(1 for r in reports if r["samples"]), errors, report)
     finally:
         background.join(raise_errors=False)
         if own_engine:
             engine.__exit__(None, None, None)
 
 
-def _finalize(out: Path, job: dict[str, Any], config: IngestConfig, reads: list[dict[str, Any]],
-              reports: list[dict[str, Any]], errors: list[dict[str, Any]]) -> pa.Table:
-    """Merge the manifest parts, write ``stats.json`` (S2 from the read tasks, S1 and sample
-    counts from the shard tasks) and ``errors.parquet``; return the manifest."""
+def _finalize(out: Path, job: dict[str, Any], config: IngestConfig, stats_tasks: list[str],
+              reports: list[dict[str, Any]], errors: list[dict[str, Any]]) -> Path:
+    """Merge the manifest parts (streaming), write ``stats.json`` (S2 from the read tasks
+    ``stats_tasks``, S1 and sample counts from the shard tasks) and ``errors.parquet``;
+    return the manifest's path."""
     # no fsync: on a busy disk an ext4 fsync waits for the writeback of every shard before
     # it (0.5 s each, measured); the manifest is derived data, merged again by a rerun
-    merge_parts(out, extra_metadata={"eoforge_ingest": {"plan_sha256": job["plan_sha256"], "config": config.to_dict()}},
+    manifest = merge_parts(out, extra_metadata={"eoforge_ingest": {"plan_sha256": job["plan_sha256"], "config": config.to_dict()}},
                 fsync=False)
     train_stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
     for r in reports:
         if r["split"] == "train":
             train_stats.merge(DatasetStats.load(task_stats_path(out, r["split"], r["shard"])))
-    for r in reads:
-        stats_path = read_report_paths(out, r["task"])[1]
-        if r["kind"] == "s2" and any(r["train"]) and stats_path.is_file():
+    for task in stats_tasks:
+        stats_path = read_report_paths(out, task)[1]
+        if stats_path.is_file():
             train_stats.merge(DatasetStats.load(stats_path))
     write_stats(out, train_stats, "train")
     write_errors(out, errors)
-    return read_manifest(out)
+    return manifest
 
 
 @dataclass

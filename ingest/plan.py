@@ -866,6 +866,19 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 
     return tasks
 
 
+def shard_index(rows: pa.Table) -> list[tuple[str, int, int]]:
+    """(split, shard, wave) of every shard of a plan, in shard order."""
+    keys = pa.table({"split": rows.column("split").cast(pa.string()), "shard": rows.column("shard"),
+                     "wave": rows.column("wave")}).group_by(["split", "shard", "wave"], use_threads=False).aggregate([])
+    return sorted(zip(keys.column("split").to_pylist(), keys.column("shard").to_pylist(), keys.column("wave").to_pylist()),
+                  key=lambda k: (k[0] != "train", k[1]))
+
+
+def wave_rows(rows: pa.Table, wave: int) -> list[dict[str, Any]]:
+    """The plan rows of one wave as dicts (in plan order)."""
+    return rows.filter(pc.equal(rows.column("wave"), wave)).to_pylist()
+
+
 def plan_shards(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group plan rows into shard jobs: ``{"split", "shard", "wave", "tiles": [[row, ...] per tile]}``."""
     jobs: dict[tuple[str, int], dict[str, Any]] = {}

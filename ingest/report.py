@@ -39,7 +39,7 @@ def error_reason_class(reason: str) -> str:
 
 def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], files_seen: int,
                  scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
-                 read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: pa.Table | None,
+                 read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: Path | None,
                  timings_s: dict[str, float], scan_counts: dict[str, int] | None = None,
                  waves: dict[str, Any] | None = None) -> dict[str, Any]:
     """``report.json``. ``scan_counts``: what the scan read rather than took from its
@@ -56,12 +56,12 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
     hist, _ = np.histogram(dts, bins=edges) if dts.size else (np.zeros(len(edges) - 1, int), edges)
     written_steps = counts.get("time_steps_written", 0)
     labels: dict[str, Any] = {}
-    if manifest is not None and manifest.num_rows:
-        tax = [t for t in manifest.column("label_taxonomy").to_pylist() if t]
-        if tax:
-            from eoforge.shards.inspect import label_distribution
+    samples = manifest_rows(manifest)
+    if samples:  # streamed from the manifest file: memory does not grow with the dataset
+        from eoforge.shards.inspect import LABEL_COLUMNS, label_distribution
+        from eoforge.shards.manifest import iter_manifest
 
-            labels = label_distribution(manifest) or {}
+        labels = label_distribution(iter_manifest(manifest, LABEL_COLUMNS)) or {}
     sensors = Counter(s["sensor"] for s in scenes)
     return {
         "inputs": inputs,
@@ -73,7 +73,7 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
                      "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
             "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items())), **(waves or {})},
             "materialize": {"shards": len(task_reports), **dict(sorted(counts.items()))},
-            "finalize": {"samples": 0 if manifest is None else manifest.num_rows},
+            "finalize": {"samples": samples},
         },
         "dedup": {reason: {"count": r.count, "examples": r.examples[:5]} for reason, r in sorted(plan.removed.items())},
         "pairing": {
@@ -152,7 +152,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, report: dict[str, Any], manifest: pa.Table | None) -> None:
+def manifest_rows(manifest: Path | None) -> int:
+    """Rows of a manifest file (from its footer), 0 without one."""
+    import pyarrow.parquet as pq
+
+    return 0 if manifest is None or not Path(manifest).is_file() else pq.ParquetFile(manifest).metadata.num_rows
+
+
+def write_report(out: Path, report: dict[str, Any], manifest: Path | None) -> None:
     from eoforge.shards.plots import _save, coverage_map, label_histogram, plt
 
     p = report["pairing"]["dt_days_histogram"]
@@ -163,7 +170,7 @@ def write_report(out: Path, report: dict[str, Any], manifest: pa.Table | None) -
     ax.set_ylabel("paired time steps (planned)")
     ax.set_title(f"S1/S2 pairing: match rate {report['pairing']['match_rate_planned'] or 0:.0%}")
     _save(fig, out / "report-dt.png")
-    if manifest is not None and manifest.num_rows:
+    if manifest_rows(manifest):
         coverage_map(manifest, out / "report-coverage.png")
     if report["labels"]:
         label_histogram(report["labels"], out / "report-labels.png")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -50,21 +50,28 @@ def summarize(table: pa.Table) -> dict[str, Any]:
     return out
 
 
-def label_distribution(table: pa.Table) -> dict[str, Any] | None:
-    """Per taxonomy: samples with each class present (per split) and mean class fraction."""
-    rows = table.select(["split", "label_taxonomy", "labels", "label_fractions"]).to_pylist()
-    dist: dict[str, Any] = {}
-    for tax in sorted({r["label_taxonomy"] for r in rows if r["label_taxonomy"]}):
-        present: dict[str, Counter[str]] = {}
-        fractions = [r["label_fractions"] for r in rows if r["label_taxonomy"] == tax and r["label_fractions"]]
-        for r in rows:
-            if r["label_taxonomy"] == tax:
-                present.setdefault(r["split"], Counter()).update(r["labels"] or [])
-        dist[tax] = {
-            "present": {s: dict(c.most_common()) for s, c in sorted(present.items())},
-            "mean_fraction": np.mean(fractions, axis=0).round(4).tolist() if fractions else None,
-        }
-    return dist
+LABEL_COLUMNS = ["split", "label_taxonomy", "labels", "label_fractions"]
+
+
+def label_distribution(table: pa.Table | Iterable[pa.Table]) -> dict[str, Any] | None:
+    """Per taxonomy: samples with each class present (per split) and mean class fraction.
+    ``table``: the manifest (its :data:`LABEL_COLUMNS`), or batches of it (memory: one batch)."""
+    present: dict[str, dict[str, Counter[str]]] = {}
+    fraction_sum: dict[str, np.ndarray] = {}
+    fraction_n: Counter[str] = Counter()
+    for batch in [table] if isinstance(table, pa.Table) else table:
+        for r in batch.select(LABEL_COLUMNS).to_pylist():
+            tax = r["label_taxonomy"]
+            if not tax:
+                continue
+            present.setdefault(tax, {}).setdefault(r["split"], Counter()).update(r["labels"] or [])
+            if r["label_fractions"]:
+                f = np.asarray(r["label_fractions"], dtype=np.float64)
+                fraction_sum[tax] = fraction_sum[tax] + f if tax in fraction_sum else f
+                fraction_n[tax] += 1
+    return {tax: {"present": {s: dict(c.most_common()) for s, c in sorted(present[tax].items())},
+                  "mean_fraction": (fraction_sum[tax] / fraction_n[tax]).round(4).tolist() if fraction_n[tax] else None}
+            for tax in sorted(present)}
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -190,8 +190,9 @@ def manifest_row(meta: SampleMeta, shard: str, members: "list[MemberInfo]") -> d
     }
 
 
-def geo_metadata(table: pa.Table) -> dict[str, Any]:
-    """The GeoParquet ``geo`` metadata for a manifest table."""
+def geo_metadata(table: pa.Table | None = None, bbox: list[float] | None = None) -> dict[str, Any]:
+    """The GeoParquet ``geo`` metadata for a manifest table (or for rows whose footprints
+    span ``bbox`` = [xmin, ymin, xmax, ymax], lon/lat degrees)."""
     col: dict[str, Any] = {
         "encoding": "WKB",
         "geometry_types": ["Polygon"],
@@ -202,15 +203,24 @@ def geo_metadata(table: pa.Table) -> dict[str, Any]:
             "bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}
         },
     }
-    if table.num_rows:
-        bbox = table.column("bbox").combine_chunks()
-        col["bbox"] = [
-            min(bbox.field("xmin").to_pylist()),
-            min(bbox.field("ymin").to_pylist()),
-            max(bbox.field("xmax").to_pylist()),
-            max(bbox.field("ymax").to_pylist()),
-        ]
+    if table is not None and table.num_rows:
+        bbox = _total_bbox(table.column("bbox"))
+    if bbox is not None:
+        col["bbox"] = bbox
     return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": col}}
+
+
+def _total_bbox(column: pa.ChunkedArray | pa.Array, start: list[float] | None = None) -> list[float]:
+    """[xmin, ymin, xmax, ymax] over a ``bbox`` struct column (and ``start``)."""
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    out = [pc.min(column.field("xmin")).as_py(), pc.min(column.field("ymin")).as_py(),
+           pc.max(column.field("xmax")).as_py(), pc.max(column.field("ymax")).as_py()]
+    if start is not None:
+        out = [min(out[0], start[0]), min(out[1], start[1]), max(out[2], start[2]), max(out[3], start[3])]
+    return out
 
 
 def rows_to_table(rows: list[dict[str, Any]], extra_metadata: dict[str, Any] | None = None) -> pa.Table:
@@ -243,33 +253,76 @@ def write_part(rows: list[dict[str, Any]], path: str | os.PathLike[str], fsync: 
     return path
 
 
+#: Rows per row group of the merged manifest (parts of ~64 rows are gathered up to this).
+MERGE_ROW_GROUP = 65_536
+
+
 def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | None = None,
                 fsync: bool = True) -> Path:
-    """Merge ``DS/manifest-parts/**.parquet`` into ``DS/manifest.parquet``.
+    """Merge ``DS/manifest-parts/**.parquet`` into ``DS/manifest.parquet``, streaming: memory
+    holds one row group (:data:`MERGE_ROW_GROUP` rows), not the manifest.
 
     Rows are ordered by split, shard and position in the shard: part paths
     (``<split>/shard-NNNNNN.parquet``) sort like their shards, so concatenating the parts in
-    path order is enough. A part whose shard file is missing means an interrupted write and
-    is an error (naming the part).
+    path order is enough. A first pass reads each part's ``shard`` and ``bbox`` columns (the
+    GeoParquet bbox goes into the file's metadata, written first); a part whose shard file is
+    missing means an interrupted write and is an error (naming the part).
     """
     root = Path(root)
     parts = sorted((root / "manifest-parts").glob("*/*.parquet"))
-    tables = []
+    bbox: list[float] | None = None
     for part in parts:
         try:
             # ParquetFile, not read_table: the latter goes through pyarrow.dataset, whose
             # import pulls in pandas (0.6 s of every ingest's finalize, measured)
-            t = pq.ParquetFile(part).read().select(SCHEMA.names).cast(SCHEMA)
+            t = pq.ParquetFile(part).read(columns=["shard", "bbox"])
         except (OSError, pa.ArrowInvalid) as err:
             raise ManifestError(f"{part}: unreadable manifest part: {err}") from err
         for shard in set(t.column("shard").to_pylist()):
             if not (root / shard).is_file():
                 raise ManifestError(f"{part}: lists rows of {shard}, which does not exist")
-        tables.append(t)
-    merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+        if t.num_rows:
+            bbox = _total_bbox(t.column("bbox"), bbox)
+    meta = {b"geo": json.dumps(geo_metadata(bbox=bbox)).encode()}
+    if extra_metadata:
+        meta[b"eoforge"] = json.dumps(extra_metadata, sort_keys=True).encode()
+    schema = SCHEMA.with_metadata(meta)
     out = root / MANIFEST_NAME
-    write_parquet_atomic(_with_metadata(merged.replace_schema_metadata(None), extra_metadata), out, fsync=fsync)
+    tmp = out.with_name(out.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer:
+        pending: list[pa.Table] = []
+        rows = 0
+        for part in parts + [None]:
+            if part is not None:
+                try:
+                    t = pq.ParquetFile(part).read().select(SCHEMA.names).cast(SCHEMA)
+                except (OSError, pa.ArrowInvalid) as err:
+                    raise ManifestError(f"{part}: unreadable manifest part: {err}") from err
+                pending.append(t.replace_schema_metadata(meta))
+                rows += t.num_rows
+            if pending and (rows >= MERGE_ROW_GROUP or part is None):
+                writer.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
+                pending, rows = [], 0
+        if not parts:
+            writer.write_table(schema.empty_table())
+    if fsync:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, out)
     return out
+
+
+def iter_manifest(root: str | os.PathLike[str], columns: list[str], batch_rows: int = MERGE_ROW_GROUP
+                  ) -> Iterable[pa.Table]:
+    """The manifest's ``columns`` a batch of rows at a time (memory: one batch)."""
+    path = Path(root)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ManifestError(f"{path}: unreadable manifest: {err}") from err
 
 
 def read_manifest(root: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:

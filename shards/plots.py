@@ -20,8 +20,29 @@ from eoforge.shards.schema import TAXONOMIES  # noqa: E402
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
 
-def coverage_map(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Tile footprints in lon/lat, coloured by split, with the number of samples per split."""
+#: Above this many samples the coverage map is a density raster, not one polygon per sample.
+COVERAGE_POLYGONS_MAX = 5000
+#: Cells along the longer side of the density raster.
+COVERAGE_RASTER_CELLS = 400
+
+
+def coverage_map(source: pa.Table | str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """The dataset's coverage in lon/lat: tile footprints coloured by split, or, above
+    :data:`COVERAGE_POLYGONS_MAX` samples, samples per cell of a lon/lat raster (tile centres,
+    streamed from the manifest: memory does not grow with the dataset). ``source``: the
+    manifest table or its file (or dataset folder)."""
+    if not isinstance(source, pa.Table):
+        from eoforge.shards.manifest import MANIFEST_NAME
+
+        manifest = Path(source) / MANIFEST_NAME if Path(source).is_dir() else Path(source)
+        import pyarrow.parquet as pq
+
+        if pq.ParquetFile(manifest).metadata.num_rows > COVERAGE_POLYGONS_MAX:
+            return _coverage_density(manifest, path)
+        source = pq.ParquetFile(manifest).read(columns=["geometry", "split", "lat"])
+    elif source.num_rows > COVERAGE_POLYGONS_MAX:
+        return _coverage_density(source, path)
+    table = source
     fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
     geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
     splits = table.column("split").to_pylist()
@@ -43,6 +64,59 @@ def coverage_map(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("latitude (°)")
     ax.set_title(f"Coverage: {table.num_rows} samples")
     ax.legend(loc="upper right", fontsize=8)  # "best" searches the polygons: seconds for 10^3 tiles
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def coverage_counts(batches: Any, cells: int = COVERAGE_RASTER_CELLS) -> dict[str, Any]:
+    """Samples per cell of a lon/lat raster (cells square on the ground at the mean latitude,
+    ``cells`` along the longer side) from tile centres. ``batches()`` yields tables with
+    ``lon``, ``lat``, ``split``; it is called twice (bounds, then counts), so memory holds one
+    batch. Returns ``counts`` ``[ny, nx]`` (row 0 south), ``extent`` (lon0, lon1, lat0, lat1),
+    ``cell_km``, ``aspect``, ``splits`` (samples per split) and ``samples``."""
+    lon0 = lat0 = np.inf
+    lon1 = lat1 = -np.inf
+    lat_sum, n = 0.0, 0
+    splits: dict[str, int] = {}
+    for b in batches():
+        lon, lat = b.column("lon").to_numpy(), b.column("lat").to_numpy()
+        if not len(lon):
+            continue
+        lon0, lon1 = min(lon0, lon.min()), max(lon1, lon.max())
+        lat0, lat1 = min(lat0, lat.min()), max(lat1, lat.max())
+        lat_sum, n = lat_sum + lat.sum(), n + len(lat)
+        for split, count in zip(*np.unique(np.asarray(b.column("split").to_pylist()), return_counts=True)):
+            splits[str(split)] = splits.get(str(split), 0) + int(count)
+    aspect = max(float(np.cos(np.radians(lat_sum / max(n, 1)))), 1e-3)
+    width, height = max(lon1 - lon0, 1e-6) * aspect, max(lat1 - lat0, 1e-6)  # degrees of latitude
+    cell = max(width, height) / cells
+    nx, ny = max(1, int(np.ceil(width / cell))), max(1, int(np.ceil(height / cell)))
+    counts = np.zeros((ny, nx), dtype=np.int64)
+    for b in batches():
+        lon, lat = b.column("lon").to_numpy(), b.column("lat").to_numpy()
+        ix = np.clip(((lon - lon0) * aspect / cell).astype(np.int64), 0, nx - 1)
+        iy = np.clip(((lat - lat0) / cell).astype(np.int64), 0, ny - 1)
+        np.add.at(counts, (iy, ix), 1)
+    return {"counts": counts, "extent": (lon0, lon0 + nx * cell / aspect, lat0, lat0 + ny * cell),
+            "cell_km": cell * 111.32, "aspect": aspect, "splits": splits, "samples": n}
+
+
+def _coverage_density(source: pa.Table | Path, path: str | os.PathLike[str]) -> Path:
+    """:func:`coverage_counts` as a picture."""
+    from eoforge.shards.manifest import iter_manifest
+
+    def batches() -> Any:
+        return [source] if isinstance(source, pa.Table) else iter_manifest(source, ["lon", "lat", "split"])
+
+    c = coverage_counts(batches)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    image = ax.imshow(np.ma.masked_equal(c["counts"], 0), origin="lower", extent=c["extent"], cmap="viridis",
+                      interpolation="nearest", aspect=1.0 / c["aspect"])
+    fig.colorbar(image, ax=ax, shrink=0.8, label=f"samples per {c['cell_km']:.1f} km cell")
+    ax.set_xlabel("longitude (°)")
+    ax.set_ylabel("latitude (°)")
+    per_split = ", ".join(f"{k} {v:,}" for k, v in sorted(c["splits"].items()))
+    ax.set_title(f"Coverage: {c['samples']:,} samples ({per_split})")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

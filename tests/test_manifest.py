@@ -125,3 +125,50 @@ def test_read_manifest_errors_name_the_file(tmp_path):
     (tmp_path / "manifest.parquet").write_bytes(b"not parquet")
     with pytest.raises(ManifestError, match="manifest.parquet: unreadable"):
         read_manifest(tmp_path)
+
+
+def test_merge_streams_row_groups_and_keeps_the_rows_and_geo_bbox(dataset_copy, monkeypatch):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from eoforge.shards import manifest as M
+    from eoforge.shards.inspect import LABEL_COLUMNS, label_distribution
+
+    whole = read_manifest(dataset_copy)
+    monkeypatch.setattr(M, "MERGE_ROW_GROUP", 5)  # parts of 4 rows: row groups of 8 and the rest
+    merge_parts(dataset_copy)
+    streamed = read_manifest(dataset_copy)
+    assert streamed.equals(whole)
+    assert pq.ParquetFile(dataset_copy / "manifest.parquet").metadata.num_row_groups > 1
+    geo = json.loads(streamed.schema.metadata[b"geo"])["columns"]["geometry"]["bbox"]
+    bbox = whole.column("bbox").to_pylist()
+    assert geo == [min(b["xmin"] for b in bbox), min(b["ymin"] for b in bbox),
+                   max(b["xmax"] for b in bbox), max(b["ymax"] for b in bbox)]
+    # the label distribution from batches of 3 rows equals the one from the whole table
+    batches = list(M.iter_manifest(dataset_copy, LABEL_COLUMNS, batch_rows=3))
+    assert len(batches) == 4
+    assert label_distribution(batches) == label_distribution(whole)
+
+
+def test_coverage_map_is_a_density_raster_for_large_datasets(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from eoforge.shards.plots import COVERAGE_POLYGONS_MAX, coverage_counts, coverage_map
+
+    n = COVERAGE_POLYGONS_MAX + 1000
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(10, 14, n), rng.uniform(44, 46, n)
+    split = np.where(rng.random(n) < 0.1, "val", "train")
+    table = pa.table({"lon": lon, "lat": lat, "split": split})
+    c = coverage_counts(lambda: [table.slice(0, 3000), table.slice(3000)], cells=40)
+    assert c["counts"].sum() == n and c["samples"] == n
+    assert c["splits"] == {"train": int((split == "train").sum()), "val": int((split == "val").sum())}
+    assert c["counts"].shape[1] == 40  # the longer side on the ground: 4° of longitude at 45° N > 2° of latitude
+    # the sample at the south-west corner is counted in cell (0, 0)
+    corner = int(np.argmin(lon + lat))
+    lon0, _, lat0, _ = c["extent"]
+    assert (lon[corner] - lon0) * c["aspect"] < c["cell_km"] / 111.32 and (lat[corner] - lat0) < c["cell_km"] / 111.32
+    assert c["counts"][0].sum() + c["counts"][:, 0].sum() > 0
+    assert coverage_map(table, tmp_path / "coverage.png").stat().st_size > 10_000

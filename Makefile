@@ -121,6 +121,7 @@ bench: $(BENCH_STAMP)
 	EOFORGE_REAL_DATA=$(REAL_DATA) $(BIN)/python -m eoforge.shards.bench --out build/bench
 	$(BIN)/python -m eoforge.ingest.bench --out build/bench
 	$(BIN)/python -m eoforge.ingest.bench_plan --out build/bench
+	$(BIN)/python -m eoforge.ingest.bench_waves --out build/bench
 	$(BIN)/python -m eoforge.train.data.bench --out build/bench
 	$(BIN)/python -m eoforge.train.bench_pera --out build/bench
 	$(BIN)/python -m eoforge.train.bench_softcon --out build/bench

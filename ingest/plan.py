@@ -490,34 +490,20 @@ S1_WHY = {"far_in_time": "no S2 within {max_dt:g} days on any tile",
           "no_tile": "covers no planned tile"}
 
 
-def plan_region(grid: Grid, sc: Scenes, region: Region, s2: list[int], s1: list[int], lcs: list[int],
-                edge_drops: np.ndarray, config: IngestConfig) -> RegionPlan:
-    """Steps 3-7 for the tiles of one region."""
-    removed: dict[str, Removed] = defaultdict(Removed)
-    threshold = max(config.min_scene_coverage, 1e-9)
-    # 3-4: S2 candidates
-    cand = covered_pairs(grid, sc, s2, region, 0.0)
-    cand = one_per_acquisition(cand.take(np.flatnonzero(cand.coverage >= threshold)), sc, removed)
-    # 5: zone-edge duplicates, decided for the whole archive beforehand
-    cand = cand.take(np.flatnonzero(~np.isin(cand.tile, edge_drops)))
-    final = np.unique(cand.tile)
-    # 6: S1 candidates on the final tiles, one product per acquisition
-    s1p = covered_pairs(grid, sc, s1, region, CROSS_ZONE_MARGIN_DEG)
-    s1p = s1p.take(np.flatnonzero((s1p.coverage >= threshold) & np.isin(s1p.tile, final)))
-    s1p = one_per_acquisition(s1p, sc, removed)
+def pair_with_s1(cand: Pairs, s1p: Pairs, final: np.ndarray, sc: Scenes, config: IngestConfig
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 6: per tile one orbit direction, per S2 candidate the S1 of that direction nearest
+    in time within ``max_dt_days`` (then better covered, then product id).
 
-    tile_index = np.searchsorted(final, cand.tile)
-    s1_tile_index = np.searchsorted(final, s1p.tile)
+    Returns (pair: index into ``s1p`` per S2 candidate, -1 unpaired; each tile's direction,
+    True = descending; each S1 pair's fate code, :data:`S1_STATUS` without "used")."""
+    tile_index, s1_tile_index = np.searchsorted(final, cand.tile), np.searchsorted(final, s1p.tile)
     s2_time, s1_time = sc.time_us[cand.scene], sc.time_us[s1p.scene]
     s1_desc = sc.descending[s1p.scene]
     max_us = config.max_dt_days * 86400 * 1e6
 
-    def best_s1(direction_desc: np.ndarray) -> np.ndarray:
-        """For each S2 candidate, the S1 pair (index into s1p) of the given direction nearest
-        in time within max_dt_days (then better covered, then product id); -1 if none."""
-        group_left = tile_index * 2 + direction_desc.astype(np.int64)
-        group_right = s1_tile_index * 2 + s1_desc.astype(np.int64)
-        left, right = _time_join(group_left, s2_time, group_right, s1_time, max_us)
+    def nearest(direction_desc: np.ndarray) -> np.ndarray:
+        left, right = _time_join(tile_index * 2 + direction_desc, s2_time, s1_tile_index * 2 + s1_desc, s1_time, max_us)
         dt = (s1_time[right] - s2_time[left]) / 1e6 / 86400.0
         ok = np.abs(dt) <= config.max_dt_days
         left, right, dt = left[ok], right[ok], dt[ok]
@@ -528,25 +514,31 @@ def plan_region(grid: Grid, sc: Scenes, region: Region, s2: list[int], s1: list[
         best[left[first]] = right[first]
         return best
 
-    if config.orbit_direction == "auto":
-        best_desc, best_asc = best_s1(np.ones(len(cand), bool)), best_s1(np.zeros(len(cand), bool))
+    if config.orbit_direction == "auto":  # the direction that pairs more steps; descending on a tie
+        best_desc, best_asc = nearest(np.ones(len(cand), np.int64)), nearest(np.zeros(len(cand), np.int64))
         n_desc = np.bincount(tile_index, weights=best_desc >= 0, minlength=len(final))
         n_asc = np.bincount(tile_index, weights=best_asc >= 0, minlength=len(final))
         tile_desc = n_desc >= n_asc
         pair = np.where(tile_desc[tile_index], best_desc, best_asc)
     else:
         tile_desc = np.full(len(final), config.orbit_direction == "descending")
-        pair = best_s1(tile_desc[tile_index])
-
-    # S1 fates: near = some S2 candidate of the tile within max_dt_days
+        pair = nearest(tile_desc[tile_index].astype(np.int64))
+    # fates: near = some S2 candidate of the tile within max_dt_days
     left, right = _time_join(s1_tile_index, s1_time, tile_index, s2_time, max_us)
     close = np.abs((s1_time[left] - s2_time[right]) / 1e6) <= config.max_dt_days * 86400
     near = np.zeros(len(s1p), dtype=bool)
     near[left[close]] = True
-    status = np.where(near & (s1_desc == tile_desc[s1_tile_index]), 1, np.where(near, 2, 3))
+    fate = np.where(near & (s1_desc == tile_desc[s1_tile_index]), 1, np.where(near, 2, 3))
+    return pair, tile_desc, fate
 
-    # 7: per tile and season the clearest S2 candidate
-    paired = pair >= 0
+
+def choose_steps(cand: Pairs, paired: np.ndarray, final: np.ndarray, sc: Scenes, config: IngestConfig
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 7: per tile and season the clearest S2 candidate (scene cloud cover, then paired,
+    then coverage, then time), the tile's steps in time order.
+
+    Returns (chosen candidates, their season, their step index within the tile)."""
+    tile_index = np.searchsorted(final, cand.tile)
     pool = np.flatnonzero(paired | config.keep_unpaired_s2)
     season = ((sc.month[cand.scene[pool]] % 12) * config.seasons) // 12
     cloud = np.nan_to_num(sc.cloud[cand.scene[pool]], nan=101.0)
@@ -554,27 +546,46 @@ def plan_region(grid: Grid, sc: Scenes, region: Region, s2: list[int], s1: list[
                         cloud, season, tile_index[pool]))
     first = _group_starts(tile_index[pool][order], season[order])
     chosen, chosen_season = pool[order][first], season[order][first]
-    order = np.lexsort((s2_time[chosen], tile_index[chosen]))
+    order = np.lexsort((sc.time_us[cand.scene[chosen]], tile_index[chosen]))
     chosen, chosen_season = chosen[order], chosen_season[order]
     tile_of_step = tile_index[chosen]
-    step = np.arange(len(chosen)) - np.searchsorted(tile_of_step, tile_of_step)
+    return chosen, chosen_season, np.arange(len(chosen)) - np.searchsorted(tile_of_step, tile_of_step)
+
+
+def plan_region(grid: Grid, sc: Scenes, region: Region, s2: list[int], s1: list[int], lcs: list[int],
+                edge_drops: np.ndarray, config: IngestConfig) -> RegionPlan:
+    """Steps 3-7 and the labels for the tiles of one region (``s2``, ``s1``, ``lcs``: the rows
+    of the scenes that touch it; ``edge_drops``: its tiles step 5 removed)."""
+    removed: dict[str, Removed] = defaultdict(Removed)
+    threshold = max(config.min_scene_coverage, 1e-9)
+    # 3-4: S2 candidates
+    cand = covered_pairs(grid, sc, s2, region, 0.0)
+    cand = one_per_acquisition(cand.take(np.flatnonzero(cand.coverage >= threshold)), sc, removed)
+    # 5: zone-edge duplicates, decided for the whole archive beforehand
+    cand = cand.take(np.flatnonzero(~np.isin(cand.tile, edge_drops)))
+    final = np.unique(cand.tile)
+    # 6: S1 candidates on the final tiles, one product per acquisition, then the pairing
+    s1p = covered_pairs(grid, sc, s1, region, CROSS_ZONE_MARGIN_DEG)
+    s1p = s1p.take(np.flatnonzero((s1p.coverage >= threshold) & np.isin(s1p.tile, final)))
+    s1p = one_per_acquisition(s1p, sc, removed)
+    pair, _, fate = pair_with_s1(cand, s1p, final, sc, config)
+    # 7: seasons
+    chosen, season, step = choose_steps(cand, pair >= 0, final, sc, config)
     s1_chosen = pair[chosen]
     has_s1 = s1_chosen >= 0
-    used = s1_chosen[has_s1]
-    status[used] = 0
-    order = np.lexsort((status, s1p.scene))
+    fate[s1_chosen[has_s1]] = 0  # used
+    order = np.lexsort((fate, s1p.scene))
     first = _group_starts(s1p.scene[order])
-    s1_status = (s1p.scene[order][first], status[order][first])  # each S1 row's best fate here
+    s1_status = (s1p.scene[order][first], fate[order][first])  # each S1 row's best fate here
 
-    s2_rows = cand.scene[chosen]
     s1_rows = np.full(len(chosen), -1, dtype=np.int64)
     s1_rows[has_s1] = s1p.scene[s1_chosen[has_s1]]
-    dt_days = np.where(has_s1, (sc.time_us[np.maximum(s1_rows, 0)] - s2_time[chosen]) / 1e6 / 86400.0, np.nan)
+    s2_time = sc.time_us[cand.scene[chosen]]
+    dt_days = np.where(has_s1, (sc.time_us[np.maximum(s1_rows, 0)] - s2_time) / 1e6 / 86400.0, np.nan)
     columns = {
-        "tile": cand.tile[chosen], "step": step.astype(np.int16), "season": chosen_season.astype(np.int8),
-        "s2_row": s2_rows, "s2_coverage": cand.coverage[chosen], "s1_row": s1_rows, "dt_days": dt_days,
+        "tile": cand.tile[chosen], "step": step.astype(np.int16), "season": season.astype(np.int8),
+        "s2_row": cand.scene[chosen], "s2_coverage": cand.coverage[chosen], "s1_row": s1_rows, "dt_days": dt_days,
     }
-
     # labels: land-cover rasters intersecting each final tile
     lc_pairs = covered_pairs(grid, sc, lcs, region, CROSS_ZONE_MARGIN_DEG)
     lc_pairs = lc_pairs.take(np.flatnonzero(np.isin(lc_pairs.tile, final)))

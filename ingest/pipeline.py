@@ -1,12 +1,16 @@
 """``eoforge ingest``: scan -> plan -> read -> materialize -> finalize, resumable.
 
-- scan and plan work on metadata (:mod:`.scan`, :mod:`.plan`);
-- read: one Dask task per source scene and band of tile rows reads its windows once, in
-  raster order, into encoded per-tile pieces (:mod:`.pieces`);
-- materialize: one Dask task per shard assembles its geography-mixed samples from the
-  pieces, without decoding pixels again (:mod:`.materialize`);
-- finalize: manifest parts merged, statistics and reports written,
-  the staging folder removed.
+- scan and plan work on metadata (:mod:`.scan`, :mod:`.plan`: one Dask task per plan region);
+- then wave by wave (the plan's ``wave`` column: tiles whose staged pieces fit
+  ``staging_budget_gb``):
+
+  - read: one Dask task per source scene, wave and band of tile rows reads its windows once,
+    in raster order, into encoded per-tile pieces (:mod:`.pieces`);
+  - materialize: one Dask task per shard assembles its samples, mixing the wave's places,
+    from the pieces, without decoding pixels again (:mod:`.materialize`); it reads the
+    piece indexes it needs from the staging folder itself;
+  - the wave's staged pieces are deleted;
+- finalize: manifest parts merged (streaming), statistics and reports written.
 
 The dataset folder records the job in ``DS/ingest.json`` (inputs, config and a
 fingerprint of the plan). Rerunning the same command re-scans and re-plans (cheap,

@@ -19,11 +19,23 @@ peak memory per worker, measured side by side in one run on one full-size S2 sce
   time of the parallel stages alone (read + materialize) and the CPU seconds the workers
   and the client spent (``getrusage``), so what the stages cost per tile and what the
   one-off parts (cluster start, scan, plan, reports) cost can be told apart.
+- **chipper**: the chipper a user would hand-write (:mod:`eoforge.ingest.chipper`: N
+  processes, each opens the band files once and walks its band of tile rows north to south,
+  20/60 m upsampled by rasterio's ``out_shape``, zstd-1 ``.npy`` members in webdataset tars;
+  no dedup, QA, labels, statistics, manifest or resume) on 2 and 1 processes, cutting the
+  same tiles as the ingest plans (asserted); ratio = ingest / chipper per repeat (2 workers
+  vs 2 processes), median; its speed-up 2 vs 1 and its peak RSS per process beside the ingest's.
+- **where the ingest's time goes**: its stage times (``DS/report.json``: read, materialize;
+  the rest is cluster start and stop, scan, plan and finalize), the busy seconds of its read
+  and shard tasks (``DS/task-reports``), the bytes it wrote to staging (frames the read tasks
+  encode) and then to shards (the same frames again, in geography-mixed tars), next to the
+  chipper's seconds reading, encoding and writing.
 - **memory**: peak RSS of each worker process (the kernel's high-water mark, read twice a second).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -264,10 +276,17 @@ def ingest_once(scene: Path, out: Path, workers: int, **settings: Any) -> dict[s
     me_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     tars = list((out / "shards").rglob("*.tar"))
     stages = result.report["timings_s"]
+    reads = [json.loads(p.read_text()) for p in (out / "task-reports" / "read").glob("*.json")]
+    shard_reports = [json.loads(p.read_text()) for p in (out / "task-reports").glob("*/shard-*.json")]
     return {"workers": workers, "seconds": seconds, "samples": result.samples, "shards": len(tars),
             "tiles_planned": result.report["stages"]["plan"]["tiles"],
             "bytes_written": sum(p.stat().st_size for p in tars), "stage_seconds": stages,
             "parallel_stage_seconds": stages["read"] + stages["materialize"],
+            "fixed_seconds": seconds - stages["read"] - stages["materialize"],
+            # what the read tasks wrote to DS/staging (frames + piece index), then the shard tasks to tars
+            "staging_bytes": sum(r.get("frames_bytes", 0) + r.get("index_bytes", 0) for r in reads),
+            "read_task_seconds": sum(r.get("seconds", 0.0) for r in reads),
+            "shard_task_seconds": sum(r.get("seconds", 0.0) for r in shard_reports),
             # the LocalCluster's worker processes are this process's children, reaped when it closes
             "worker_cpu_seconds": _cpu(children_after) - _cpu(children),
             "client_cpu_seconds": _cpu(me_after) - _cpu(me),
@@ -276,6 +295,33 @@ def ingest_once(scene: Path, out: Path, workers: int, **settings: Any) -> dict[s
 
 def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
+
+
+def chipper_once(scene: Path, out: Path, processes: int, **settings: Any) -> dict[str, Any]:
+    """The hand-written chipper (:func:`eoforge.ingest.chipper.chip_scene`) end to end, pool
+    start and stop included; ``settings`` as the ingest's (tile size, shard size, GDAL cache)."""
+    from eoforge.ingest.chipper import chip_scene
+
+    shutil.rmtree(out, ignore_errors=True)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    result = chip_scene(scene, out, processes=processes, **settings)
+    seconds = time.perf_counter() - t0
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's processes, reaped at its shutdown
+    parts = result["processes"]
+    return {"processes": processes, "seconds": seconds, "tiles": result["tiles"], "samples": result["samples"],
+            "shards": result["shards"], "bytes_written": result["bytes"], "tile_ids": result["tile_ids"],
+            **{f"{k}_seconds": sum(p[f"{k}_seconds"] for p in parts) for k in ("read", "encode", "write")},
+            "process_seconds": [round(p["seconds"], 2) for p in parts],
+            "worker_cpu_seconds": _cpu(children_after) - _cpu(children),
+            "peak_rss_per_process_mb": sorted((p["peak_rss_mb"] for p in parts), reverse=True)}
+
+
+def planned_tiles(ds: Path) -> list[str]:
+    """The tile ids an ingest planned (``DS/plan.parquet``)."""
+    import pyarrow.parquet as pq
+
+    return sorted(set(pq.read_table(ds / "plan.parquet", columns=["tile_id"]).column("tile_id").to_pylist()))
 
 
 FORMAT_NAMES = {"cog": "DEFLATE GeoTIFFs, 1024 blocks (Earth Search / Planetary Computer COG layout)",
@@ -288,27 +334,59 @@ def scene_folder(out: Path, scene_px: int, fmt: str) -> Path:
     return out / (f"scene-{scene_px}" if fmt == "cog" else f"scene-{fmt}-{scene_px}")
 
 
-def measure(scene: Path, out: Path, repeats: int, fmt: str) -> dict[str, Any]:
-    """Floor, encoding and ingest (2 workers, 1 worker) on one scene, ``repeats`` interleaved
-    runs each; the fastest of each counts."""
+def _settle(*folders: Path) -> None:
+    """Delete a run's output and write back what is still dirty (untimed), so the next timed
+    run neither inherits the writeback of this one nor the discards of its deletion."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    os.sync()
+
+
+def measure(scene: Path, out: Path, repeats: int, fmt: str, chipper_min_valid_fraction: float = 0.0) -> dict[str, Any]:
+    """Floor, encoding, ingest (2 workers, 1 worker) and the hand-written chipper (2
+    processes, 1 process) on one scene, ``repeats`` interleaved runs each; the fastest of
+    each counts, ratios are medians of per-repeat ratios."""
+    from eoforge.ingest.config import IngestConfig
+
+    cfg = IngestConfig()
+    chip_settings = {"tile_px": cfg.tile_size_px, "samples_per_shard": cfg.samples_per_shard,
+                     "gdal_cache_mb": cfg.gdal_cache_mb, "min_valid_fraction": chipper_min_valid_fraction}
     warm_page_cache(scene)
-    floors, twos, ones = [], [], []
+    floors, twos, ones, chip2s, chip1s = [], [], [], [], []
     encode: dict[str, float] = {}
+    planned: list[str] = []
+
+    def chip(processes: int, runs: list[dict[str, Any]], run: int) -> None:
+        result = chipper_once(scene, out / "chips", processes, **chip_settings)
+        tile_ids = sorted(result.pop("tile_ids"))
+        # a fair comparison: the chipper cuts exactly the tiles the ingest planned (and read)
+        if tile_ids != planned:
+            raise AssertionError(f"{fmt}: the chipper cut {len(tile_ids)} tiles, the ingest planned {len(planned)} "
+                                 f"({len(set(tile_ids) ^ set(planned))} differ)")
+        runs.append(result)
+        click.echo(f"{fmt} run {run + 1}: chipper, {processes} process(es): {result['seconds']:.1f} s")
+        _settle(out / "chips")
+
     for run in range(repeats):
         floors.append(read_floor(scene, 2))
         click.echo(f"{fmt} run {run + 1}: read floor (2 processes): {floors[-1]['seconds']:.1f} s")
         twos.append(ingest_once(scene, out / "ds-2w", 2))
         click.echo(f"{fmt} run {run + 1}: ingest, 2 workers: {twos[-1]['seconds']:.1f} s")
         if run == 0:
+            planned = planned_tiles(out / "ds-2w")
             encode = encode_floor(out / "ds-2w", 2)
             click.echo(f"{fmt}: encoding the written members alone (2 processes): {encode['seconds']:.1f} s")
-        shutil.rmtree(out / "ds-2w", ignore_errors=True)
+        _settle(out / "ds-2w")
+        chip(2, chip2s, run)
         ones.append(ingest_once(scene, out / "ds-1w", 1))
         click.echo(f"{fmt} run {run + 1}: ingest, 1 worker: {ones[-1]['seconds']:.1f} s")
-        shutil.rmtree(out / "ds-1w", ignore_errors=True)
+        _settle(out / "ds-1w")
+        chip(1, chip1s, run)
     floor = min(floors, key=lambda r: r["seconds"])
     two = min(twos, key=lambda r: r["seconds"])
     one = min(ones, key=lambda r: r["seconds"])
+    chip2 = min(chip2s, key=lambda r: r["seconds"])
+    chip1 = min(chip1s, key=lambda r: r["seconds"])
     files = scene_files(scene)
     tiles = two["tiles_planned"]
     return {
@@ -317,12 +395,16 @@ def measure(scene: Path, out: Path, repeats: int, fmt: str) -> dict[str, Any]:
         "read_floor_2proc": floor, "encode_floor_2proc": encode,
         "ratio_read_plus_encode_over_read_floor": (floor["seconds"] + encode["seconds"]) / floor["seconds"],
         "ingest_2_workers": two, "ingest_1_worker": one, "repeats": repeats,
+        "chipper_2_processes": chip2, "chipper_1_process": chip1, "chipper_settings": chip_settings,
         "all_runs_seconds": {"read_floor": [round(r["seconds"], 2) for r in floors],
                              "ingest_2_workers": [round(r["seconds"], 1) for r in twos],
-                             "ingest_1_worker": [round(r["seconds"], 1) for r in ones]},
+                             "ingest_1_worker": [round(r["seconds"], 1) for r in ones],
+                             "chipper_2_processes": [round(r["seconds"], 1) for r in chip2s],
+                             "chipper_1_process": [round(r["seconds"], 1) for r in chip1s]},
         "ratio_parallel_stages_over_floor": two["parallel_stage_seconds"] / floor["seconds"],
         "worker_cpu_ms_per_tile": 1000 * two["worker_cpu_seconds"] / tiles,
         "floor_cpu_ms_per_tile": 1000 * 2 * floor["seconds"] / tiles,
+        "chipper_cpu_ms_per_tile": 1000 * chip2["worker_cpu_seconds"] / tiles,
         # Ratios per repeat (its floor, 2-worker and 1-worker runs back to back), median over
         # repeats: a burst on the shared host then moves one ratio, not the pair of minima.
         "ratio_ingest_over_floor_per_repeat": [t["seconds"] / f["seconds"] for f, t in zip(floors, twos)],
@@ -330,6 +412,14 @@ def measure(scene: Path, out: Path, repeats: int, fmt: str) -> dict[str, Any]:
         "ratio_ingest_over_floor": statistics.median(t["seconds"] / f["seconds"] for f, t in zip(floors, twos)),
         "speedup_2_vs_1": statistics.median(o["seconds"] / t["seconds"] for t, o in zip(twos, ones)),
         "peak_rss_per_worker_mb": max(one["peak_rss_per_worker_mb"] + two["peak_rss_per_worker_mb"] or [float("nan")]),
+        "ratio_ingest_over_chipper_per_repeat": [t["seconds"] / c["seconds"] for t, c in zip(twos, chip2s)],
+        "ratio_ingest_over_chipper": statistics.median(t["seconds"] / c["seconds"] for t, c in zip(twos, chip2s)),
+        "ratio_ingest_over_chipper_1_per_repeat": [o["seconds"] / c["seconds"] for o, c in zip(ones, chip1s)],
+        "ratio_ingest_over_chipper_1": statistics.median(o["seconds"] / c["seconds"] for o, c in zip(ones, chip1s)),
+        "ratio_chipper_over_floor": statistics.median(c["seconds"] / f["seconds"] for f, c in zip(floors, chip2s)),
+        "chipper_speedup_2_vs_1_per_repeat": [o["seconds"] / t["seconds"] for t, o in zip(chip2s, chip1s)],
+        "chipper_speedup_2_vs_1": statistics.median(o["seconds"] / t["seconds"] for t, o in zip(chip2s, chip1s)),
+        "chipper_peak_rss_per_process_mb": max(chip1["peak_rss_per_process_mb"] + chip2["peak_rss_per_process_mb"]),
     }
 
 
@@ -337,7 +427,8 @@ def _spread(values: list[float]) -> str:
     return f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""
 
 
-TARGETS = {"ratio_ingest_over_floor": "<= 2.0", "speedup_2_vs_1": ">= 1.6", "peak_rss_per_worker_mb": "<= 1536"}
+TARGETS = {"ratio_ingest_over_floor": "<= 2.0", "speedup_2_vs_1": ">= 1.6", "peak_rss_per_worker_mb": "<= 1536",
+           "ratio_ingest_over_chipper": {"cog": "<= 0.9", "safe": "<= 1.0"}}
 
 
 def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
@@ -375,7 +466,32 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
         row("worker CPU per planned tile, ingest (2 workers) vs read floor",
             lambda r: f"{r['worker_cpu_ms_per_tile']:.1f} vs {r['floor_cpu_ms_per_tile']:.1f} ms"),
         row("client CPU (scheduler, scan, plan, finalize, reports)",
-            lambda r: f"{r['ingest_2_workers']['client_cpu_seconds']:.1f} s"), "",
+            lambda r: f"{r['ingest_2_workers']['client_cpu_seconds']:.1f} s"),
+        row("chipper (hand-written baseline) end to end, 2 processes", lambda r: f"{r['chipper_2_processes']['seconds']:.1f} s"),
+        row("chipper end to end, 1 process", lambda r: f"{r['chipper_1_process']['seconds']:.1f} s"),
+        row("**ingest / chipper** (2 workers vs 2 processes; median over repeats)",
+            lambda r: f"**{r['ratio_ingest_over_chipper']:.2f}**" + _spread(r["ratio_ingest_over_chipper_per_repeat"]),
+            "<= 0.9 `cog`, <= 1.0 `safe`"),
+        row("ingest / chipper, 1 worker vs 1 process (median)",
+            lambda r: f"{r['ratio_ingest_over_chipper_1']:.2f}" + _spread(r["ratio_ingest_over_chipper_1_per_repeat"])),
+        row("chipper / read floor (2 processes; median)", lambda r: f"{r['ratio_chipper_over_floor']:.2f}"),
+        row("speed-up 2 vs 1 process, chipper (median)", lambda r: f"{r['chipper_speedup_2_vs_1']:.2f}"
+            + _spread(r["chipper_speedup_2_vs_1_per_repeat"])),
+        row("peak RSS per process, chipper", lambda r: f"{r['chipper_peak_rss_per_process_mb']:.0f} MB"),
+        row("samples written (bytes): ingest vs chipper", lambda r: (
+            f"{r['ingest_2_workers']['samples']} ({r['ingest_2_workers']['bytes_written'] / 1e9:.2f} GB) vs "
+            f"{r['chipper_2_processes']['samples']} ({r['chipper_2_processes']['bytes_written'] / 1e9:.2f} GB)")),
+        row("ingest, 2 workers: fixed (cluster, scan, plan, finalize, reports) + read + materialize", lambda r: (
+            f"{r['ingest_2_workers']['fixed_seconds']:.1f} + {r['ingest_2_workers']['stage_seconds']['read']:.1f} + "
+            f"{r['ingest_2_workers']['stage_seconds']['materialize']:.1f} s")),
+        row("ingest, bytes written: staging + shards", lambda r: (
+            f"{r['ingest_2_workers']['staging_bytes'] / 1e9:.2f} + {r['ingest_2_workers']['bytes_written'] / 1e9:.2f} GB")),
+        row("busy seconds, 2 workers: ingest read tasks + shard tasks vs chipper read + encode + write", lambda r: (
+            f"{r['ingest_2_workers']['read_task_seconds']:.1f} + {r['ingest_2_workers']['shard_task_seconds']:.1f} vs "
+            f"{r['chipper_2_processes']['read_seconds']:.1f} + {r['chipper_2_processes']['encode_seconds']:.1f} + "
+            f"{r['chipper_2_processes']['write_seconds']:.1f}")),
+        row("worker CPU per planned tile, ingest vs chipper (2 each)",
+            lambda r: f"{r['worker_cpu_ms_per_tile']:.1f} vs {r['chipper_cpu_ms_per_tile']:.1f} ms"), "",
     ]
     for f in fmts:
         r = results[f]
@@ -383,7 +499,15 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
                f"{r['all_runs_seconds']}. Stages, 2 workers (s): {r['ingest_2_workers']['stage_seconds']}; "
                f"1 worker: {r['ingest_1_worker']['stage_seconds']}.", ""]
     md += ["The rest of the end-to-end time is the LocalCluster's start and stop and the reports. "
-           "The floor and the ingest decode with one GDAL thread per process (`gdal_threads: 1`).", ""]
+           "The floor, the ingest and the chipper decode with one GDAL thread per process (`gdal_threads: 1`).", "",
+           "The chipper (`ingest/chipper.py`) is the baseline a user would hand-write: each process opens the band "
+           "files once and walks its contiguous band of tile rows north to south, one window per band and tile row "
+           "(20/60 m upsampled by rasterio's `out_shape`, bilinear), and writes every tile it cuts"
+           + (f" with at least {first['chipper_settings']['min_valid_fraction']:g} of its pixels valid"
+              if first["chipper_settings"]["min_valid_fraction"] else "")
+           + " as `s2.npy.zst` + `scl.npy.zst` (zstd 1) into tars of 64 samples: no dedup, QA, labels, statistics, "
+           "manifest or resume. It cuts exactly the tiles the ingest plans (asserted); the ingest drops the tiles "
+           "under its `min_valid_fraction` before writing. Output is deleted and `sync`ed between timed runs.", ""]
     return "\n".join(md)
 
 
@@ -397,7 +521,10 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
                    "over runs, times the fastest (shared machines are noisy).")
 @click.option("--repeats-safe", type=click.IntRange(min=1), default=1, show_default=True,
               help="The same for the safe scene (JPEG2000 decoding dominates it, and one run takes minutes).")
-def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int) -> None:
+@click.option("--chipper-min-valid-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="The chipper skips tiles with a smaller share of valid pixels (0: it writes every tile it cuts).")
+def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int,
+         chipper_min_valid_fraction: float) -> None:
     """Measure ingest against the read floor and write the 'ingest' benchmark section."""
     results: dict[str, dict[str, Any]] = {}
     for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
@@ -406,7 +533,7 @@ def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int
         t0 = time.perf_counter()
         scene = make_scene(scene_folder(out, scene_px, fmt), scene_px, fmt)
         click.echo(f"scene {scene} ready ({time.perf_counter() - t0:.0f} s)")
-        results[fmt] = measure(scene, out, repeats if fmt == "cog" else repeats_safe, fmt)
+        results[fmt] = measure(scene, out, repeats if fmt == "cog" else repeats_safe, fmt, chipper_min_valid_fraction)
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
               "scene_px": scene_px, "targets": TARGETS, "formats": results}

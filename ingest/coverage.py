@@ -171,7 +171,8 @@ def cells_covered(select: shapely.Geometry, measure: shapely.Geometry, tile_m: f
 
 # ---------------------------------------------------------------------------- one footprint, every zone
 
-def _band(zone: int, south: bool, margin_deg: float) -> shapely.Polygon:
+def zone_band(zone: int, south: bool, margin_deg: float = 0.0) -> shapely.Polygon:
+    """A zone's longitude band in one hemisphere (lon/lat box), widened by ``margin_deg``."""
     west = zone_central_meridian(zone) - 3.0
     lat0, lat1 = (-90.0, 0.0) if south else (0.0, 90.0)
     return shapely.box(west - margin_deg, max(lat0 - margin_deg, -90.0), west + 6.0 + margin_deg,
@@ -196,7 +197,7 @@ def footprint_cells(grid: Grid, footprint_lonlat: shapely.Geometry, zone: int, s
     > 0: every tile of the zone's grid the footprint touches, for S1 and land cover, whose
     tiles are already chosen). Coverage is measured against the whole footprint.
     """
-    part = shapely.intersection(footprint_lonlat, _band(zone, south, margin_deg))
+    part = shapely.intersection(footprint_lonlat, zone_band(zone, south, margin_deg))
     if part.is_empty or part.area == 0:
         return np.empty(0, np.int64), np.empty(0)
     epsg = zone_epsg(zone, south)

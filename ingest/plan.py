@@ -56,7 +56,7 @@ import shapely
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.coverage import (
     Window, footprint_cells, key_parts, lonlat_to_utm, tile_centres_lonlat, tile_id_strings, tile_of,
-    zone_epsg, zones_touched,
+    zone_band, zone_epsg, zones_touched,
 )
 from eoforge.ingest.grid import Grid, zone_central_meridian
 from eoforge.ingest.names import parse_time
@@ -289,7 +289,7 @@ def _regions_touched(grid: Grid, footprint: shapely.Geometry, size: int, margin_
     found = []
     region_m = size * grid.tile_m
     for zone, south in zones_touched(footprint, margin_deg):
-        part = shapely.intersection(footprint, _band_box(zone, south, margin_deg))
+        part = shapely.intersection(footprint, zone_band(zone, south, margin_deg))
         if part.is_empty or part.area == 0:
             continue
         x0, y0, x1, y1 = lonlat_to_utm(part, zone_epsg(zone, south)).bounds
@@ -297,12 +297,6 @@ def _regions_touched(grid: Grid, footprint: shapely.Geometry, size: int, margin_
             for rr in range(max(int(y0 // region_m), 0), int(y1 // region_m) + 1):
                 found.append(Region(zone, south, rc, rr, size))
     return found
-
-
-def _band_box(zone: int, south: bool, margin_deg: float) -> shapely.Polygon:
-    west = zone_central_meridian(zone) - 3.0
-    lat0, lat1 = (-90.0, 0.0) if south else (0.0, 90.0)
-    return shapely.box(west - margin_deg, max(lat0 - margin_deg, -90.0), west + 6.0 + margin_deg, min(lat1 + margin_deg, 90.0))
 
 
 def scenes_by_region(grid: Grid, sc: Scenes, rows: np.ndarray, size: int, margin_deg: float
@@ -392,7 +386,7 @@ def zone_edge_duplicates(grid: Grid, keys: np.ndarray, min_iou: float, removed: 
         return keys
     lon, lat = tile_centres_lonlat(grid, keys)
     zone, _, _, _ = key_parts(keys)
-    depth = 3.0 - np.abs(lon - (-183.0 + 6.0 * zone))  # degrees to the zone's nearest edge
+    depth = 3.0 - np.abs(lon - zone_central_meridian(zone))  # degrees to the zone's nearest edge
     # a tile reaches at most its diagonal from its centre: tiles deeper than two diagonals
     # (in degrees of longitude at their latitude) overlap no other zone's tile
     reach_deg = 2 * math.sqrt(2) * grid.tile_m / (111_320.0 * np.maximum(np.cos(np.radians(lat)), 0.01))

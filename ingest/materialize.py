@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from eoforge.ingest.config import IngestConfig
-from eoforge.ingest.pieces import class_counts, complete_report, file_size, load_piece_index, staging_paths
+from eoforge.ingest.pieces import (
+    class_counts, complete_report, file_size, load_piece_index, release_pieces, staging_paths,
+)
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
 from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
@@ -256,9 +258,10 @@ def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, dict[str, 
     for key, task in piece_tasks.items():
         if task not in indexes:
             indexes[task] = load_piece_index(out, task)
-        piece = indexes[task].get(key.rsplit(":", 1)[1])
+        tile = key.rsplit(":", 1)[1]
+        piece = indexes[task].get(tile)
         if piece is not None:
-            pieces[key] = {**piece, "task": task}
+            pieces[key] = {**piece, "task": task, "tile": tile}
     return pieces
 
 
@@ -288,4 +291,5 @@ def materialize_shard(job: dict[str, Any], piece_tasks: dict[str, str], scenes: 
     tmp = report_path.with_name(report_path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, report_path)
+    release_pieces(out, pieces.values())  # the shard is done: its frames are never read again
     return report

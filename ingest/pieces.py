@@ -32,12 +32,15 @@ defaults) and GDAL's block cache (``gdal_cache_mb``); neither grows with the sce
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,8 @@ from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
 
 STAGING = "staging"
+#: The piece entries that are ``[offset, length]`` of a staged frame.
+FRAME_MEMBERS = ("s2", "scl", "s1", "s1valid", "lc")
 READ_REPORTS = Path("task-reports") / "read"
 
 
@@ -328,9 +333,81 @@ def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any]
 
 def finished_read(out: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
     """The report of a finished read task whose pieces are staged, or None when its frame
-    file or index (written last) is missing or not the recorded size."""
+    file or index (written last) is missing or not the recorded size. Some of its frames may
+    have been released since (:func:`released_tiles`)."""
     frames_path, index_path = staging_paths(out, task)
     return complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
+
+
+def released_marker(out: str | os.PathLike[str], task: str) -> Path:
+    """``DS/staging/<task>.released``: the tiles whose frames are gone (their shard is written),
+    one per line."""
+    return Path(out) / STAGING / f"{task}.released"
+
+
+def released_tiles(out: str | os.PathLike[str], task: str) -> set[str]:
+    """Tiles of a read task whose staged frames :func:`release_pieces` freed."""
+    try:
+        return set(released_marker(out, task).read_text().split())
+    except FileNotFoundError:
+        return set()
+
+
+#: ``fallocate`` modes (linux/falloc.h): free a byte range, keep the file's size.
+_PUNCH_HOLE = 0x02 | 0x01
+
+
+@lru_cache(maxsize=1)
+def _fallocate() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fn
+
+
+def release_pieces(out: str | os.PathLike[str], pieces: Iterable[dict[str, Any]]) -> int:
+    """Free the staged frames of ``pieces`` (each with its ``task``) once their shard is
+    written; returns the bytes freed.
+
+    Every staged frame belongs to one tile, so to one shard: once that shard is on disk the
+    frames are never read again. Punching them out of the frame file (the file keeps its
+    size) drops their page-cache pages at once, most still dirty, so they are never written
+    back, and the shard writes that follow reuse warm pages: staging then adds less disk
+    traffic. The tiles go into the task's ``.released`` list first (one ``O_APPEND`` write per
+    shard): a rerun that needs one of them again (a shard deleted later) reads the source
+    again, while the shards still pending keep using the task's other frames. Where
+    ``fallocate`` cannot punch (not Linux, a file system without holes) nothing is freed
+    before the wave ends."""
+    fallocate = _fallocate()
+    if fallocate is None:
+        return 0
+    spans: dict[str, list[tuple[int, int]]] = {}
+    tiles: dict[str, list[str]] = {}
+    for piece in pieces:
+        refs = [v for k, v in piece.items() if k in FRAME_MEMBERS and isinstance(v, list)]
+        if refs:  # a tile's frames were appended one after the other
+            start = min(off for off, _ in refs)
+            spans.setdefault(piece["task"], []).append((start, max(off + n for off, n in refs) - start))
+            tiles.setdefault(piece["task"], []).append(piece["tile"])
+    freed = 0
+    for task, ranges in spans.items():
+        fd = os.open(released_marker(out, task), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, "".join(f"{t}\n" for t in tiles[task]).encode())
+        finally:
+            os.close(fd)
+        fd = os.open(staging_paths(out, task)[0], os.O_WRONLY)
+        try:
+            for offset, length in ranges:
+                if fallocate(fd, _PUNCH_HOLE, offset, length) != 0:
+                    return freed  # EOPNOTSUPP and the like: keep the frames, nothing lost
+                freed += length
+        finally:
+            os.close(fd)
+    return freed
 
 
 def load_piece_index(out: str | os.PathLike[str], task: str) -> dict[str, dict[str, Any]]:
@@ -342,7 +419,7 @@ def load_piece_index(out: str | os.PathLike[str], task: str) -> dict[str, dict[s
 def remove_staged(out: str | os.PathLike[str], task: str) -> None:
     """Delete a read task's staged frames and index (its report stays: its counts and, for
     S2, statistics are the dataset's)."""
-    for path in staging_paths(out, task):
+    for path in (*staging_paths(out, task), released_marker(out, task)):
         path.unlink(missing_ok=True)
 
 
@@ -355,7 +432,7 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
     "scene", "errors", "counts", "tiles", "frames_bytes", "index_bytes", ...}``; the pieces are
     in the staged index (:func:`load_piece_index`). See the module docstring."""
     name = task["task"]
-    if (done := finished_read(out, name)) is not None:
+    if not task.get("redo") and (done := finished_read(out, name)) is not None:
         return done
     started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)
@@ -400,4 +477,5 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
         source.stats.save(stats_path)
     _write_text_atomic(report_path, _json_text(report))
     _write_text_atomic(index_path, index)
+    released_marker(out, name).unlink(missing_ok=True)  # every frame is back (last: a crash before leaves it)
     return report

@@ -47,7 +47,9 @@ from eoforge.ingest.inventory import INVENTORY_NAME
 from eoforge.ingest.materialize import (
     TASK_REPORTS, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
-from eoforge.ingest.pieces import STAGING, file_size, finished_read, read_report_paths, read_source, remove_staged, staging_paths
+from eoforge.ingest.pieces import (
+    STAGING, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged, staging_paths,
+)
 from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan
 from eoforge.ingest.report import build_report, manifest_rows, write_errors, write_report
 from eoforge.ingest.scan import scan
@@ -310,12 +312,13 @@ def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[s
     todo = []
     for r in reads:
         report_path = read_report_paths(out, r["task"])[0]
-        if report_path.is_file() and not needed_tiles.intersection(r["tiles"]):
+        needed = needed_tiles.intersection(r["tiles"])
+        if report_path.is_file() and not needed:
             results[r["task"]] = json.loads(report_path.read_text())  # its pieces are in finished shards
-        elif (done := finished_read(out, r["task"])) is not None:
+        elif (done := finished_read(out, r["task"])) is not None and not needed & released_tiles(out, r["task"]):
             results[r["task"]] = done
-        else:
-            todo.append(r)
+        else:  # not read yet, or a pending shard needs frames released after its first writing
+            todo.append({**r, "redo": True})
     failed: set[str] = set()
     task_fn = partial(_read_payload, config=config.to_dict(), out=str(out.resolve()))
     payloads = [(r, scenes[r["scene"]]) for r in todo]

@@ -513,3 +513,28 @@ def test_killed_in_the_second_wave_resumes_to_the_uninterrupted_bytes(
     _check_ok(_run(cmd))
     assert_same_dataset(ds, reference_ds)
     assert not (ds / "staging").exists()
+
+
+def test_a_shard_deleted_mid_wave_is_rebuilt_from_the_sources_not_from_freed_frames(
+    inputs: list[Path], waved: tuple[Path, Path, int, int], tmp_path: Path
+) -> None:
+    """A finished shard frees its staged frames (punched out of the frame file, which keeps
+    its size). Kill the run after its first shard, delete that shard's tar, rerun: the read
+    tasks whose frames it freed must be read again (not reused, which would write zeros),
+    and the dataset must be the uninterrupted one."""
+    reference_ds, recipe, _, _ = waved
+    ds = tmp_path / "ds"
+    cmd = _ingest_cmd(inputs, ds, recipe, "--workers", "1")
+    _kill_when(cmd, ds, _reports, "first shard", tmp_path)
+    done = _reports(ds)
+    assert done, "no shard was finished before the kill"
+    released = sorted((ds / "staging").glob("*.released"))
+    assert released, "the finished shard freed no staged frames"
+    freed = {line for p in released for line in p.read_text().split()}
+    victim = done[0]
+    (ds / "shards" / victim.parent.name / f"{victim.stem}.tar").unlink()
+
+    _check_ok(_run(cmd))
+    assert_same_dataset(ds, reference_ds)
+    rebuilt = json.loads((ds / "report.json").read_text())
+    assert rebuilt["stages"]["materialize"]["shards"] >= 1 and freed

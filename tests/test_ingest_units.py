@@ -76,3 +76,28 @@ def test_config_yaml_and_overrides(tmp_path) -> None:
         IngestConfig(read_task_rows=0)
     with pytest.raises(ConfigError, match="gdal_threads must be >= 1"):
         IngestConfig(gdal_threads=0)
+
+
+def test_release_pieces_frees_the_frames_and_lists_the_tiles(tmp_path) -> None:
+    import os
+
+    from eoforge.ingest.pieces import release_pieces, released_tiles, staging_paths
+
+    frames, _ = staging_paths(tmp_path, "s2-000001-w000-000of001")
+    frames.parent.mkdir(parents=True)
+    block = 1 << 16  # whole file-system blocks, so the hole shows in st_blocks
+    frames.write_bytes(os.urandom(4 * block))
+    os.sync()
+    before = os.stat(frames)
+    pieces = [{"task": "s2-000001-w000-000of001", "tile": "32n_00001_00002", "status": "ok",
+               "s2": [block, block], "scl": [2 * block, block]},
+              {"task": "s2-000001-w000-000of001", "tile": "32n_00001_00003", "status": "low_valid"}]
+    freed = release_pieces(tmp_path, pieces)
+    after = os.stat(frames)
+    assert after.st_size == before.st_size  # offsets of the other frames stay valid
+    if freed:  # where the file system punches holes
+        assert freed == 2 * block
+        assert after.st_blocks < before.st_blocks
+        data = frames.read_bytes()
+        assert data[block:3 * block] == bytes(2 * block) and data[:block] != bytes(block)
+    assert released_tiles(tmp_path, "s2-000001-w000-000of001") == ({"32n_00001_00002"} if freed else set())

@@ -525,13 +525,19 @@ def test_a_shard_deleted_mid_wave_is_rebuilt_from_the_sources_not_from_freed_fra
     reference_ds, recipe, _, _ = waved
     ds = tmp_path / "ds"
     cmd = _ingest_cmd(inputs, ds, recipe, "--workers", "1")
-    _kill_when(cmd, ds, _reports, "first shard", tmp_path)
+    def frames_freed(ds: Path) -> bool:
+        return (ds / "staging").is_dir() and any((ds / "staging").glob("*.released"))
+
+    _kill_when(cmd, ds, frames_freed, "first shard's frames were freed", tmp_path)
     done = _reports(ds)
     assert done, "no shard was finished before the kill"
-    released = sorted((ds / "staging").glob("*.released"))
-    assert released, "the finished shard freed no staged frames"
-    freed = {line for p in released for line in p.read_text().split()}
-    victim = done[0]
+    freed = {line for p in (ds / "staging").glob("*.released") for line in p.read_text().split()}
+    plan = pq.read_table(ds / "plan.parquet").to_pylist()
+    tiles_of = {}
+    for r in plan:
+        tiles_of.setdefault((r["split"], r["shard"]), set()).add(r["tile_id"])
+    # a finished shard whose frames are freed (its report is written before it frees them)
+    victim = next(p for p in done if tiles_of[(p.parent.name, int(p.stem.split("-")[1]))] & freed)
     (ds / "shards" / victim.parent.name / f"{victim.stem}.tar").unlink()
 
     _check_ok(_run(cmd))

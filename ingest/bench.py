@@ -91,7 +91,7 @@ def _band_data(band: Band | None, n: int, rng: np.random.Generator, y0: int, h: 
     return data
 
 
-def _scene_bands() -> list[tuple[Band | None, str, int]]:
+def scene_bands() -> list[tuple[Band | None, str, int]]:
     """(band or None for SCL, file label, GSD m) of an L2A product."""
     out = []
     for band in [*(b for b in S2_BANDS if b.in_l2a), None]:
@@ -104,7 +104,7 @@ def _write_band(args: tuple[Path, str, int, int, int]) -> None:
     """One band file: a DEFLATE GeoTIFF tiled 1024 (``cog``) or a lossless JPEG2000 tiled
     1024 with 6 resolution levels, as ESA's SAFE bands are (``safe``)."""
     folder, fmt, index, size_px, seed = args
-    band, label, gsd = _scene_bands()[index]
+    band, label, gsd = scene_bands()[index]
     rng = np.random.default_rng([seed, index])
     n = size_px * 10 // gsd
     profile: dict[str, Any] = dict(width=n, height=n, count=1, dtype="uint8" if band is None else "uint16",
@@ -156,8 +156,8 @@ def make_scene(folder: Path, size_px: int = SCENE_PX, fmt: str = "cog") -> Path:
             + "</BOA_ADD_OFFSET_VALUES_LIST>\n</Product_Image_Characteristics>\n</n1:General_Info>\n"
             "<n1:Quality_Indicators_Info><Cloud_Coverage_Assessment>12.5</Cloud_Coverage_Assessment>"
             "</n1:Quality_Indicators_Info>\n</n1:Level-2A_User_Product>\n")
-    jobs = [(folder, fmt, i, size_px, 0) for i in range(len(_scene_bands()))]
-    jobs.sort(key=lambda j: _scene_bands()[j[2]][2])  # 10 m bands first: balanced processes
+    jobs = [(folder, fmt, i, size_px, 0) for i in range(len(scene_bands()))]
+    jobs.sort(key=lambda j: scene_bands()[j[2]][2])  # 10 m bands first: balanced processes
     with ProcessPoolExecutor(2) as pool:
         list(pool.map(_write_band, jobs))
     done.touch()

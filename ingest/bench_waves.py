@@ -31,21 +31,15 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from eoforge.ingest.bench import scene_bands
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pipeline import run_ingest
 from eoforge.shards.bench import write_results
-from eoforge.shards.schema import S2_BANDS
 
 SCENE_PX = 320  # 10 x 10 tiles of 32 px
 PLACE_SPACING_M = 5000
 ORIGIN = (500_000, 5_000_000)  # UTM 32N, metres (a multiple of the tile size)
 TILE_PX = 32
-
-
-def _bands() -> list[tuple[str, int, str]]:
-    """(file label, GSD m, dtype) of an L2A product's files."""
-    out = [(b.name if b.name == "B8A" else f"B{b.name[1:].zfill(2)}", b.gsd_m, "uint16") for b in S2_BANDS if b.in_l2a]
-    return out + [("SCL", 20, "uint8")]
 
 
 def make_scenes(folder: Path, n_scenes: int) -> list[Path]:
@@ -63,7 +57,8 @@ def make_scenes(folder: Path, n_scenes: int) -> list[Path]:
         scene = folder / product
         scene.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(i)
-        for label, gsd, dtype in _bands():
+        for band, label, gsd in scene_bands():  # the ingest bench's L2A files and names
+            dtype = "uint8" if band is None else "uint16"
             n = SCENE_PX * 10 // gsd
             data = np.full((n, n), 4, np.uint8) if label == "SCL" else \
                 (rng.normal(2500, 300, (n, n)) + 1000 * (i % 7) / 7).clip(1001, 60000).astype(np.uint16)
@@ -97,8 +92,8 @@ def run(out: Path, n_scenes: int, batches: int) -> dict[str, Any]:
     result = run_ingest([str(raw)], ds, config=config, workers=2, progress=False)
     ingest_s = time.perf_counter() - t0
     read = result.report["stages"]["read"]
-    largest_task = max(json.loads(p.read_text())["frames_bytes"] + json.loads(p.read_text())["index_bytes"]
-                       for p in (ds / "task-reports" / "read").glob("*.json"))
+    reports = [json.loads(p.read_text()) for p in (ds / "task-reports" / "read").glob("*.json")]
+    largest_task = max(r["frames_bytes"] + r["index_bytes"] for r in reports)
     proc = subprocess.run([sys.executable, "-m", "eoforge.train.data.diversity", str(ds), "--batch-size", "256",
                            "--batches", str(batches), "--workers", "2"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -18,13 +18,11 @@ Tiles are returned as integer keys (:func:`tile_keys`), which sort as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import shapely
-from pyproj import Transformer
 
-from eoforge.ingest.grid import Grid, utm_zone, zone_central_meridian
+from eoforge.ingest.grid import Grid, crs_transformer, utm_zone, zone_central_meridian
 from eoforge.shards.keys import TileId
 
 #: Columns and rows of a zone's grid are < 10⁵ (``TileId``): 17 bits each.
@@ -74,14 +72,9 @@ def zone_epsg(zone: int, south: bool) -> int:
     return (32700 if south else 32600) + zone
 
 
-@lru_cache(maxsize=256)
-def _to_utm(epsg: int) -> Transformer:
-    return Transformer.from_crs(4326, epsg, always_xy=True)
-
-
 def lonlat_to_utm(geom: shapely.Geometry, epsg: int, densify_deg: float = 0.01) -> shapely.Geometry:
     """A lon/lat geometry in a UTM CRS, edges densified first so they stay true on the ground."""
-    tr = _to_utm(epsg)
+    tr = crs_transformer(4326, epsg)
     return shapely.transform(shapely.segmentize(geom, densify_deg),
                              lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
@@ -93,7 +86,7 @@ def tile_centres_lonlat(grid: Grid, keys: np.ndarray) -> tuple[np.ndarray, np.nd
     for z, s in sorted(set(zip(zone.tolist(), south.tolist()))):
         sel = (zone == z) & (south == s)
         x, y = (col[sel] + 0.5) * grid.tile_m, (row[sel] + 0.5) * grid.tile_m
-        lon[sel], lat[sel] = Transformer.from_crs(zone_epsg(z, s), 4326, always_xy=True).transform(x, y)
+        lon[sel], lat[sel] = crs_transformer(zone_epsg(z, s), 4326).transform(x, y)
     return lon, lat
 
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.plan import Region
 from eoforge.ingest.sizes import JSON_BYTES, TAR_SHARD_BYTES, ZSTD_RATIO, estimate_tile_bytes
 from eoforge.shards.keys import TileId
 
@@ -33,8 +34,9 @@ DRY_RUN_JSON = "dry-run.json"
 DRY_RUN_MD = "dry-run.md"
 
 def region_id(tile: TileId, region_tiles: int) -> str:
-    """The plan region of a tile: ``{zone:02d}{hemi}_{col // R}_{row // R}`` (R = ``region_tiles``)."""
-    return f"{tile.zone:02d}{tile.hemisphere}_{tile.col // region_tiles}_{tile.row // region_tiles}"
+    """The plan region of a tile: ``{zone:02d}{hemi}_{col // R}_{row // R}`` (R = ``region_tiles``),
+    the regions the planner plans one by one (:class:`~eoforge.ingest.plan.Region`)."""
+    return str(Region.of(tile, region_tiles))
 
 
 def plan_table(rows: pa.Table | list[dict[str, Any]]) -> pa.Table:

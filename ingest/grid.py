@@ -37,7 +37,8 @@ def zone_central_meridian(zone: int) -> float:
 
 
 @lru_cache(maxsize=256)
-def _transformer(src: int | str, dst: int | str) -> Transformer:
+def crs_transformer(src: int | str, dst: int | str) -> Transformer:
+    """A cached always-x-y transformer between two CRSs (EPSG codes or strings)."""
     return Transformer.from_crs(CRS.from_user_input(src), CRS.from_user_input(dst), always_xy=True)
 
 
@@ -76,14 +77,14 @@ class Grid:
 
     def centre_lonlat(self, tile: TileId) -> tuple[float, float]:
         x0, y0, x1, y1 = self.bounds(tile)
-        return _transformer(tile.epsg, 4326).transform((x0 + x1) / 2, (y0 + y1) / 2)
+        return crs_transformer(tile.epsg, 4326).transform((x0 + x1) / 2, (y0 + y1) / 2)
 
     def footprint_lonlat(self, tile: TileId, points_per_edge: int = 4) -> shapely.Polygon:
         """The tile outline in lon/lat (edges densified)."""
         x0, y0, x1, y1 = self.bounds(tile)
         ring = shapely.segmentize(shapely.box(x0, y0, x1, y1), self.tile_m / points_per_edge)
         xs, ys = np.asarray(ring.exterior.coords).T
-        lon, lat = _transformer(tile.epsg, 4326).transform(xs, ys)
+        lon, lat = crs_transformer(tile.epsg, 4326).transform(xs, ys)
         return shapely.Polygon(np.column_stack([lon, lat]))
 
     def is_member(self, tile: TileId) -> bool:
@@ -99,7 +100,7 @@ class Grid:
     def tile_at(self, lon: float, lat: float) -> TileId:
         """The grid tile containing a point (degrees): the tile of the point's own zone."""
         zone, hemi = utm_zone(lon), ("n" if lat >= 0 else "s")
-        x, y = _transformer(4326, (32600 if hemi == "n" else 32700) + zone).transform(lon, lat)
+        x, y = crs_transformer(4326, (32600 if hemi == "n" else 32700) + zone).transform(lon, lat)
         return TileId(zone, hemi, int(math.floor(x / self.tile_m)), int(math.floor(y / self.tile_m)))
 
     def tiles_covering(self, footprint_lonlat: shapely.Geometry, min_overlap: float = 0.0) -> list[TileId]:
@@ -122,7 +123,7 @@ class Grid:
                 epsg = (32600 if hemi == "n" else 32700) + zone
                 local = shapely.transform(
                     shapely.segmentize(part, 0.01),
-                    lambda xy, e=epsg: np.column_stack(_transformer(4326, e).transform(xy[:, 0], xy[:, 1])),
+                    lambda xy, e=epsg: np.column_stack(crs_transformer(4326, e).transform(xy[:, 0], xy[:, 1])),
                 )
                 x0, y0, x1, y1 = local.bounds
                 cols = range(int(math.floor(x0 / self.tile_m)), int(math.floor(x1 / self.tile_m)) + 1)

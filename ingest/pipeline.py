@@ -51,9 +51,9 @@ from eoforge.ingest.pieces import (
     STAGING, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged, staging_paths,
 )
 from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan
-from eoforge.ingest.report import build_report, manifest_rows, write_errors, write_report
+from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
-from eoforge.shards.manifest import merge_parts, write_parquet_atomic
+from eoforge.shards.manifest import manifest_rows, merge_parts, write_parquet_atomic
 from eoforge.shards.stats import DatasetStats, write_stats
 from eoforge.shards.writer import shard_path
 

@@ -44,7 +44,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -63,6 +62,7 @@ from eoforge.ingest.names import parse_time
 from eoforge.ingest.scan import error_row
 from eoforge.ingest.sizes import estimate_tile_bytes
 from eoforge.shards.keys import TileId
+from eoforge.shards.manifest import atomic_parquet_writer
 
 #: S1 and land-cover footprints give tiles of every zone whose band, widened by this, they touch
 #: (a zone's edge tiles reach past its band by less than a tile: < 0.4° up to 84° latitude).
@@ -261,6 +261,11 @@ class Region:
     rr: int
     size: int
 
+    @classmethod
+    def of(cls, tile: TileId, size: int) -> "Region":
+        """The region of ``size`` x ``size`` tiles that holds ``tile``."""
+        return cls(tile.zone, tile.hemisphere == "s", tile.col // size, tile.row // size, size)
+
     @property
     def window(self) -> Window:
         return Window(self.rc * self.size, (self.rc + 1) * self.size, self.rr * self.size, (self.rr + 1) * self.size)
@@ -275,13 +280,6 @@ class Region:
         inside = (zone == self.zone) & (south == self.south) & (col >= w.col0) & (col < w.col1) & \
             (row >= w.row0) & (row < w.row1)
         return keys[inside]
-
-
-def region_ids(keys: np.ndarray, size: int) -> list[str]:
-    """The plan region id of each tile key (``32n_3_105``: zone, hemisphere, col // size, row // size)."""
-    zone, south, col, row = key_parts(keys)
-    return [f"{z:02d}{'s' if s else 'n'}_{c}_{r}" for z, s, c, r in
-            zip(zone.tolist(), south.tolist(), (col // size).tolist(), (row // size).tolist())]
 
 
 def _regions_touched(grid: Grid, footprint: shapely.Geometry, size: int, margin_deg: float) -> list[Region]:
@@ -662,14 +660,11 @@ def write_plan(rows: pa.Table, path: str | os.PathLike[str], batch_rows: int = 1
     """``plan.parquet``, its text columns as plain strings (pyarrow's dictionary-column writes
     are not byte-reproducible), converted a batch at a time; atomic, no fsync (a working table,
     rewritten by every run)."""
-    path = Path(path)
     schema = pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
                         for f in PLAN_SCHEMA])
-    tmp = path.with_name(path.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_parquet_writer(path, schema, fsync=False) as writer:
         for start in range(0, max(rows.num_rows, 1), batch_rows):
             writer.write_table(rows.slice(start, batch_rows).cast(schema), row_group_size=batch_rows)
-    os.replace(tmp, path)
 
 
 def _region_payload(sc: Scenes, region: Region, s2: list[int], s1: list[int], lcs: list[int],

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from eoforge.shards.manifest import write_parquet_atomic
+from eoforge.shards.manifest import manifest_rows, write_parquet_atomic
 
 ERRORS_NAME = "errors.parquet"
 ERRORS_SCHEMA = pa.schema([
@@ -150,13 +150,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"- {n} x {reason}")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), ""]
     return "\n".join(lines)
-
-
-def manifest_rows(manifest: Path | None) -> int:
-    """Rows of a manifest file (from its footer), 0 without one."""
-    import pyarrow.parquet as pq
-
-    return 0 if manifest is None or not Path(manifest).is_file() else pq.ParquetFile(manifest).metadata.num_rows
 
 
 def write_report(out: Path, report: dict[str, Any], manifest: Path | None) -> None:

@@ -27,9 +27,10 @@ import hashlib
 import json
 import os
 from datetime import datetime, timezone
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -235,15 +236,31 @@ def _with_metadata(table: pa.Table, extra_metadata: dict[str, Any] | None = None
     return table.replace_schema_metadata(meta)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, fsync: bool = True) -> None:
-    """Write ``table`` to ``path`` via ``.tmp`` (+ fsync) + rename (readers never see half a file)."""
+@contextmanager
+def atomic_parquet_writer(path: str | os.PathLike[str], schema: pa.Schema, fsync: bool = True
+                          ) -> Iterator[pq.ParquetWriter]:
+    """A ``ParquetWriter`` (zstd, statistics) on ``path.tmp``, renamed to ``path`` (after an
+    fsync) when the block ends, so readers never see half a file; on an error the ``.tmp``
+    file is removed and ``path`` is left as it was. For tables written in parts (row groups)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer:
+            yield writer
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if fsync:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, fsync: bool = True) -> None:
+    """Write ``table`` to ``path`` via ``.tmp`` (+ fsync) + rename (readers never see half a file)."""
+    with atomic_parquet_writer(path, table.schema, fsync=fsync) as writer:
+        writer.write_table(table)
 
 
 def write_part(rows: list[dict[str, Any]], path: str | os.PathLike[str], fsync: bool = True) -> Path:
@@ -288,8 +305,7 @@ def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | N
         meta[b"eoforge"] = json.dumps(extra_metadata, sort_keys=True).encode()
     schema = SCHEMA.with_metadata(meta)
     out = root / MANIFEST_NAME
-    tmp = out.with_name(out.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer:
+    with atomic_parquet_writer(out, schema, fsync=fsync) as writer:
         pending: list[pa.Table] = []
         rows = 0
         for part in parts + [None]:
@@ -305,11 +321,15 @@ def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | N
                 pending, rows = [], 0
         if not parts:
             writer.write_table(schema.empty_table())
-    if fsync:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, out)
     return out
+
+
+def manifest_rows(root: str | os.PathLike[str] | None) -> int:
+    """Rows of a manifest (a dataset folder or the file) from its footer; 0 without one."""
+    if root is None:
+        return 0
+    path = Path(root) / MANIFEST_NAME if Path(root).is_dir() else Path(root)
+    return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
 
 
 def iter_manifest(root: str | os.PathLike[str], columns: list[str], batch_rows: int = MERGE_ROW_GROUP

@@ -32,14 +32,11 @@ def coverage_map(source: pa.Table | str | os.PathLike[str], path: str | os.PathL
     streamed from the manifest: memory does not grow with the dataset). ``source``: the
     manifest table or its file (or dataset folder)."""
     if not isinstance(source, pa.Table):
-        from eoforge.shards.manifest import MANIFEST_NAME
+        from eoforge.shards.manifest import manifest_rows, read_manifest
 
-        manifest = Path(source) / MANIFEST_NAME if Path(source).is_dir() else Path(source)
-        import pyarrow.parquet as pq
-
-        if pq.ParquetFile(manifest).metadata.num_rows > COVERAGE_POLYGONS_MAX:
-            return _coverage_density(manifest, path)
-        source = pq.ParquetFile(manifest).read(columns=["geometry", "split", "lat"])
+        if manifest_rows(source) > COVERAGE_POLYGONS_MAX:
+            return _coverage_density(Path(source), path)
+        source = read_manifest(source, columns=["geometry", "split", "lat"])
     elif source.num_rows > COVERAGE_POLYGONS_MAX:
         return _coverage_density(source, path)
     table = source

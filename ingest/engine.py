@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -61,26 +63,57 @@ class Engine:
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress
         self.retries = retries
-        self.client: Any = None
+        self._client: Any = None
         self._cluster: Any = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     def __enter__(self) -> "Engine":
-        from dask.distributed import Client, LocalCluster
-
-        if self.scheduler:
-            self.client = Client(self.scheduler, timeout="60s")
-        else:
-            with dask.config.set({**WORKER_MALLOC_ENV, **QUIET_CLUSTER_CONFIG}):
-                self._cluster = LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=":0", silence_logs=logging.ERROR,  # any free port: no clash on shared hosts
-                )
-            self.client = Client(self._cluster)
+        self.start()
+        self.client  # noqa: B018 - waits for the cluster, raises what its start raised
         return self
 
+    def start(self) -> "Engine":
+        """Start the cluster (or connect) in a background thread and return at once; the first
+        use of :attr:`client` waits for it. Work that runs on the client meanwhile
+        (:meth:`map` with ``inline_below``) overlaps the ~0.6 s a LocalCluster takes to start."""
+        if self._client is None and self._starting is None:
+            self._starting = threading.Thread(target=self._connect, name="eoforge-engine-start", daemon=True)
+            self._starting.start()
+        return self
+
+    def _connect(self) -> None:
+        from dask.distributed import Client, LocalCluster
+
+        try:
+            if self.scheduler:
+                self._client = Client(self.scheduler, timeout="60s")
+            else:
+                with dask.config.set({**WORKER_MALLOC_ENV, **QUIET_CLUSTER_CONFIG}):
+                    self._cluster = LocalCluster(
+                        n_workers=self.workers, threads_per_worker=1, processes=True,
+                        dashboard_address=":0", silence_logs=logging.ERROR,  # any free port: no clash on shared hosts
+                    )
+                self._client = Client(self._cluster)
+        except BaseException as err:  # noqa: BLE001 - raised where the client is first used
+            self._start_error = err
+
+    @property
+    def client(self) -> Any:
+        """The Dask client, once the cluster is up (:meth:`start` is called if it was not)."""
+        if self._client is None:
+            self.start()
+            assert self._starting is not None
+            self._starting.join()
+            if self._start_error is not None:
+                raise self._start_error
+        return self._client
+
     def __exit__(self, *exc: object) -> None:
-        if self.client is not None:
-            self.client.close()
+        if self._starting is not None:
+            self._starting.join()
+        if self._client is not None:
+            self._client.close()
         if self._cluster is not None:
             self._cluster.close()
 
@@ -88,7 +121,7 @@ class Engine:
     def task_slots(self) -> int:
         """Tasks the cluster runs at once now: the local cluster's workers, or an existing
         cluster's worker threads (at least 1; a cluster still scaling up counts what it has)."""
-        if self._cluster is not None:
+        if not self.scheduler:
             return self.workers
         return max(1, sum(self.client.nthreads().values()))
 
@@ -99,16 +132,38 @@ class Engine:
         return f"LocalCluster, {self.workers} worker process(es)"
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], desc: str, unit: str = "task",
-            key_prefix: str | None = None) -> list[Any]:
+            key_prefix: str | None = None, inline_below: int = 0) -> list[Any]:
         """Run ``fn(item)`` for every item; results in input order.
 
         A task that raises (after its retries) yields the exception object in its place,
         so one bad input never stops the others; the caller turns it into an error row.
+
+        ``inline_below``: with an own LocalCluster, fewer items than this run on the client
+        in ``workers`` threads instead (light work such as header reads, where a Dask round
+        trip costs more than the task, and which need not wait for the cluster to start).
+        An external cluster always runs them: its workers may see other paths and credentials.
         """
         items = list(items)
+        if not self.scheduler and len(items) < inline_below:
+            return self._map_inline(fn, items, desc, unit)
         results: list[Any] = [None] * len(items)
         for index, value in self.as_completed(fn, items, desc, unit, key_prefix):
             results[index] = value
+        return results
+
+    def _map_inline(self, fn: Callable[..., Any], items: list[Any], desc: str, unit: str) -> list[Any]:
+        def call(item: Any) -> Any:
+            try:
+                return fn(item)
+            except Exception as err:  # noqa: BLE001 - as a failed Dask task: the caller reports it
+                return err
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(items)))) as pool, \
+                tqdm(total=len(items), desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True) as bar:
+            results = []
+            for value in pool.map(call, items):
+                results.append(value)
+                bar.update()
         return results
 
     def as_completed(self, fn: Callable[..., Any], items: list[Any], desc: str, unit: str = "task",

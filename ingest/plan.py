@@ -616,7 +616,8 @@ def plan_ingest(scenes: list[dict[str, Any]] | pa.Table, config: IngestConfig, *
     if engine is None:
         results: Iterator[Any] = map(plan_region_task, payloads)
     else:
-        results = iter(engine.map(plan_region_task, payloads, desc="plan", unit="region", key_prefix="plan"))
+        results = iter(engine.map(plan_region_task, payloads, desc="plan", unit="region", key_prefix="plan",
+                                      inline_below=8))
     parts: list[dict[str, np.ndarray]] = []
     lc_parts: list[tuple[np.ndarray, np.ndarray]] = []
     s1_best = np.full(len(sc), len(S1_STATUS), dtype=np.int64)  # per scene row; len(S1_STATUS): no tile

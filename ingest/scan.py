@@ -8,8 +8,9 @@ and sidecars say (product id, time, processing baseline, orbit, cloud cover). Ou
   ``scenes.parquet``; the bands of a scene may be separate files or one multiband file;
 - one row per input that cannot be used, with the reason, for ``errors.parquet``.
 
-The probe reads a few pixels per scene: the last block of every file (a truncated
-download fails there), a coarse look at S2 B1 (all-nodata scenes) and a grid of small
+The probe checks that every file holds the bytes its header promises (a truncated
+download; header bytes only for local GeoTIFF and JPEG 2000, else its last block is
+decoded), takes a coarse look at S2 B1 (all-nodata scenes) and a grid of small
 windows of S1 (dB or linear, all-NaN). Nothing else touches pixels before materialize.
 
 A rerun into the same dataset folder reads again only the headers of files whose size or
@@ -44,6 +45,10 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 OFFSET_BASELINE = "04.00"
 #: First sensing day of baseline 04.00 products (used only when no baseline is known).
 OFFSET_SINCE = datetime(2022, 1, 25)
+#: Up to this many header reads / probes run on the client in threads (see ``Engine.map``):
+#: a few files are scanned before a LocalCluster would have started.
+INLINE_HEADERS = 64
+INLINE_PROBES = 8
 L2A_BANDS = tuple(b.name for b in S2_BANDS if b.in_l2a)
 L1C_BANDS = tuple(b.name for b in S2_BANDS)
 S2_GSD = {b.name: b.gsd_m for b in S2_BANDS}
@@ -452,9 +457,14 @@ def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
     for path in scene["paths"]:
         try:
             with rasterio.open(gdal_path(path)) as src:
-                bh, bw = src.block_shapes[0]
-                win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
-                src.read(1, window=win)
+                reason = missing_bytes(src, path)
+                if reason is None:  # not a local GeoTIFF or JPEG 2000: decode the last block
+                    bh, bw = src.block_shapes[0]
+                    win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
+                    src.read(1, window=win)
+                elif reason:
+                    return {"error": f"truncated file: {reason}; product {scene['product_id']} skipped",
+                            "error_paths": [path]}
         except (RasterioError, OSError) as err:
             return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}; "
                              f"product {scene['product_id']} skipped", "error_paths": [path]}
@@ -477,6 +487,67 @@ def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
     except (RasterioError, OSError) as err:
         return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}"}
     return out
+
+
+def missing_bytes(src: Any, path: str) -> str | None:
+    """Whether a local file holds every byte its header promises, without decoding a pixel:
+    ``""`` when complete, the reason when truncated, None when it cannot be told this way
+    (a remote file or another format: the caller decodes the last block instead).
+
+    A GeoTIFF is complete when every full-resolution block ends within the file; a JPEG 2000 file when its codestream box fits the file and ends
+    with the EOC marker (``FF D9``, which ISO 15444-1 puts last in every codestream). At
+    archive scale this keeps the scan to header bytes: decoding a block of each of 13 JP2
+    bands costs ~1 s per product."""
+    if not os.path.isfile(path):
+        return None
+    size = os.path.getsize(path)
+    if src.driver == "GTiff":
+        # full resolution only: that is what ingest reads (a damaged overview fails the B1 look)
+        for bidx in src.indexes:
+            bh, bw = src.block_shapes[bidx - 1]
+            for row in range(math.ceil(src.height / bh)):
+                for col in range(math.ceil(src.width / bw)):
+                    offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=bidx)
+                    length = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=bidx)
+                    if offset is None or length is None:
+                        return None  # this GDAL does not say: decode instead
+                    if int(offset) + int(length) > size:
+                        return (f"block (row {row}, column {col}) of band {bidx} ends at byte "
+                                f"{int(offset) + int(length)}, the file has {size} bytes")
+            if src.interleaving is not None and src.interleaving.name == "pixel":
+                break  # pixel-interleaved: every band's blocks are the first band's
+        return ""
+    if src.driver in ("JP2OpenJPEG", "JPEG2000", "JP2KAK", "JP2ECW"):
+        return _jp2_missing_bytes(path, size)
+    return None
+
+
+def _jp2_missing_bytes(path: str, size: int) -> str:
+    """``""`` when the JPEG 2000 file (JP2 boxes or a raw codestream) ends its codestream with
+    EOC inside the file, else why not."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\xff\x4f":  # a raw codestream (.j2k) starts with SOC
+            f.seek(size - 2)
+            return "" if f.read(2) == b"\xff\xd9" else "the codestream does not end with EOC"
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            length, box = int.from_bytes(head[:4], "big"), head[4:8]
+            header = 8
+            if length == 1:
+                length, header = int.from_bytes(head[8:16], "big"), 16
+            elif length == 0:  # the last box runs to the end of the file
+                length = size - pos
+            if length < header:
+                return f"box {box!r} at byte {pos} has length {length}"
+            if pos + length > size:
+                return f"box {box!r} at byte {pos} needs {pos + length} bytes, the file has {size}"
+            if box == b"jp2c":
+                f.seek(pos + length - 2)
+                return "" if f.read(2) == b"\xff\xd9" else "the codestream does not end with EOC"
+            pos += length
+    return "no codestream box (jp2c)"
 
 
 def _s1_probe(band: dict[str, Any]) -> np.ndarray:
@@ -547,7 +618,8 @@ def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory
     (records, headers read)."""
     headers = [old.header(path, stats[path]) for path in files]
     todo = [i for i, h in enumerate(headers) if h is None]
-    for i, h in zip(todo, engine.map(read_header, [files[i] for i in todo], desc="scan headers", unit="file")):
+    for i, h in zip(todo, engine.map(read_header, [files[i] for i in todo], desc="scan headers", unit="file",
+                                        inline_below=INLINE_HEADERS)):
         if isinstance(h, BaseException):  # the task raised (a dead worker?): not the file's fault, not kept
             h = {"path": files[i], "error": f"unreadable raster: {h}"}
         else:
@@ -566,7 +638,8 @@ def _probes(scenes: list[dict[str, Any]], stats: dict[str, Stat | None], old: Sc
     keys = [probe_key(scene, stats) for scene in scenes]
     probes = [old.probe(key) for key in keys]
     todo = [i for i, p in enumerate(probes) if p is None]
-    for i, p in zip(todo, engine.map(probe_scene, [scenes[i] for i in todo], desc="scan probe", unit="scene")):
+    for i, p in zip(todo, engine.map(probe_scene, [scenes[i] for i in todo], desc="scan probe", unit="scene",
+                                        inline_below=INLINE_PROBES)):
         if isinstance(p, BaseException):  # the task raised: not kept, probed again next time
             p = {"error": f"probe failed: {p}"}
         else:

@@ -101,3 +101,36 @@ def test_release_pieces_frees_the_frames_and_lists_the_tiles(tmp_path) -> None:
         data = frames.read_bytes()
         assert data[block:3 * block] == bytes(2 * block) and data[:block] != bytes(block)
     assert released_tiles(tmp_path, "s2-000001-w000-000of001") == ({"32n_00001_00002"} if freed else set())
+
+
+@pytest.mark.parametrize("driver,suffix,options", [
+    ("GTiff", ".tif", {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}),
+    ("GTiff", ".tif", {"tiled": True, "blockxsize": 256, "blockysize": 256, "interleave": "band"}),
+    ("JP2OpenJPEG", ".jp2", {"reversible": "YES", "blockxsize": 256, "blockysize": 256}),
+])
+def test_truncation_is_told_from_header_bytes(tmp_path, driver: str, suffix: str, options: dict) -> None:
+    """The scan probe's completeness check: a whole file passes, the same file cut anywhere
+    after its header is named truncated, without decoding a block."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from eoforge.ingest.scan import missing_bytes
+
+    path = tmp_path / f"band{suffix}"
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 10000, (2, 700, 600), dtype=np.uint16)  # noise: blocks of similar size
+    with rasterio.open(path, "w", driver=driver, width=600, height=700, count=2, dtype="uint16", crs="EPSG:32632",
+                       transform=from_origin(500000, 5000000, 10, 10), **options) as dst:
+        dst.write(data)
+    with rasterio.open(path) as src:
+        assert missing_bytes(src, str(path)) == ""
+    whole = path.read_bytes()
+    for fraction in (0.5, 0.9, 0.999):
+        path.write_bytes(whole[: int(len(whole) * fraction)])
+        with rasterio.open(path) as src:
+            reason = missing_bytes(src, str(path))
+        assert reason and ("ends at byte" in reason or "needs" in reason or "EOC" in reason), (fraction, reason)
+    path.write_bytes(whole)
+    with rasterio.open(path) as src:
+        assert missing_bytes(src, "/vsicurl/https://example.invalid/band" + suffix) is None  # not local: decode

@@ -234,6 +234,12 @@ def test_recipes_load_and_round_trip(recipe: Path) -> None:
     elif cfg.method_name == "softcon":  # METHODS.md: EMA 0.99 -> 1, wd 0.1, two seasons, labels
         assert (cfg.optim.ema_momentum, cfg.optim.ema_momentum_end) == (0.99, 1.0) and cfg.optim.weight_decay == 0.1
         assert cfg.data.time_step == "random_pair" and cfg.data.label_taxonomy == "dynamic_world"
+    elif cfg.method_name == "cmid":  # METHODS.md: one image, 30 of 49 blocks, lr x sqrt(batch / 256), EMA 0.996
+        assert cfg.data.time_step == "random" and cfg.optim.lr_scaling == "sqrt" and cfg.optim.lr == 1e-3
+        assert cfg.optim.lr_reference_batch == 256 and cfg.optim.warmup_start_factor == 0.01
+        assert (cfg.optim.ema_momentum, cfg.optim.ema_momentum_end) == (0.996, 1.0) and cfg.optim.grad_clip == 0
+        assert cfg.method.crop_scale == (0.3, 1.0) and cfg.method.mask_ratio == 0.6
+        assert cfg.method.crop_px % cfg.method.mask_block_px == 0
     else:  # the dual encoder: paired steps, S1 clipped in dB
         assert cfg.data.modality == "s1s2" and cfg.data.paired_only
         assert cfg.data.s1_clip_db == ((-25.0, 0.0), (-32.5, 0.0))
@@ -243,6 +249,26 @@ def test_recipes_load_and_round_trip(recipe: Path) -> None:
     again = PretrainConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
     assert isinstance(again.optim.betas, tuple)
+
+
+def test_lr_rule_by_hand_and_the_optimisers() -> None:
+    from eoforge.train.config import OptimConfig, scaled_lr
+    from eoforge.train.engine import build_optimizer
+
+    assert scaled_lr(OptimConfig(lr=1e-3), 512) == 1e-3  # "none": as given (existing recipes)
+    assert scaled_lr(OptimConfig(lr=1e-3, lr_scaling="linear"), 512) == pytest.approx(2e-3)
+    assert scaled_lr(OptimConfig(lr=1e-3, lr_scaling="sqrt"), 512) == pytest.approx(1e-3 * 2**0.5)
+    assert scaled_lr(OptimConfig(lr=1e-3, lr_scaling="sqrt", lr_reference_batch=128), 32) == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        OptimConfig(lr_scaling="cubic")
+    with pytest.raises(ValueError, match="adan takes 3"):
+        OptimConfig(optimizer="adan")  # AdamW's two betas
+    params = [torch.nn.Parameter(torch.ones(3))]
+    cfg = PretrainConfig(optim=OptimConfig(optimizer="adan", betas=(0.98, 0.92, 0.99)))
+    from timm.optim import Adan
+
+    assert isinstance(build_optimizer([{"params": params}], cfg), Adan)
+    assert isinstance(build_optimizer([{"params": params}], PretrainConfig()), torch.optim.AdamW)
 
 
 def test_config_unknown_key_names_file_and_key(tmp_path) -> None:

@@ -156,3 +156,18 @@ def gaussian_blur(x: Tensor, sigma: float, kernel_px: int) -> Tensor:
     y = F.conv2d(y, w.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     y = F.pad(y, (0, 0, radius, radius), mode="reflect")
     return F.conv2d(y, w.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
+
+
+def gaussian_noise(x: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    """``x + N(0, std²)``, independent per band and pixel; ``std`` in the units of ``x`` (normalised)."""
+    return x + torch.randn(x.shape, generator=generator).to(x) * std
+
+
+def solarize(x: Tensor, threshold: float) -> Tensor:
+    """Values at or above ``threshold`` reflected about it: ``x ≥ t -> 2t − x``.
+
+    The float form of torchvision's ``solarize`` (``bound − x`` above the threshold, bound 1 and
+    threshold 0.5 for [0, 1] images) in normalised units: ``minmax2sigma`` data take t = 0.5
+    (the band mean), z-scored data t = 0.
+    """
+    return torch.where(x >= threshold, 2.0 * threshold - x, x)

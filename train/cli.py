@@ -15,7 +15,7 @@ import click
 @click.command("pretrain")
 @click.option("--data", required=True, metavar="DS",
               help="Dataset folder (shards + manifest.parquet + stats.json) to pretrain on.")
-@click.option("--method", required=True, metavar="NAME", help="Pretraining method: pera, softcon or dualenc.")
+@click.option("--method", required=True, metavar="NAME", help="Pretraining method: pera, softcon, dualenc or cmid.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), metavar="RUN",
               help="Run folder: config.yaml, metrics.jsonl, checkpoints/, loss.png.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",

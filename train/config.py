@@ -5,7 +5,7 @@ A recipe has five sections, each a frozen dataclass::
     data:    DataConfig    (eoforge.train.data)     modality, batch_size (per rank), workers, crops ...
     model:   ModelConfig   (eoforge.train.models)   timm backbone name and its options
     method:  <Method>Config chosen by ``method.name`` (eoforge.train.methods), e.g. PeraConfig
-    optim:   OptimConfig   (here)                   AdamW + LR / WD / EMA-momentum schedules
+    optim:   OptimConfig   (here)                   AdamW / Adan, LR rule + LR / WD / EMA-momentum schedules
     engine:  EngineConfig  (here)                   steps, checkpoints, logging, seed, device, AMP
 
 ``PretrainConfig.load("recipe.yaml")`` reads a recipe (unknown keys are an error that names
@@ -21,6 +21,7 @@ An "epoch" is a step count here: the data stream is an infinite resampled stream
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,45 +35,87 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the file and the key."""
 
 
+#: optimisers the engine builds (``optim.optimizer``); Adan is timm's (Xie et al. 2022)
+OPTIMIZERS = ("adamw", "adan")
+#: batch-size rules for the learning rate (``optim.lr_scaling``) and what each computes (:func:`scaled_lr`)
+LR_SCALINGS = {
+    "none": "peak_lr = base_lr",
+    "linear": "peak_lr = base_lr * global_batch / lr_reference_batch",
+    "sqrt": "peak_lr = base_lr * sqrt(global_batch / lr_reference_batch)",
+}
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and its per-step schedules (PerA's recipe is the default; METHODS.md).
+    """The optimiser and its per-step schedules (PerA's recipe is the default; METHODS.md).
 
     Attributes:
-        lr: peak learning rate after warm-up (no batch-size scaling).
-        min_lr: learning rate the cosine decays to.
-        warmup_steps: optimiser steps of linear warm-up from 0 to ``lr``.
+        optimizer: ``"adamw"`` (default) or ``"adan"`` (timm's Adan, three betas; CMID's paper).
+        lr: peak learning rate after warm-up, at the reference batch ``lr_reference_batch``
+            when ``lr_scaling`` is not ``"none"`` (then the engine scales it, see below).
+        lr_scaling: how the engine scales ``lr`` with the global batch ``B`` (per-rank batch ×
+            ranks): ``"none"`` (as given), ``"linear"`` (``lr · B / ref``: Goyal et al., MoCo v3,
+            DINO) or ``"sqrt"`` (``lr · √(B / ref)``: CMID, the maintainers' rule). The run records
+            the result in ``RUN/optim.json`` and every metrics line's ``lr``.
+        lr_reference_batch: the ``ref`` of ``lr_scaling`` (256).
+        min_lr: learning rate the cosine decays to (never scaled).
+        warmup_steps: optimiser steps of linear warm-up to the peak.
+        warmup_start_factor: the warm-up starts at this share of the peak (0; CMID 0.01).
         weight_decay: weight decay at step 0 (groups with ``apply_weight_decay`` only).
         weight_decay_end: weight decay the cosine reaches at the end.
-        betas: AdamW (beta1, beta2).
-        eps: AdamW epsilon.
+        betas: AdamW (beta1, beta2); Adan (beta1, beta2, beta3), e.g. (0.98, 0.92, 0.99).
+        eps: the optimiser's epsilon.
         grad_clip: largest global L2 norm of the student gradients; 0 disables clipping.
         ema_momentum: teacher EMA momentum at step 0.
         ema_momentum_end: momentum the cosine reaches at the end (1 = frozen teacher).
     """
 
+    optimizer: str = "adamw"
     lr: float = 1e-3
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 256
     min_lr: float = 1e-6
     warmup_steps: int = 0
+    warmup_start_factor: float = 0.0
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 2e-5
     grad_clip: float = 3.0
     ema_momentum: float = 0.992
     ema_momentum_end: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {tuple(LR_SCALINGS)}, got {self.lr_scaling!r}")
+        if self.lr_reference_batch < 1:
+            raise ValueError(f"lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError(f"lr must be > 0 and min_lr >= 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or not 0.0 <= self.warmup_start_factor <= 1.0:
+            raise ValueError(f"warmup_steps must be >= 0 and warmup_start_factor in [0, 1], got "
+                             f"{self.warmup_steps}, {self.warmup_start_factor}")
+        n_betas = 3 if self.optimizer == "adan" else 2
+        if len(self.betas) != n_betas or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: {self.optimizer} takes {n_betas} numbers in [0, 1), got {self.betas}")
         if not (0 <= self.ema_momentum <= 1 and 0 <= self.ema_momentum_end <= 1):
             raise ValueError("ema_momentum and ema_momentum_end must be in [0, 1]")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
+    """The peak learning rate the engine uses for ``global_batch`` samples a step (all ranks).
+
+    ``"none"``: ``lr``; ``"linear"``: ``lr · B / ref``; ``"sqrt"``: ``lr · √(B / ref)`` with
+    ``B = global_batch`` and ``ref = lr_reference_batch``. E.g. CMID's 0.001 at 8 × 64 = 512:
+    0.001 × √2 ≈ 1.41e-3.
+    """
+    ratio = global_batch / optim.lr_reference_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[optim.lr_scaling]
+    return optim.lr * factor
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ it with ``torchrun`` for several processes (``make pretrain``) or directly for o
 Per step ``i`` (0-based; the logs and checkpoints count *completed* steps, ``i + 1``)::
 
     batch  = next(loader)                                  # data wait is timed here
-    lr, wd = lr_schedule[i] * lr_scale, wd_schedule[i]     # set on every AdamW group
+    lr, wd = lr_schedule[i] * lr_scale, wd_schedule[i]     # set on every optimiser group
     loss   = ddp(batch, step=i).loss                       # autocast bf16 on CUDA, fp32 on CPU
     loss.backward(); clip_grad_norm_(grad_clip); optimizer.step()
     method.update_teacher(momentum_schedule[i])            # EMA after the optimiser step
@@ -17,10 +17,16 @@ Data position: the loader is rebuilt at every checkpoint boundary ("segment") wi
 run therefore sees exactly the batches an uninterrupted one sees, and with
 ``engine.deterministic`` on CPU its weights are bit-identical.
 
+The peak of ``lr_schedule`` is ``optim.lr`` scaled by the global batch (per-rank batch × ranks)
+with the rule ``optim.lr_scaling`` (``none``, ``linear`` or ``sqrt``, against
+``optim.lr_reference_batch``; :func:`eoforge.train.config.scaled_lr`); ``min_lr`` is not scaled.
+
 Run folder ``RUN``::
 
     config.yaml              the full PretrainConfig (``PretrainConfig.load`` reads it back)
     dataset.json             data path, manifest sha256, bands, in_chans, normalisation used
+    optim.json               the optimiser and the learning-rate rule as applied: base lr, rule,
+                             reference and global batch, ranks, peak lr, min lr, warm-up
     metrics.jsonl            one JSON line per logged step (rank 0), see below
     checkpoints/step-N.pt    full state every ``engine.checkpoint_every`` steps (+ ``latest``)
     ranks/rank-N.json        debugging aid: per rank, steps taken, sample keys consumed per
@@ -68,13 +74,14 @@ from eoforge.train import distributed as D
 from eoforge.train.checkpoint import (
     CHECKPOINT_DIR, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from eoforge.train.config import PretrainConfig
+from eoforge.train.config import LR_SCALINGS, PretrainConfig, scaled_lr
 from eoforge.train.monitor import CollapseMonitor
 from eoforge.train.schedules import cosine_schedule
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 DATASET = "dataset.json"
+OPTIM = "optim.json"
 RANKS = "ranks"
 LOSS_PNG = "loss.png"
 FAULT_ENV = "EOFORGE_FAULT_KILL_AFTER_STEP"
@@ -328,8 +335,9 @@ def describe_dataset(data: str | os.PathLike[str] | list[str], cfg: PretrainConf
 # ------------------------------------------------------------------------------ training
 
 
-def build_optimizer(param_groups: list[dict[str, Any]], cfg: PretrainConfig) -> torch.optim.AdamW:
-    """AdamW over the method's groups; per-step LR / WD are set by the loop.
+def build_optimizer(param_groups: list[dict[str, Any]], cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """``optim.optimizer`` (AdamW, or timm's Adan) over the method's groups; per-step LR / WD are
+    set by the loop.
 
     Each group keeps ``apply_weight_decay`` (bool, default True) and an optional
     ``lr_scale`` (float, default 1; e.g. a pretrained backbone at 0.1x).
@@ -344,7 +352,24 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: PretrainConfig) -> 
         g.setdefault("lr_scale", 1.0)
         groups.append({"params": params, **g})
     o = cfg.optim
+    if o.optimizer == "adan":
+        from timm.optim import Adan
+
+        return Adan(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def optim_facts(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
+    """The learning-rate rule as the run applies it (``RUN/optim.json``)."""
+    o = cfg.optim
+    global_batch = cfg.data.batch_size * world_size
+    peak = scaled_lr(o, global_batch)
+    return {
+        "optimizer": o.optimizer, "base_lr": o.lr, "lr_scaling": o.lr_scaling, "rule": LR_SCALINGS[o.lr_scaling],
+        "lr_reference_batch": o.lr_reference_batch, "batch_size_per_rank": cfg.data.batch_size,
+        "world_size": world_size, "global_batch": global_batch, "peak_lr": peak, "min_lr": o.min_lr,
+        "warmup_steps": min(o.warmup_steps, cfg.engine.steps), "warmup_start_lr": o.warmup_start_factor * peak,
+    }
 
 
 def _open_tensorboard(run: Path, purge_step: int | None) -> Any:
@@ -421,6 +446,7 @@ class _Run:
                 facts = describe_dataset(self.data, cfg)
                 (self.run_dir / RANKS).mkdir(parents=True, exist_ok=True)
                 _write_json_atomic(self.run_dir / DATASET, facts)
+                _write_json_atomic(self.run_dir / OPTIM, optim_facts(cfg, info.world_size))
                 cfg.save(self.run_dir / CONFIG)
             except Exception as err:  # noqa: BLE001 - re-raised on every rank below
                 facts = err
@@ -442,7 +468,8 @@ class _Run:
         self.optimizer = build_optimizer(self.method.param_groups(), cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         o = cfg.optim
-        self.lr = cosine_schedule(o.lr, o.min_lr, steps, min(o.warmup_steps, steps))
+        peak = scaled_lr(o, cfg.data.batch_size * info.world_size)
+        self.lr = cosine_schedule(peak, o.min_lr, steps, min(o.warmup_steps, steps), o.warmup_start_factor * peak)
         self.wd = cosine_schedule(o.weight_decay, o.weight_decay_end, steps)
         self.momentum = cosine_schedule(o.ema_momentum, o.ema_momentum_end, steps)
 

@@ -64,10 +64,10 @@ class ExportResult:
 def timm_kwargs(model: Any, in_chans: int, backbone: torch.nn.Module) -> dict[str, Any]:
     """Keyword arguments of ``timm.create_model`` that rebuild the exported backbone's shapes
     (``model``: the ``ModelConfig`` that built it)."""
-    from eoforge.train.models import is_vit
+    from eoforge.train.models import is_swin, is_vit
 
     kwargs: dict[str, Any] = {**model.timm_kwargs, "in_chans": in_chans, "num_classes": 0}
-    if is_vit(backbone):
+    if is_vit(backbone) or is_swin(backbone):
         kwargs["img_size"] = model.img_size_px
         if model.patch_size_px is not None:
             kwargs["patch_size"] = model.patch_size_px

@@ -1,5 +1,6 @@
 """Projection heads: the DINO head (MLP -> L2-norm -> weight-normed linear to K prototypes) and
-MoCo v3's BatchNorm MLP (projectors and predictors of SoftCon and the dual encoder).
+MoCo v3's BatchNorm MLP (projectors and predictors of SoftCon and the dual encoder; without
+BatchNorm, CMID's global projector).
 
 As DINO / DINOv2 (``dinov2/layers/dino_head.py``): a 3-layer MLP ``D -> hidden -> hidden ->
 bottleneck`` with GELU and no normalisation layers, an L2 normalisation of the bottleneck
@@ -23,15 +24,25 @@ class WeightNormLinear(nn.Module):
     Equivalent to ``torch.nn.utils.weight_norm(nn.Linear(in, out, bias=False))`` with
     ``weight_g`` filled with 1, written out so the state dict and the EMA see two plain tensors.
 
+    Args:
+        learn_scale: ``g`` is a parameter (DINOv2); False freezes it at 1 (DINO v1's
+            ``norm_last_layer``, CMID's local head): a buffer, so no optimiser or EMA moves it and
+            the state dict keeps the same keys.
+
     Attributes:
         weight: direction ``v``, float32 ``[out_features, in_features]``.
         scale: row norms ``g``, float32 ``[out_features]`` (initialised to 1).
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    scale: Tensor
+
+    def __init__(self, in_features: int, out_features: int, learn_scale: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.scale = nn.Parameter(torch.ones(out_features))
+        if learn_scale:
+            self.scale = nn.Parameter(torch.ones(out_features))
+        else:
+            self.register_buffer("scale", torch.ones(out_features))
         trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -50,10 +61,13 @@ class DINOHead(nn.Module):
         hidden_dim: MLP width (paper 2048).
         bottleneck_dim: width before the L2 norm (paper 384).
         n_layers: MLP layers (paper 3).
+        use_bn: BatchNorm after each hidden linear layer (DINO v1's option; CMID's local head on
+            ResNets).
+        norm_last_layer: freeze the prototypes' row norms at 1 (DINO v1's option; CMID).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 384,
-                 n_layers: int = 3) -> None:
+                 n_layers: int = 3, use_bn: bool = False, norm_last_layer: bool = False) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"DINOHead needs at least one MLP layer, got {n_layers}")
@@ -62,13 +76,13 @@ class DINOHead(nn.Module):
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
             if i < n_layers - 1:
-                layers.append(nn.GELU())
+                layers += [nn.BatchNorm1d(b), nn.GELU()] if use_bn else [nn.GELU()]
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_scale=not norm_last_layer)
 
     def project(self, x: Tensor) -> Tensor:
         """``[N, D]`` -> L2-normalised bottleneck features ``[N, bottleneck_dim]`` (KoLeo works on these)."""
@@ -81,12 +95,16 @@ class DINOHead(nn.Module):
         return self.last_layer(self.project(x))
 
 
-def moco_mlp(n_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
+def moco_mlp(n_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True,
+             batch_norm: bool = True) -> nn.Sequential:
     """MoCo v3's projector / predictor MLP (Chen et al. 2021, ``moco/builder.py`` ``_build_mlp``).
 
     ``n_layers`` bias-free linear layers ``in_dim -> hidden_dim -> ... -> out_dim``, each hidden
     one followed by BatchNorm + ReLU; the last by a BatchNorm without affine parameters when
     ``last_bn`` (SimCLR's design, MoCo v3's default). Input and output ``[N, D]``.
+
+    ``batch_norm=False`` drops every BatchNorm (``last_bn`` is then ignored) and gives each linear
+    layer a bias instead, which the BatchNorm shift made redundant: MoCo v2's projector, CMID's.
     """
     if n_layers < 1:
         raise ValueError(f"an MLP needs at least one layer, got {n_layers}")
@@ -94,9 +112,9 @@ def moco_mlp(n_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn:
     for i in range(n_layers):
         a = in_dim if i == 0 else hidden_dim
         b = out_dim if i == n_layers - 1 else hidden_dim
-        layers.append(nn.Linear(a, b, bias=False))
+        layers.append(nn.Linear(a, b, bias=not batch_norm))
         if i < n_layers - 1:
-            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-        elif last_bn:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)] if batch_norm else [nn.ReLU(inplace=True)]
+        elif last_bn and batch_norm:
             layers.append(nn.BatchNorm1d(b, affine=False))
     return nn.Sequential(*layers)

@@ -20,6 +20,9 @@ ViTs are created with ``dynamic_img_size=True`` so that 224-px global and 96-px 
 through one model (the position embedding is resampled on the fly); the flag changes no weight,
 so exported state dicts load into a plain ``timm.create_model(name, in_chans=..., num_classes=0)``.
 
+Swin Transformers (CMID) are created for ``img_size_px`` (their attention windows and masks are
+built for one input size); CNNs take any size and ignore it.
+
 Tiny ViT for tests and the demo: importing this module registers ``vit_pico_patch8`` with timm
 (embed 64, depth 4, 2 heads, patch 8, default image 32 px). It is created by name like any timm
 model, but only after ``import eoforge.train.models`` (the export JSON names it; users of such a
@@ -39,6 +42,7 @@ from typing import Any
 import timm
 import torch
 from timm.models import adapt_input_conv, build_model_with_cfg, is_model_in_modules, register_model
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
@@ -58,7 +62,8 @@ class ModelConfig:
         name: timm model name (``vit_small_patch16_224``, ``vit_base_patch16_224``,
             ``vit_small_patch14_dinov2``, ``resnet50``, ``vit_pico_patch8``, ...).
         img_size_px: ViT input size in pixels (sets the position-embedding grid; other sizes
-            still run thanks to ``dynamic_img_size``). Ignored by CNNs.
+            still run thanks to ``dynamic_img_size``); a Swin Transformer's only input size.
+            CNNs run at any size (evaluation resizes tiles to it).
         patch_size_px: ViT patch size override (``None``: the model's own).
         drop_path_rate: stochastic depth rate of the student (PerA paper: 0.3).
         pretrained: path of a LOCAL checkpoint to start from, or ``None`` for random init.
@@ -133,6 +138,15 @@ def _is_vit_name(name: str) -> bool:
     return is_model_in_modules(arch, ["vision_transformer"]) or arch in default_cfgs
 
 
+def is_swin(model: nn.Module) -> bool:
+    """True for timm ``SwinTransformer`` backbones (CMID's transformer)."""
+    return isinstance(model, SwinTransformer)
+
+
+def _is_swin_name(name: str) -> bool:
+    return is_model_in_modules(name.split(".")[0], ["swin_transformer"])
+
+
 def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
     """Build ``cfg.name`` with ``in_chans`` input bands and no classifier; load ``cfg.pretrained``.
 
@@ -158,6 +172,8 @@ def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
             kwargs["patch_size"] = cfg.patch_size_px
     elif cfg.patch_size_px is not None:
         raise ValueError(f"model.patch_size_px applies to ViTs only, not {cfg.name!r}")
+    elif _is_swin_name(cfg.name):
+        kwargs["img_size"] = cfg.img_size_px
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     if cfg.pretrained:
         load_local_checkpoint(model, cfg.pretrained, input_layer=cfg.input_layer)

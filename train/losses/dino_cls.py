@@ -7,7 +7,9 @@ Caron et al. 2021 (DINO) and Oquab et al. 2023 (DINOv2, ``dinov2/loss/dino_clsto
 - centre ``c ← m·c + (1 − m)·mean(t)``, the mean taken over the global batch (all-reduced when
   ``torch.distributed`` is initialised), after the targets of the step are computed.
 
-The teacher temperature follows a linear warm-up (:func:`teacher_temperature`).
+The teacher temperature follows a linear warm-up (:func:`teacher_temperature`). Rows are any
+paired outputs: PerA's CLS tokens of the same crop, CMID's student and teacher cells that cover the
+same ground.
 """
 
 from __future__ import annotations

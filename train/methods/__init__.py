@@ -10,12 +10,13 @@ import dataclasses
 from typing import Any, Mapping
 
 from eoforge.train.methods.base import Method, MethodOutput
+from eoforge.train.methods.cmid import Cmid, CmidConfig
 from eoforge.train.methods.dualenc import Dualenc, DualencConfig
 from eoforge.train.methods.pera import PerA, PeraConfig
 from eoforge.train.methods.softcon import Softcon, SoftconConfig
 from eoforge.train.models import ModelConfig
 
-METHODS: dict[str, type[Method]] = {"pera": PerA, "softcon": Softcon, "dualenc": Dualenc}
+METHODS: dict[str, type[Method]] = {"pera": PerA, "softcon": Softcon, "dualenc": Dualenc, "cmid": Cmid}
 
 
 def _as_config(cls: type, value: Any, section: str) -> Any:
@@ -56,4 +57,4 @@ def create_method(name: str, method_cfg: Any, model_cfg: ModelConfig | Mapping[s
                in_chans=in_chans, total_steps=total_steps, world_size=world_size)
 
 
-__all__ = ["METHODS", "Dualenc", "DualencConfig", "Method", "MethodOutput", "PerA", "PeraConfig", "Softcon", "SoftconConfig", "create_method"]
+__all__ = ["METHODS", "Cmid", "CmidConfig", "Dualenc", "DualencConfig", "Method", "MethodOutput", "PerA", "PeraConfig", "Softcon", "SoftconConfig", "create_method"]

@@ -10,7 +10,7 @@
 #   WORKERS   Dask workers for ingest                        (2)
 #   CONFIG    ingest recipe (YAML)                           (ingest/recipes/demo.yaml for the demo)
 #   SCHEDULER existing Dask scheduler for ingest             (empty: a LocalCluster)
-#   METHOD    pretraining method: pera, softcon, dualenc     (pera)
+#   METHOD    pretraining method: pera, softcon, dualenc, cmid (pera)
 #   RUN       training run folder                            (demo/run-$(METHOD))
 #   PRETRAIN_CONFIG training recipe (YAML)          (train/recipes/$(METHOD)-tiny-demo.yaml)
 #   NPROC_PER_NODE  training processes per node (GPUs)       (1)
@@ -22,6 +22,9 @@
 #   WEIGHTS   exported backbone for `make eval`              ($(RUN)/model.safetensors)
 #   EVAL_DATA labelled dataset for `make eval`               ($(DS))
 #   SEED      seed for generated sample data                 (0)
+#   COMPARE   output folder of `make compare`                (demo/compare)
+#   COMPARE_CONFIG comparison recipe                 (eval/recipes/compare-demo.yaml)
+#   COMPARE_ARGS   extra `eoforge compare` options, e.g. --seed 0 --seed 1 --device cuda
 #   REAL_DATA real sample products for `make bench`          (../shared/data/real if present)
 #   PYTEST_ARGS extra arguments for pytest                   (empty)
 
@@ -47,12 +50,15 @@ MASTER_PORT ?= 29500
 PRETRAIN_ARGS ?=
 WEIGHTS ?= $(RUN)/model.safetensors
 EVAL_DATA ?= $(DS)
+COMPARE ?= demo/compare
+COMPARE_CONFIG ?= eval/recipes/compare-demo.yaml
+COMPARE_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.eoforge-installed
 BENCH_STAMP := $(VENV)/.eoforge-bench-installed
 
-.PHONY: help install test demo demo-data ingest pretrain eval bench bench-gpu clean
+.PHONY: help install test demo demo-data ingest pretrain eval compare bench bench-gpu clean
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -116,6 +122,16 @@ pretrain: $(STAMP)
 
 eval: $(STAMP)
 	$(BIN)/eoforge eval --weights $(WEIGHTS) --data $(EVAL_DATA)
+
+# which method works on this data? every method of $(COMPARE_CONFIG), one budget, probed beside
+# random init -> $(COMPARE)/results.md and results.png; builds the demo dataset first when
+# DS is the demo's and missing. A rerun continues where it stopped.
+compare: $(STAMP)
+	@set -e; if [ "$(DS)" = "demo/ds" ] && [ ! -f $(DS)/manifest.parquet ]; then \
+	  test -f $(RAW)/truth.json || $(BIN)/eoforge demo-data $(RAW) --seed $(SEED); \
+	  $(BIN)/eoforge ingest $(RAW) --out $(DS) --config ingest/recipes/demo.yaml --workers $(WORKERS); \
+	fi
+	$(BIN)/eoforge compare --data $(DS) --out $(COMPARE) --config $(COMPARE_CONFIG) $(COMPARE_ARGS)
 
 bench: $(BENCH_STAMP)
 	EOFORGE_REAL_DATA=$(REAL_DATA) $(BIN)/python -m eoforge.shards.bench --out build/bench

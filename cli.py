@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eoforge import __version__
-from eoforge.eval.cli import adapt, eval_cmd
+from eoforge.eval.cli import adapt, compare_cmd, eval_cmd
 from eoforge.ingest.cli import demo_data, ingest
 from eoforge.ingest.synth_cli import synth_catalog
 from eoforge.shards.cli import shards
@@ -26,6 +26,7 @@ main.add_command(pretrain)
 main.add_command(export)
 main.add_command(eval_cmd)
 main.add_command(adapt)
+main.add_command(compare_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

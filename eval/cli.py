@@ -1,7 +1,8 @@
 """Command-line entry points of evaluation (gathered by the root ``eoforge`` group):
 
 - ``eoforge eval``: frozen-backbone probes of an exported model beside its random-init twin;
-- ``eoforge adapt eurosat|bigearthnet|sen1floods11``: reference datasets -> labelled shards.
+- ``eoforge adapt eurosat|bigearthnet|sen1floods11``: reference datasets -> labelled shards;
+- ``eoforge compare``: every method pretrained with one budget, probed beside random init.
 """
 
 from __future__ import annotations
@@ -193,3 +194,55 @@ def adapt_sen1floods11_cmd(src: tuple[Path, ...], metadata: Path | None, out: Pa
 
     _run(adapt_sen1floods11, list(src), out, metadata=metadata, val_fraction=val_fraction,
          split_lists=_split_lists(split_list), seed=seed, samples_per_shard=samples_per_shard, progress=not quiet)
+
+
+@click.command("compare")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Labelled dataset folder (ingested with land cover) every method trains and is probed on.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for results.md / .json / .png and runs/<method>-seed<k>/.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Comparison recipe (YAML) [eval/recipes/compare-demo.yaml]; the options below override it.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Only the recipe's rows of this name (repeatable), e.g. --method pera --method cmid.")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps of every run.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step per process of every run.")
+@click.option("--seed", "seeds", multiple=True, type=int, help="Seed(s) of every run and probe (repeatable).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="Where to train and probe.")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes per run.")
+def compare_cmd(data: Path, out: Path, config_file: Path | None, methods: tuple[str, ...], steps: int | None,
+                batch_size: int | None, seeds: tuple[int, ...], device: str | None, workers: int | None) -> None:
+    """Pretrain every method on one dataset with one budget, probe each beside random init.
+
+    One table (OUT/results.md), one picture (OUT/results.png: macro AP per method beside
+    its random init, loss curves). A rerun continues: finished runs, exports and probes are
+    kept.
+
+    \b
+    Examples:
+        eoforge compare --data demo/ds --out demo/compare
+        eoforge compare --data demo/ds --out cmp --method pera --method cmid --seed 0 --seed 1
+        eoforge compare --data /data/ds --out cmp --config eval/recipes/compare-gpu.yaml --device cuda
+    """
+    from eoforge.eval.compare import COMPARE_RECIPES, CompareConfig, compare
+    from eoforge.train.config import ConfigError
+
+    try:
+        config = CompareConfig.load(config_file or COMPARE_RECIPES / "compare-demo.yaml")
+        if methods:
+            unknown = sorted(set(methods) - {m.label for m in config.methods})
+            if unknown:
+                raise ConfigError(f"--method {', '.join(unknown)}: not a row of the recipe "
+                                  f"({', '.join(m.label for m in config.methods)})")
+            config = config.replace(methods=tuple(m for m in config.methods if m.label in methods))
+        config = config.replace(steps=steps, batch_size=batch_size, seeds=seeds or None, device=device,
+                                workers=workers)
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from err
+    t0 = time.perf_counter()
+    try:
+        compare(data, out, config, log=click.echo)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo((out / "results.md").read_text())
+    click.echo(f"({time.perf_counter() - t0:.0f} s) {out / 'results.md'}, {out / 'results.png'}")

@@ -210,8 +210,10 @@ def adapt_sen1floods11_cmd(src: tuple[Path, ...], metadata: Path | None, out: Pa
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed(s) of every run and probe (repeatable).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="Where to train and probe.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes per run.")
+@click.option("--quiet", is_flag=True, help="No progress bar per run (one line per run stays).")
 def compare_cmd(data: Path, out: Path, config_file: Path | None, methods: tuple[str, ...], steps: int | None,
-                batch_size: int | None, seeds: tuple[int, ...], device: str | None, workers: int | None) -> None:
+                batch_size: int | None, seeds: tuple[int, ...], device: str | None, workers: int | None,
+                quiet: bool) -> None:
     """Pretrain every method on one dataset with one budget, probe each beside random init.
 
     One table (OUT/results.md), one picture (OUT/results.png: macro AP per method beside
@@ -241,7 +243,7 @@ def compare_cmd(data: Path, out: Path, config_file: Path | None, methods: tuple[
         raise click.UsageError(str(err)) from err
     t0 = time.perf_counter()
     try:
-        compare(data, out, config, log=click.echo)
+        compare(data, out, config, log=click.echo, progress=not quiet)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo((out / "results.md").read_text())

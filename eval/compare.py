@@ -185,9 +185,10 @@ class RunResult:
 
 
 def compare(data: str | os.PathLike[str], out: str | os.PathLike[str], config: CompareConfig | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
     """Run (or continue) the comparison ``config`` on the dataset ``data`` into ``out``;
-    return the report (the content of ``results.json``). See the module docstring."""
+    return the report (the content of ``results.json``). See the module docstring.
+    ``log`` gets one line per run and stage; ``progress`` shows each run's progress bar."""
     config = config or CompareConfig()
     data, out = Path(data), Path(out)
     if not (data / "manifest.parquet").is_file():
@@ -201,7 +202,8 @@ def compare(data: str | os.PathLike[str], out: str | os.PathLike[str], config: C
     for seed in config.seeds:
         for entry in config.methods:
             log(f"[{len(results) + 1}/{total}] {entry.label}, seed {seed}")
-            results.append(_run_one(entry, seed, data, out / "runs" / f"{entry.label}-seed{seed}", config, log))
+            results.append(_run_one(entry, seed, data, out / "runs" / f"{entry.label}-seed{seed}", config, log,
+                                    progress))
     report = _report(results, data, config)
     _write_atomic(out / "results.json", json.dumps(report, indent=1) + "\n")
     _write_atomic(out / "results.md", results_markdown(report))
@@ -210,7 +212,7 @@ def compare(data: str | os.PathLike[str], out: str | os.PathLike[str], config: C
 
 
 def _run_one(entry: CompareEntry, seed: int, data: Path, run: Path, config: CompareConfig,
-             log: Callable[[str], None]) -> RunResult:
+             log: Callable[[str], None], progress: bool) -> RunResult:
     from eoforge.eval.run import EvalConfig, evaluate
     from eoforge.train.config import pretrain_config
     from eoforge.train.engine import file_sha256, train
@@ -220,7 +222,7 @@ def _run_one(entry: CompareEntry, seed: int, data: Path, run: Path, config: Comp
     t0 = time.perf_counter()
     cfg = pretrain_config(entry.recipe_path(), method=entry.method, steps=config.steps,
                           batch_size=config.batch_size, workers=config.workers, device=config.device,
-                          sets=(*entry.sets, f"engine.seed={seed}"), progress=False)
+                          sets=(*entry.sets, f"engine.seed={seed}"), progress=progress)
     result = train(cfg, data, run, resume=True)  # a finished run: nothing left to train
     seconds["pretrain"] = round(time.perf_counter() - t0, 1)
     if result.start_step < result.steps:

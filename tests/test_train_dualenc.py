@@ -233,3 +233,60 @@ def test_the_s1_branch_on_the_real_sen1floods11_chip(dualenc_run: Path, real_dat
     out = evaluate(weights, ds, "segmentation", cfg)
     assert {r["backbone"] for r in out.report["results"]} == {"pretrained", "random-init"}
     assert out.report["settings"]["inputs"]["bands"] == ["VV", "VH"]
+
+
+def _mlm_validator():  # noqa: ANN202 - a jsonschema validator
+    """The MLM v1.5.2 schema with the three extension schemas it refers to, from
+    ``tests/data/stac-schemas`` (vendored: no network in tests)."""
+    from jsonschema import Draft7Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT7
+
+    folder = Path(__file__).parent / "data" / "stac-schemas"
+    load = lambda name: json.loads((folder / name).read_text())  # noqa: E731
+    refs = {f"https://stac-extensions.github.io/{ext}/v1.1.0/schema.json": load(f"{ext}-v1.1.0.json")
+            for ext in ("raster", "processing", "classification")}
+    registry = Registry().with_resources(
+        (uri, Resource.from_contents(contents, default_specification=DRAFT7))
+        for uri, contents in refs.items())
+    return Draft7Validator(load("mlm-v1.5.2.json"), registry=registry)
+
+
+def test_every_export_has_a_valid_stac_mlm_item(dualenc_run: Path, tmp_path: Path) -> None:
+    """MODEL.stac.json validates against the MLM schema, its value_scaling reproduces eoforge's
+    normalisation band by band, and its assets are the exported files."""
+    validator = _mlm_validator()
+    rng = np.random.default_rng(0)
+    for branch, width in (("s2", 13), ("s1", 2)):
+        result = export_run(dualenc_run, tmp_path / f"{branch}.safetensors", branch=branch)
+        item_path = tmp_path / f"{branch}.stac.json"
+        item = json.loads(item_path.read_text())
+        errors = sorted(validator.iter_errors(item), key=lambda e: list(e.path))
+        assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
+        meta = json.loads(result.meta.read_text())
+        (inputs,) = item["properties"]["mlm:input"]
+        assert inputs["bands"] == meta["bands"] and inputs["input"]["shape"] == [-1, width, 32, 32]
+        assert [b["name"] for b in item["properties"]["bands"]] == meta["bands"]
+        net, _ = load_exported(result.weights)
+        assert item["properties"]["mlm:output"][0]["result"]["shape"] == [-1, net.num_features]
+        assert {a["href"] for a in item["assets"].values()} == {f"./{branch}.safetensors", f"./{branch}.json"}
+        assert all((tmp_path / a["href"]).is_file() for a in item["assets"].values())
+        # each band's scaling gives what eoforge computes: (clip(x, lo, hi) - offset) * scale
+        norm = meta["normalization"]
+        lows, highs = norm.get("value_min") or [None] * width, norm.get("value_max") or [None] * width
+        for i, scaling in enumerate(inputs["value_scaling"]):
+            x = rng.uniform(-40, 3000, 1000)
+            expected = (np.clip(x, -np.inf if lows[i] is None else lows[i], np.inf if highs[i] is None else highs[i])
+                        - norm["offset"][i]) * norm["scale"][i]
+            if scaling["type"] == "z-score":
+                got = (x - scaling["mean"]) / scaling["stddev"]
+            elif scaling["type"] == "scale":
+                got = x * scaling["value"]
+            else:
+                assert scaling["type"] == "processing" and branch == "s1"
+                got = eval(scaling["expression"], {"numpy": np, "inf": np.inf}, {"x": x})  # noqa: S307 - our own item
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    # the validator is not a rubber stamp: an item without its model asset role or inputs fails
+    broken = json.loads((tmp_path / "s2.stac.json").read_text())
+    del broken["properties"]["mlm:input"]
+    assert any("mlm:input" in e.message for e in validator.iter_errors(broken))

@@ -16,6 +16,9 @@ normalisation of the modalities that encoder reads. ``MODEL.json`` beside it say
      "manifest_sha256": "…",                     # sha256 of the dataset's manifest.parquet bytes
      "data": "/path/to/DS", "run": "/path/to/RUN"}
 
+``MODEL.stac.json`` beside them is the same model as a STAC item in the Machine Learning
+Model extension (:mod:`eoforge.train.mlm_item`), for catalogs and tools that read MLM.
+
 Loading it back needs only timm (plus ``import eoforge.train.models`` for the tiny test ViT,
 which that module registers)::
 
@@ -36,6 +39,7 @@ import torch
 
 from eoforge.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from eoforge.train.config import PretrainConfig
+from eoforge.train.mlm_item import mlm_item, stac_item_path
 
 
 @dataclass
@@ -162,8 +166,17 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
     tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
     tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp_meta, meta_path)
+    num_params = int(sum(t.numel() for t in tensors.values()))
+    data = facts.get("data")
+    manifest = Path(data) / "manifest.parquet" if isinstance(data, str) and "://" not in data else None
+    item = mlm_item(meta, out, meta_path, num_features=int(getattr(backbone, "num_features", 0)),
+                    num_params=num_params, manifest=manifest)
+    item_path = stac_item_path(out)
+    tmp_item = item_path.with_name(item_path.name + ".tmp")
+    tmp_item.write_text(json.dumps(item, indent=2) + "\n")
+    os.replace(tmp_item, item_path)
     return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(tensors),
-                        num_params=int(sum(t.numel() for t in tensors.values())), branch=branch, branches=branches)
+                        num_params=num_params, branch=branch, branches=branches)
 
 
 def load_exported(weights: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eoforge import __version__
-from eoforge.eval.cli import adapt, compare_cmd, eval_cmd
+from eoforge.eval.cli import adapt, compare_cmd, embed_cmd, eval_cmd
 from eoforge.ingest.cli import demo_data, ingest
 from eoforge.ingest.synth_cli import synth_catalog
 from eoforge.shards.cli import shards
@@ -25,6 +25,7 @@ main.add_command(shards)
 main.add_command(pretrain)
 main.add_command(export)
 main.add_command(eval_cmd)
+main.add_command(embed_cmd)
 main.add_command(adapt)
 main.add_command(compare_cmd)
 

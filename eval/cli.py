@@ -1,6 +1,7 @@
 """Command-line entry points of evaluation (gathered by the root ``eoforge`` group):
 
 - ``eoforge eval``: frozen-backbone probes of an exported model beside its random-init twin;
+- ``eoforge embed``: an exported model's embeddings of every sample, as GeoParquet parts;
 - ``eoforge adapt eurosat|bigearthnet|sen1floods11``: reference datasets -> labelled shards;
 - ``eoforge compare``: every method pretrained with one budget, probed beside random init.
 """
@@ -74,6 +75,63 @@ def eval_cmd(weights: Path, data: Path, probes: tuple[str, ...], features: str, 
 
     click.echo(results_table(result.report["results"]))
     click.echo(f"({time.perf_counter() - t0:.1f} s) results: {result.json_path}, {result.markdown_path}")
+
+
+@click.command("embed")
+@click.option("--weights", required=True, type=click.Path(path_type=Path),
+              help="Exported backbone MODEL.safetensors (MODEL.json beside it), from `eoforge export`.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Dataset folder (shards + manifest.parquet), e.g. from `eoforge ingest`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for part-NNNNNN.parquet + _embed.json; a rerun with the same settings resumes it.")
+@click.option("--split", default="all", show_default=True, help="Split to embed (train, val, ...) or all.")
+@click.option("--per-step", is_flag=True,
+              help="One row per sample and time step [one per sample, at the time step eoforge eval reads].")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
+              help="Type of the embedding values.")
+@click.option("--features", default="cls", show_default=True, type=click.Choice(["cls", "mean", "dinov2"]),
+              help="Global feature: class token, mean patch token, or DINOv2's last-4-blocks concat.")
+@click.option("--normalization", default="model", show_default=True, type=click.Choice(["model", "dataset"]),
+              help="Per-band statistics from MODEL.json (what the model was trained with) or the dataset's stats.json.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images per backbone forward pass.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@click.option("--rows-per-part", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Samples per output part (with --per-step, all their steps); fixed for a folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed_cmd(weights: Path, data: Path, out: Path, split: str, per_step: bool, dtype: str, features: str,
+              normalization: str, batch_size: int, device: str, rows_per_part: int, quiet: bool) -> None:
+    """Write a backbone's embedding of every sample as GeoParquet (DuckDB, GeoPandas, QGIS).
+
+    One row per sample (or per sample and time step with --per-step): key, tile_id,
+    split, datetime, time_step, geometry (lon/lat footprint), embedding (fixed-size
+    list), model_sha256. The vectors are the features `eoforge eval` probes. An
+    interrupted run resumes: finished parts are kept. A folder written with another
+    model or settings is refused.
+
+    \b
+    Examples:
+        eoforge embed --weights run/MODEL.safetensors --data demo/ds --out demo/emb
+        eoforge embed --weights m.safetensors --data ds --out emb-f16 --per-step --dtype float16 --split val
+    """
+    from eoforge.eval.backbone import ModelFormatError
+    from eoforge.eval.embed import EmbedConfig, EmbedError, embed
+
+    try:
+        config = EmbedConfig(split=split, per_step=per_step, dtype=dtype, features=features,
+                             normalization=normalization, rows_per_part=rows_per_part, batch_size=batch_size,
+                             device=device, progress=not quiet)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    t0 = time.perf_counter()
+    try:
+        result = embed(weights, data, out, config)
+    except (EmbedError, ModelFormatError) as err:
+        raise click.ClickException(str(err)) from err
+    skipped = f"; skipped {result.skipped}" if result.skipped else ""
+    click.echo(f"({time.perf_counter() - t0:.1f} s) {result.rows} rows x {result.dim} ({dtype}) in "
+               f"{len(result.parts)} part(s) ({result.computed_parts} written, {result.kept_parts} kept) "
+               f"-> {result.out}{skipped}")
 
 
 def _split_lists(values: tuple[str, ...]) -> dict[str, str] | None:

@@ -158,27 +158,44 @@ class InputSpec:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m, names in (("s2", S2_BAND_NAMES), ("s1", S1_BAND_NAMES)) if set(self.bands) & set(names))
 
-    def prepare(self, sample: dict[str, Any]) -> torch.Tensor:
-        """The model input of a decoded sample: float32 ``[C, S, S]`` (``S = img_size``).
-
-        Args:
-            sample: as :func:`eoforge.shards.reader.decode_sample` returns it (``s2`` uint16
-                ``[T, 13, H, W]``, ``s1`` float ``[T, 2, H, W]`` dB, ``s1valid`` bool ``[T, H, W]``).
+    def time_step(self, sample: dict[str, Any]) -> int:
+        """The time step a probe reads: 0, or for a model that reads S1 the first with S1 data.
 
         Raises:
-            MissingInput: the sample has no member for a band the model reads, or (S1) no
-                time step with S1 data.
+            MissingInput: a member the model reads is absent, or (S1) no step has S1 data.
         """
         key = sample.get("__key__")
         for m in self.modalities:
             if m not in sample:
                 raise MissingInput(f"{key}: no {m} member (the model reads {', '.join(self.bands)})")
-        t = 0
-        if "s1" in self.modalities:
-            with_s1 = np.flatnonzero(sample["s1valid"].reshape(len(sample["s1valid"]), -1).any(axis=1))
-            if not len(with_s1):
-                raise MissingInput(f"{key}: no time step with S1 data")
-            t = int(with_s1[0])
+        if "s1" not in self.modalities:
+            return 0
+        with_s1 = np.flatnonzero(sample["s1valid"].reshape(len(sample["s1valid"]), -1).any(axis=1))
+        if not len(with_s1):
+            raise MissingInput(f"{key}: no time step with S1 data")
+        return int(with_s1[0])
+
+    def prepare(self, sample: dict[str, Any], t: int | None = None) -> torch.Tensor:
+        """The model input of a decoded sample: float32 ``[C, S, S]`` (``S = img_size``).
+
+        Args:
+            sample: as :func:`eoforge.shards.reader.decode_sample` returns it (``s2`` uint16
+                ``[T, 13, H, W]``, ``s1`` float ``[T, 2, H, W]`` dB, ``s1valid`` bool ``[T, H, W]``).
+            t: time step to read (default: :meth:`time_step`, what the probes read).
+
+        Raises:
+            MissingInput: the sample has no member for a band the model reads, or (S1) no
+                time step with S1 data (with ``t``: step ``t`` has none).
+        """
+        key = sample.get("__key__")
+        if t is None:
+            t = self.time_step(sample)
+        else:
+            for m in self.modalities:
+                if m not in sample:
+                    raise MissingInput(f"{key}: no {m} member (the model reads {', '.join(self.bands)})")
+            if "s1" in self.modalities and not sample["s1valid"][t].any():
+                raise MissingInput(f"{key}: no S1 data in time step {t}")
         channels = []
         for band in self.bands:
             if band in S2_BAND_NAMES:

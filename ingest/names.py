@@ -43,6 +43,18 @@ COMMON_NAMES = {
 }
 #: Per-band files inside SAFE folders that are not bands (true colour, aerosol, water vapour).
 SKIP_TOKENS = {"TCI", "AOT", "WVP", "CLD", "SNW", "PVI"}
+#: Files that come with S2 products but hold no band eoforge reads: true colour (``TCI``,
+#: Earth Search's ``visual``), aerosol and water vapour (``AOT``, ``WVP``), previews and
+#: thumbnails (``L2A_PVI``, ``preview``, ``thumbnail``, ``overview``) as Earth Search and
+#: Planetary Computer name their assets, and the SAFE's QI_DATA masks (``MSK_CLDPRB_20m``,
+#: ``MSK_DETFOO_B02``, …; the latter would otherwise read as band B02).
+AUXILIARY_RE = re.compile(
+    r"(?:^|[_.-])(?:TCI|visual|AOT|WVP|CLD|SNW|PVI|preview|thumbnail|overview)(?:_\d{2}m)?$|^MSK_", re.IGNORECASE)
+
+
+def is_auxiliary(stem: str) -> bool:
+    """Whether a raster file stem names an auxiliary file of a product (skipped, not an error)."""
+    return AUXILIARY_RE.search(stem) is not None
 
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -146,6 +158,8 @@ def parse_file_name(stem: str, folder: str | None = None) -> NameInfo:
     ``S2A_MSIL2A_20170617T113321_4_55_B02`` (BigEarthNet), ``B02`` inside an Earth Search
     item folder, ``vv`` inside an S1 product folder.
     """
+    if is_auxiliary(stem):
+        return NameInfo(band="skip")
     prefix, band, res = _band_suffix(stem)
     if band is None and stem.lower() in COMMON_NAMES:
         prefix, band = "", COMMON_NAMES[stem.lower()]

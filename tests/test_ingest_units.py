@@ -43,6 +43,13 @@ def test_file_names(stem: str, folder: str | None, expected: tuple) -> None:
 
 def test_true_colour_is_skipped_and_bands_are_canonical() -> None:
     assert parse_file_name("T29UNU_20221005T115411_TCI_60m").band == "skip"
+    # the auxiliary files of Earth Search / Planetary Computer items and of SAFE QI_DATA
+    item = "S2A_33TTL_20221014_0_L2A"
+    for stem in ("TCI", "visual", "AOT", "WVP", "L2A_PVI", "preview", "thumbnail", "MSK_CLDPRB_20m",
+                 "MSK_DETFOO_B02", "T33TTL_20221014T100031_AOT_20m", "S2A_MSIL2A_20221014T100031_N0400_R122_T33TTL_WVP"):
+        assert parse_file_name(stem, item).band == "skip", stem
+    for stem in ("B02", "SCL", "blue", "coastal", "nir08", "T33TTL_20221014T100031_B02_10m"):  # bands stay bands
+        assert parse_file_name(stem, item).band not in (None, "skip"), stem
     assert [canonical_band(b) for b in ("B02", "b8a", "B10", "swir16", "B13", "vv")] == ["B2", "B8A", "B10", "B11", None, "VV"]
 
 
@@ -134,3 +141,29 @@ def test_truncation_is_told_from_header_bytes(tmp_path, driver: str, suffix: str
     path.write_bytes(whole)
     with rasterio.open(path) as src:
         assert missing_bytes(src, "/vsicurl/https://example.invalid/band" + suffix) is None  # not local: decode
+
+
+def test_an_earth_search_folder_with_its_auxiliary_assets_scans_without_errors(demo_raw, tmp_path) -> None:
+    """A downloaded Earth Search item folder holds TCI / AOT / WVP / preview COGs beside the
+    bands (and a SAFE holds QI masks): they are skipped, not error rows."""
+    import shutil
+
+    import numpy as np
+    import rasterio
+
+    from eoforge.ingest.config import IngestConfig
+    from eoforge.ingest.engine import Engine
+    from eoforge.ingest.scan import scan
+
+    item = tmp_path / "S2A_33TTL_20221014_0_L2A"
+    shutil.copytree(demo_raw / "earth_search" / item.name, item)
+    with rasterio.open(item / "B02.tif") as src:
+        profile = src.profile
+    for name, count, dtype in (("TCI", 3, "uint8"), ("AOT", 1, "uint16"), ("WVP", 1, "uint16"),
+                               ("L2A_PVI", 3, "uint8"), ("MSK_DETFOO_B02", 1, "uint8")):
+        with rasterio.open(item / f"{name}.tif", "w", **{**profile, "count": count, "dtype": dtype, "nodata": None}) as dst:
+            dst.write(np.ones((count, profile["height"], profile["width"]), dtype))
+    result = scan([str(tmp_path)], [], IngestConfig(), Engine(workers=1, progress=False))
+    assert result.errors == [] and len(result.scenes) == 1
+    bands = result.scenes[0]["bands"]
+    assert bands["B2"]["path"].endswith("/B02.tif") and "SCL" in bands

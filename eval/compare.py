@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import yaml
 
+from eoforge.eval.report import write_text_atomic
 from eoforge.train.config import ConfigError
 
 #: where ``recipe: <method>-tiny-demo.yaml`` and the other bare recipe names are looked up
@@ -205,17 +206,18 @@ def compare(data: str | os.PathLike[str], out: str | os.PathLike[str], config: C
             results.append(_run_one(entry, seed, data, out / "runs" / f"{entry.label}-seed{seed}", config, log,
                                     progress))
     report = _report(results, data, config)
-    _write_atomic(out / "results.json", json.dumps(report, indent=1) + "\n")
-    _write_atomic(out / "results.md", results_markdown(report))
+    write_text_atomic(out / "results.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "results.md", results_markdown(report))
     plot_comparison(report, out / "results.png")
     return report
 
 
 def _run_one(entry: CompareEntry, seed: int, data: Path, run: Path, config: CompareConfig,
              log: Callable[[str], None], progress: bool) -> RunResult:
+    from eoforge.eval.backbone import file_sha256
     from eoforge.eval.run import EvalConfig, evaluate
     from eoforge.train.config import pretrain_config
-    from eoforge.train.engine import file_sha256, train
+    from eoforge.train.engine import train
     from eoforge.train.export import export_run
 
     seconds: dict[str, float] = {}
@@ -380,8 +382,3 @@ def plot_comparison(report: dict[str, Any], png: str | os.PathLike[str]) -> Path
     ax_loss.legend(fontsize=7)
     return _save(fig, Path(png))
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -44,6 +44,7 @@ import webdataset as wds
 from eoforge.eval.backbone import file_sha256, load_backbone
 from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features
 from eoforge.eval.inputs import NORMALIZATION_SOURCES, InputSpec, MissingInput, input_spec
+from eoforge.eval.report import write_text_atomic
 from eoforge.shards.manifest import MANIFEST_NAME, ManifestError, geo_metadata, read_manifest, write_parquet_atomic
 from eoforge.shards.reader import decode_sample
 
@@ -203,9 +204,7 @@ def _check_folder(out: Path, fingerprint: str, settings: dict[str, Any]) -> None
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _items(samples: Iterator[dict[str, Any]], plan: dict[str, int], spec: InputSpec, per_step: bool,

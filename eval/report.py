@@ -91,13 +91,18 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """``path`` written via ``path.tmp`` + rename: a reader (or a resumed run) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``out/results.json`` and ``out/results.md``; return their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / RESULTS_JSON, out / RESULTS_MD
-    for path, text in ((json_path, json.dumps(json_finite(report), indent=2) + "\n"), (md_path, to_markdown(report))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_text_atomic(json_path, json.dumps(json_finite(report), indent=2) + "\n")
+    write_text_atomic(md_path, to_markdown(report))
     return json_path, md_path

@@ -23,6 +23,8 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 from torch import Tensor, nn
 
+from eoforge.train.ema import ema_update
+
 Views = Callable[[dict, torch.Generator], dict]
 
 #: image modalities stacked along the band axis, in this order (``"s1s2"``: 13 S2 then 2 S1 bands)
@@ -144,3 +146,17 @@ class Method(nn.Module):
     def branch_model(self, branch: str | None = None) -> Any:
         """The ``ModelConfig`` that built ``branch``'s backbone (export names its timm model)."""
         return self.model_cfg  # type: ignore[attr-defined]
+
+
+class EmaTeacherMethod(Method):
+    """A method whose ``teacher`` is an EMA copy of its ``student`` (both ``nn.Module``s the
+    subclass builds): PerA, SoftCon, CMID. Every parameter outside ``teacher`` trains."""
+
+    student: nn.Module
+    teacher: nn.Module
+
+    def update_teacher(self, momentum: float) -> None:
+        ema_update(self.teacher, self.student, momentum)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return weight_decay_groups((n, p) for n, p in self.named_parameters() if not n.startswith("teacher."))

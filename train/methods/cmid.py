@@ -93,13 +93,12 @@ from eoforge.train.augment import (
     Box, band_mean_grey, bernoulli, gaussian_blur, gaussian_noise, hflip, random_brightness_contrast,
     random_resized_crop_params, resized_crop, solarize, uniform,
 )
-from eoforge.train.ema import ema_update
 from eoforge.train.heads import DINOHead, moco_mlp
 from eoforge.train.losses import (
     DINOClsLoss, FocalFrequencyLoss, MaskedFocalL1Loss, QueueInfoNCE, teacher_temperature,
 )
 from eoforge.train.methods.base import (
-    Method, MethodOutput, check_probabilities, check_ranges, stack_image, weight_decay_groups,
+    EmaTeacherMethod, MethodOutput, check_probabilities, check_ranges, stack_image,
 )
 from eoforge.train.models import ModelConfig, create_backbone, is_swin
 
@@ -400,7 +399,7 @@ def dense_features(backbone: nn.Module, images: Tensor, mask_token: Tensor | Non
 # ---------------------------------------------------------------------------------------------
 # the method
 
-class Cmid(Method):
+class Cmid(EmaTeacherMethod):
     """CMID (module docstring): masked student with reconstruction, global and local branches; EMA teacher.
 
     Args:
@@ -492,12 +491,6 @@ class Cmid(Method):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train(mode)
         return self
-
-    def update_teacher(self, momentum: float) -> None:
-        ema_update(self.teacher, self.student, momentum)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return weight_decay_groups((n, p) for n, p in self.named_parameters() if not n.startswith("teacher."))
 
     def export_backbone(self, branch: str | None = None) -> nn.Module:
         return self.student["backbone"]

@@ -62,11 +62,10 @@ from eoforge.train.augment import (
     band_mean_grey, bernoulli, brightness_contrast, hflip, random_resized_crop_params, resized_crop,
     sample_brightness_contrast, vflip,
 )
-from eoforge.train.ema import ema_update
 from eoforge.train.heads import DINOHead
 from eoforge.train.losses import DINOClsLoss, KoLeoLoss, teacher_temperature
 from eoforge.train.methods.base import (
-    Method, MethodOutput, check_probabilities, check_ranges, stack_image, weight_decay_groups,
+    EmaTeacherMethod, MethodOutput, check_probabilities, check_ranges, stack_image,
 )
 from eoforge.train.models import ModelConfig, create_backbone
 from eoforge.train.sparse_vit import check_sparse_vit, embed_kept_patches, gather_patches, pos_embed_for_grid
@@ -262,7 +261,7 @@ class PeraBatch:
     local_t: Tensor          # int64 [B*N, T_l]
 
 
-class PerA(Method):
+class PerA(EmaTeacherMethod):
     """PerA (module docstring): sparse student with mask tokens, EMA teacher on disjoint patches.
 
     Args:
@@ -323,12 +322,6 @@ class PerA(Method):
         super().train(mode)
         self.teacher.eval()  # the EMA teacher never drops paths
         return self
-
-    def update_teacher(self, momentum: float) -> None:
-        ema_update(self.teacher, self.student, momentum)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return weight_decay_groups((n, p) for n, p in self.named_parameters() if not n.startswith("teacher."))
 
     def export_backbone(self, branch: str | None = None) -> nn.Module:
         return self.teacher["backbone"]

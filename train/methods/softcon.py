@@ -56,12 +56,11 @@ from eoforge.train.augment import (
     band_mean_grey, bernoulli, gaussian_blur, hflip, random_brightness_contrast, random_resized_crop_params,
     resized_crop, uniform, vflip,
 )
-from eoforge.train.ema import ema_update
 from eoforge.train.heads import moco_mlp
 from eoforge.train.losses import SoftContrastiveLoss
 from eoforge.train.losses.soft_contrastive import SOFT_FORMS
 from eoforge.train.methods.base import (
-    Method, MethodOutput, check_probabilities, check_ranges, stack_image, weight_decay_groups,
+    EmaTeacherMethod, MethodOutput, check_probabilities, check_ranges, stack_image, weight_decay_groups,
 )
 from eoforge.train.models import ModelConfig, create_backbone, input_layer_name, is_vit
 from eoforge.train.sparse_vit import check_sparse_vit, cls_of_kept_patches
@@ -212,7 +211,7 @@ def zero_dropped_patches(images: Tensor, keep: Tensor, patch_px: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # the method
 
-class Softcon(Method):
+class Softcon(EmaTeacherMethod):
     """SoftCon (module docstring): masked online encoder + projector + predictor, EMA encoder + projector.
 
     Args:
@@ -269,9 +268,6 @@ class Softcon(Method):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train(mode)
         return self
-
-    def update_teacher(self, momentum: float) -> None:
-        ema_update(self.teacher, self.student, momentum)
 
     def param_groups(self) -> list[dict[str, Any]]:
         backbone = self.student["backbone"]

@@ -19,8 +19,9 @@ def demo_data(out: str, seed: int, extent_km: float, quiet: bool) -> None:
 
     Sentinel-2 L2A/L1C SAFE products on two MGRS tiles (UTM 32N/33N) across seasons and
     processing baselines, an Earth Search COG item, Sentinel-1 GRD exports in dB and
-    linear power, sparse full-size ESA WorldCover tiles, and OUT/truth.json describing
-    every product (duplicates, reprocessing, orbit direction, offsets).
+    linear power, sparse full-size ESA WorldCover tiles, OUT/truth.json describing
+    every product (duplicates, reprocessing, orbit direction, offsets) and OUT/items.json,
+    a STAC ItemCollection of the products (ingesting it gives the folders' samples).
 
     \b
     Example:
@@ -77,7 +78,8 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
 
     RAW are folders, files or URLs (s3://, https://) holding S2 SAFE products, Earth
     Search / Planetary Computer COGs, BigEarthNet-style band files, S1 GRD GeoTIFFs (dB or
-    linear) and land-cover rasters. Stages: scan (headers) -> plan (grid tiles, dedup,
+    linear) and land-cover rasters, or STAC items: an ItemCollection JSON (a saved
+    pystac-client search), a folder of item JSONs or a stac-geoparquet file. Stages: scan (headers) -> plan (grid tiles, dedup,
     seasons, S1 pairing, split, shards) -> read (each source once, in raster order, into
     encoded per-tile pieces) -> materialize (one Dask task per shard, assembled from the
     pieces) -> finalize (manifest.parquet, stats.json, errors.parquet, report.md).
@@ -90,6 +92,7 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
     \b
     Examples:
         eoforge ingest demo/raw --out demo/ds
+        eoforge ingest s2-items.json s1-items.json --landcover worldcover.json --out ds
         eoforge ingest /data/s2 /data/s1 --out ds --dry-run
         eoforge ingest /data/s2 /data/s1 --landcover /data/worldcover --out ds --workers 16
         eoforge ingest s3://bucket/scenes --out ds --scheduler tcp://head:8786 --config recipe.yaml

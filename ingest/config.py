@@ -83,6 +83,11 @@ class IngestConfig:
         gdal_threads: threads GDAL may use to decode one read (``GDAL_NUM_THREADS``; JPEG2000
             decodes its tiles in parallel, by default on every core). 1: the Dask workers are
             the parallelism, one core each, as their ``nthreads`` says.
+        href_signer: a function that signs the hrefs of STAC assets before GDAL opens them,
+            as ``module:function`` or ``path/to/file.py:function`` taking and returning a
+            URL string (Planetary Computer: ``planetary_computer:sign``). Called in the
+            worker each time a file is opened, so tokens are fresh whatever the ingest's
+            length. None: hrefs are opened as they are.
     """
 
     tile_size_px: int = 264
@@ -112,6 +117,7 @@ class IngestConfig:
     stats_pixel_stride: int = 2
     gdal_cache_mb: int = 512
     gdal_threads: int = 1
+    href_signer: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cloud_classes", tuple(int(c) for c in self.cloud_classes))
@@ -137,6 +143,8 @@ class IngestConfig:
             (self.staging_budget_gb > 0, "staging_budget_gb must be > 0"),
             (self.gdal_cache_mb >= 16, "gdal_cache_mb must be >= 16"),
             (self.gdal_threads >= 1, "gdal_threads must be >= 1"),
+            (self.href_signer is None or ":" in self.href_signer,
+             "href_signer must be module:function or path/to/file.py:function"),
             (self.stats_pixel_stride >= 1, "stats_pixel_stride must be >= 1"),
             (self.samples_per_shard >= 1, "samples_per_shard must be >= 1"),
             (self.codec in ("zstd", "npy"), "codec must be zstd or npy"),

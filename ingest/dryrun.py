@@ -134,7 +134,8 @@ def build_dry_run_report(*, inputs: list[str], config: IngestConfig, scanned: An
         "plan_sha256": plan_sha256,
         "scan": {"files": scanned.files_seen, "headers_read": scanned.headers_read, "probes_run": scanned.probes_run,
                  "scenes": dict(sorted(Counter(s["sensor"] for s in scanned.scenes).items())),
-                 "errors": sum(e["stage"] == "scan" for e in errors)},
+                 "errors": sum(e["stage"] == "scan" for e in errors), "stac_items": scanned.items,
+                 "warnings": scanned.warnings},
         "plan": summary["total"],
         "splits": summary["splits"],
         "regions": summary["regions"],
@@ -171,14 +172,19 @@ def format_dry_run(report: dict[str, Any], max_regions: int = 20) -> str:
     lines = ["# eoforge ingest: dry run", "",
              f"Inputs: {', '.join(f'`{i}`' for i in report['inputs'])}. Nothing was read beyond headers and probes; "
              "no shard was written.", "",
-             f"- scan: {sc['files']} raster files ({sc['headers_read']} headers read, {sc['probes_run']} scenes "
-             f"probed, the rest from the scan inventory) -> {scenes} scenes, {sc['errors']} errors",
+             f"- scan: {sc['files']} raster files" + (f" of {sc['stac_items']} STAC items" if sc.get("stac_items") else "")
+             + f" ({sc['headers_read']} headers read, {sc['probes_run']} scenes probed, the rest from the scan "
+             f"inventory or the items) -> {scenes} scenes, {sc['errors']} errors, {len(sc.get('warnings', []))} warnings",
              f"- plan: **{p['tiles']} tiles, {p['time_steps']} time steps**, {p['paired_steps']} with S1 (pairing rate "
              f"{_rate(p['pairing_rate'])}), from {p['s2_scenes_used']} S2 and {p['s1_scenes_used']} S1 scenes",
              f"- output: **{p['shards']} shards, ~{_mb(p['estimated_bytes'])}** (raw pixels {_mb(p['raw_bytes'])}; "
              f"{report['shards_written']} shards already written here are kept by a real run)",
              f"- errors: {report['errors']['count']}" + "".join(
-                 f"; {n} x {r}" for r, n in report["errors"]["by_reason"].items()), ""]
+                 f"; {n} x {r}" for r, n in report["errors"]["by_reason"].items())]
+    lines += [f"- warning: `{w['path']}` ({w['product_id']}): {w['reason']}" for w in sc.get("warnings", [])[:20]]
+    if len(sc.get("warnings", [])) > 20:
+        lines.append(f"- … {len(sc['warnings']) - 20} more warnings in dry-run.json")
+    lines.append("")
     head = "| tiles | steps | paired | pairing | S2 scenes | S1 scenes | est. size |"
     lines += ["## Splits", "", "| split " + head + " shards |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in report["splits"].items():

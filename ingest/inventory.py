@@ -79,6 +79,8 @@ def probe_key(scene: dict[str, Any], stats: dict[str, Stat | None]) -> str | Non
         files.append([path, *stat])
     basis = {"files": files, "sensor": scene["sensor"], "product_id": scene["product_id"],
              "bands": scene.get("bands"), "s1_unit": scene.get("s1_unit")}
+    if scene.get("from_item"):  # probed for its S1 unit only (:func:`.scan.probe_scene`)
+        basis["from_item"] = True
     return hashlib.sha256(encode_record(basis).encode()).hexdigest()
 
 

@@ -446,7 +446,7 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
     frames = _Frames(frames_path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), GDAL_NUM_THREADS=str(cfg.gdal_threads),
-                          **GDAL_READ_ENV), SourceCache() as cache:
+                          **GDAL_READ_ENV), SourceCache(cfg.href_signer) as cache:
             for target, cut in row_windows(tiles, cfg):
                 try:
                     data = source.read(cache, target)

@@ -218,7 +218,9 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                               scenes=scanned.scenes, plan=plan, task_reports=reports,
                               read_reports=list(read_results.values()), errors=errors, manifest=manifest,
                               timings_s=timings, waves=waves.summary(),
-                              scan_counts={"headers_read": scanned.headers_read, "probes_run": scanned.probes_run})
+                              scan_counts={"headers_read": scanned.headers_read, "probes_run": scanned.probes_run,
+                                           "stac_items": scanned.items},
+                              warnings=scanned.warnings)
         write_report(out, report, manifest)
         background.join()
         return IngestResult(out, manifest_rows(manifest), sum(1 for r in reports if r["samples"]), errors, report)

@@ -30,6 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from eoforge.ingest.scan import gdal_path
+from eoforge.ingest.stac import signed
 
 cv2.setNumThreads(1)  # one single-threaded Dask worker per core: no thread pool of its own
 
@@ -55,13 +56,14 @@ class SourceCache:
     """Open datasets of one task, reused across the task's windows (GDAL's block cache then
     serves neighbouring windows); closed at the end of the task."""
 
-    def __init__(self) -> None:
+    def __init__(self, signer: str | None = None) -> None:
+        self._signer = signer  # IngestConfig.href_signer: STAC asset URLs signed when opened
         self._open: dict[str, Any] = {}
         self._epsg: dict[str, int | None] = {}
 
     def get(self, path: str) -> Any:
         if path not in self._open:
-            self._open[path] = rasterio.open(gdal_path(path))
+            self._open[path] = rasterio.open(gdal_path(signed(path, self._signer)))
         return self._open[path]
 
     def epsg(self, path: str) -> int | None:

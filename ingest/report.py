@@ -41,10 +41,11 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
                  scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
                  read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: Path | None,
                  timings_s: dict[str, float], scan_counts: dict[str, int] | None = None,
-                 waves: dict[str, Any] | None = None) -> dict[str, Any]:
+                 waves: dict[str, Any] | None = None, warnings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``report.json``. ``scan_counts``: what the scan read rather than took from its
-    inventory (``headers_read``, ``probes_run``); ``waves``: the staging record of the waves
-    (:class:`~eoforge.ingest.pipeline.WaveLog`)."""
+    inventory (``headers_read``, ``probes_run``, ``stac_items``); ``waves``: the staging record
+    of the waves (:class:`~eoforge.ingest.pipeline.WaveLog`); ``warnings``: the scan's warning
+    rows (used inputs worth a look: a band coarser than its native pixel size)."""
     pieces: Counter[str] = Counter()
     for r in read_reports:
         pieces.update({f"{r.get('kind', '?')}_{k}": v for k, v in r.get("counts", {}).items()})
@@ -88,6 +89,7 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
             "s1_scenes": plan.pairing.get("s1_scenes", 0), "s1_scenes_used": plan.pairing.get("s1_used", 0),
         },
         "labels": labels,
+        "warnings": {"count": len(warnings or []), "rows": (warnings or [])[:1000]},
         "errors": {"count": len(errors),
                    "by_reason": dict(sorted(Counter(error_reason_class(e["reason"]) for e in errors).items())),
                    "by_stage": dict(sorted(Counter(e["stage"] for e in errors).items()))},
@@ -144,6 +146,12 @@ def format_report(report: dict[str, Any]) -> str:
         for tax, d in report["labels"].items():
             for split, present in sorted(d["present"].items()):
                 lines.append(f"- {tax}, {split}: " + ", ".join(f"{k} {v}" for k, v in present.items() if v))
+    w = report.get("warnings", {"count": 0, "rows": []})
+    if w["count"]:
+        lines += ["", f"## Warnings ({w['count']})", ""]
+        lines += [f"- `{r['path']}` ({r['product_id']}): {r['reason']}" for r in w["rows"][:20]]
+        if w["count"] > 20:
+            lines.append(f"- … {w['count'] - 20} more in report.json")
     e = report["errors"]
     lines += ["", f"## Errors ({e['count']}, details in `errors.parquet`)", ""]
     for reason, n in e["by_reason"].items():

@@ -26,7 +26,8 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,6 +39,7 @@ from pyproj import CRS, Transformer
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.inventory import ScanInventory, Stat, file_stat, probe_key
 from eoforge.ingest.names import NameInfo, canonical_band, iso, parse_file_name, parse_product_name, parse_time
+from eoforge.ingest.stac import ItemError, ItemProduct, is_item_source, item_product, iter_items, signed
 from eoforge.shards.schema import S2_BANDS
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
@@ -51,19 +53,23 @@ INLINE_HEADERS = 64
 INLINE_PROBES = 8
 L2A_BANDS = tuple(b.name for b in S2_BANDS if b.in_l2a)
 L1C_BANDS = tuple(b.name for b in S2_BANDS)
-S2_GSD = {b.name: b.gsd_m for b in S2_BANDS}
+S2_GSD = {**{b.name: b.gsd_m for b in S2_BANDS}, "SCL": 20.0}
 
 
 @dataclass
 class ScanResult:
     """Scene rows, error rows, raster files found, and how many of those files' headers
-    and of the scenes' probes this scan ran (the rest came from the scan inventory)."""
+    and of the scenes' probes this scan ran (the rest came from the scan inventory or, for
+    STAC items, from the items); warnings: rows like error rows for what is used but
+    worth a look (a band delivered coarser than its native pixel size)."""
 
     scenes: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     files_seen: int
     headers_read: int = 0
     probes_run: int = 0
+    items: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def error_row(path: str, stage: str, reason: str, product_id: str | None = None) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def discover(inputs: Iterable[str]) -> tuple[list[str], list[dict[str, Any]]]:
 # ------------------------------------------------------------------ headers (worker)
 
 
-def _footprint_wkb(crs_wkt: str, bounds: tuple[float, float, float, float]) -> bytes:
+def footprint_wkb(crs_wkt: str, bounds: tuple[float, float, float, float]) -> bytes:
     """The raster's bounding box as a lon/lat polygon (edges densified), WKB."""
     box = shapely.segmentize(shapely.box(*bounds), max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 16)
     to_lonlat = Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
@@ -134,14 +140,15 @@ def _footprint_wkb(crs_wkt: str, bounds: tuple[float, float, float, float]) -> b
     return shapely.to_wkb(shapely.make_valid(shapely.Polygon(np.column_stack([lon, lat]))))
 
 
-def read_header(path: str) -> dict[str, Any]:
-    """Everything scan needs from one raster file, or ``{"path", "error"}``."""
+def read_header(path: str, signer: str | None = None) -> dict[str, Any]:
+    """Everything scan needs from one raster file, or ``{"path", "error"}``. ``signer``:
+    the href signing function (``IngestConfig.href_signer``) for STAC asset URLs."""
     import rasterio
     from rasterio.errors import RasterioError
 
     out: dict[str, Any] = {"path": path, "error": None}
     try:
-        with rasterio.open(gdal_path(path)) as src:
+        with rasterio.open(gdal_path(signed(path, signer))) as src:
             if src.crs is None:
                 gcps, _ = src.gcps
                 out["error"] = (
@@ -157,7 +164,7 @@ def read_header(path: str) -> dict[str, Any]:
                 tags={k: v for k, v in src.tags().items() if len(v) < 2000},
                 res=tuple(src.res), bounds=tuple(src.bounds),
             )
-            out["footprint"] = _footprint_wkb(out["crs_wkt"], out["bounds"])
+            out["footprint"] = footprint_wkb(out["crs_wkt"], out["bounds"])
     except (RasterioError, OSError) as err:
         out["error"] = f"unreadable raster: {_gdal_reason(err)}"
     except Exception as err:  # noqa: BLE001 - e.g. PROJ failures on odd CRSs
@@ -352,8 +359,11 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
     return scenes, errors
 
 
-def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
-               config: IngestConfig) -> tuple[dict[str, Any], str | None]:
+def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]], config: IngestConfig,
+               side: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The scene row of one product's files, or the reason it cannot be one. ``side``: the
+    product's metadata when it came as a STAC item (:mod:`.stac`); else the SAFE or STAC
+    sidecar beside the files is looked up."""
     info = files[0][0]
     first = files[0][1]
     sensor = info.sensor or ""
@@ -365,9 +375,10 @@ def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
         "mgrs_tile": info.mgrs_tile, "cloud_percentage": None, "s1_unit": None, "taxonomy": None,
         "crs_wkt": first["crs_wkt"], "epsg": first["epsg"], "bounds": list(first["bounds"]),
         "footprint": first["footprint"], "paths": sorted({h["path"] for _, h in files}),
-        "nbytes": sum(h["size"] or 0 for _, h in files), "sidecar": None,
+        "nbytes": sum(h["size"] or 0 for _, h in files), "sidecar": None, "from_item": False,
     }
-    crss = {CRS.from_wkt(h["crs_wkt"]) for _, h in files}
+    wkts = {h["crs_wkt"] for _, h in files}  # parse only when the texts differ (13 bands: one CRS)
+    crss = {CRS.from_wkt(w) for w in wkts} if len(wkts) > 1 else wkts
     if len(crss) > 1:
         return row, f"files of one product are in different CRSs ({len(crss)})"
     bands = _pick_bands(files)
@@ -377,13 +388,15 @@ def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
     row["bounds"], row["footprint"] = list(ref["bounds"]), ref["footprint"]
     when = info.datetime
     if sensor == "landcover":
-        row["taxonomy"] = info.taxonomy or config.label_taxonomy
+        row["taxonomy"] = (side or {}).get("taxonomy") or info.taxonomy or config.label_taxonomy
+        when = (side or {}).get("datetime") or when
         row["datetime"] = iso(when) if when else None
         return row, None
     tags = first["tags"]
     if sensor == "s2":
-        side: dict[str, Any] = {}
-        if location.endswith(".SAFE"):
+        if side is not None:
+            pass
+        elif location.endswith(".SAFE"):
             side = _safe_metadata(Path(location))
         elif len(files) > 1 or info.band:
             side = _stac_metadata(Path(location))
@@ -411,7 +424,8 @@ def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
         if side.get("offset_applied"):
             row["dn_offset"], row["offset_rule"] = 0, "sidecar: offset already applied"
         elif "dn_offset" in side:
-            row["dn_offset"], row["offset_rule"] = side["dn_offset"], "sidecar BOA/RADIO_ADD_OFFSET"
+            row["dn_offset"] = side["dn_offset"]
+            row["offset_rule"] = side.get("offset_rule", "sidecar BOA/RADIO_ADD_OFFSET")
         elif row["baseline"]:
             row["dn_offset"] = 1000 if row["baseline"] >= OFFSET_BASELINE else 0
             row["offset_rule"] = f"baseline {row['baseline']}"
@@ -422,18 +436,19 @@ def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]],
     # Sentinel-1
     if not {"VV", "VH"} <= set(bands):
         return row, f"S1 product without {' and '.join(sorted({'VV', 'VH'} - set(bands)))}: samples need VV and VH"
-    when = when or _tag_time(tags)
+    side = side or {}
+    when = side.get("datetime") or when or _tag_time(tags)
     if when is None:
         return row, "no acquisition time (not in the name, the tags or a sidecar)"
     row["datetime"] = iso(when)
-    direction = _tag_orbit(tags)
+    direction = side.get("orbit_direction") or _tag_orbit(tags)
     if direction:
         row["orbit_direction"], row["orbit_rule"] = direction, "metadata"
     else:
         lon = shapely.from_wkb(row["footprint"]).centroid.x
         row["orbit_direction"], row["orbit_rule"] = orbit_from_solar_time(when, lon), "local solar time"
     units = (tags.get("UNITS") or "").lower()
-    row["s1_unit"] = "db" if "db" in units else "linear" if "linear" in units else None
+    row["s1_unit"] = side.get("s1_unit") or ("db" if "db" in units else "linear" if "linear" in units else None)
     return row, None
 
 
@@ -446,9 +461,20 @@ def _gdal_reason(err: BaseException) -> str:
     return f"{err}: {cause}" if cause is not None and str(cause) not in str(err) else str(err)
 
 
-def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
+def probe_scene(scene: dict[str, Any], signer: str | None = None) -> dict[str, Any]:
     """A few pixel reads per scene: truncation, all-nodata, S1 unit. Returns updates, or
-    ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used."""
+    ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used.
+
+    A scene made from a STAC item that gave every file's grid (``scene["from_item"]``)
+    is only probed for its S1 unit when the item did not state it: the item is trusted for
+    the rest, and a damaged file shows when its pixels are read."""
+    if scene.get("from_item"):
+        values = {pol: _s1_probe(scene["bands"][pol], signer) for pol in ("VV", "VH")}
+        empty = [pol for pol, v in values.items() if v.size == 0]
+        if empty:
+            return {"error": f"no valid pixels: every S1 {' and '.join(empty)} value is NaN or 0 (nodata)",
+                    "error_paths": sorted({scene["bands"][pol]["path"] for pol in empty})}
+        return {"s1_unit": "db" if (values["VV"] < 0).any() else "linear"}
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -456,7 +482,7 @@ def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path in scene["paths"]:
         try:
-            with rasterio.open(gdal_path(path)) as src:
+            with rasterio.open(gdal_path(signed(path, signer))) as src:
                 reason = missing_bytes(src, path)
                 if reason is None:  # not a local GeoTIFF or JPEG 2000: decode the last block
                     bh, bw = src.block_shapes[0]
@@ -471,13 +497,13 @@ def probe_scene(scene: dict[str, Any]) -> dict[str, Any]:
     try:
         if scene["sensor"] == "s2":
             b = scene["bands"]["B1"]
-            with rasterio.open(gdal_path(b["path"])) as src:
+            with rasterio.open(gdal_path(signed(b["path"], signer))) as src:
                 scale = max(1, max(src.width, src.height) // 256)
                 data = src.read(b["index"], out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
             if not (data != 0).any():
                 return {"error": "no valid pixels: every S2 value is nodata (0)"}
         elif scene["sensor"] == "s1":
-            values = {pol: _s1_probe(scene["bands"][pol]) for pol in ("VV", "VH")}
+            values = {pol: _s1_probe(scene["bands"][pol], signer) for pol in ("VV", "VH")}
             empty = [pol for pol, v in values.items() if v.size == 0]
             if empty:
                 return {"error": f"no valid pixels: every S1 {' and '.join(empty)} value is NaN or 0 (nodata)",
@@ -550,13 +576,13 @@ def _jp2_missing_bytes(path: str, size: int) -> str:
     return "no codestream box (jp2c)"
 
 
-def _s1_probe(band: dict[str, Any]) -> np.ndarray:
+def _s1_probe(band: dict[str, Any], signer: str | None = None) -> np.ndarray:
     """Finite, non-zero values from an 8 x 8 grid of small windows (then the whole band,
     decimated, if the grid found nothing)."""
     import rasterio
     from rasterio.windows import Window
 
-    with rasterio.open(gdal_path(band["path"])) as src:
+    with rasterio.open(gdal_path(signed(band["path"], signer))) as src:
         chunks = []
         for fy in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
             for fx in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
@@ -564,6 +590,8 @@ def _s1_probe(band: dict[str, Any]) -> np.ndarray:
                 chunks.append(src.read(band["index"], window=w).ravel())
         values = np.concatenate(chunks).astype(np.float64)
         values = values[np.isfinite(values) & (values != 0)]
+        if band.get("nodata") is not None:  # e.g. -32768 in Planetary Computer's RTC
+            values = values[values != band["nodata"]]
         if values.size == 0:
             scale = max(1, max(src.width, src.height) // 512)
             data = src.read(band["index"], out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
@@ -584,18 +612,29 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
     rewritten (atomically) with what this scan found. None: everything is read, nothing kept.
     """
     inputs, landcover = list(inputs), list(landcover)
-    files, errors = discover(inputs)
-    lc_files, lc_errors = discover(landcover)
+    item_inputs = [i for i in inputs if is_item_source(i)]
+    lc_item_inputs = [i for i in landcover if is_item_source(i)]
+    files, errors = discover([i for i in inputs if i not in item_inputs])
+    lc_files, lc_errors = discover([i for i in landcover if i not in lc_item_inputs])
     errors += lc_errors
-    all_files = sorted(set(files) | set(lc_files))
+    products, item_errors = read_items(item_inputs, lc_item_inputs, config)
+    errors += item_errors
+    # asset files whose header the item does not give are read like any other file
+    item_files = {href for p in products for _, record, href in p.files if record is None}
+    all_files = sorted(set(files) | set(lc_files) | item_files)
     old = ScanInventory.load(inventory) if inventory is not None else ScanInventory()
     new = ScanInventory()
     # stat before reading: a file changed while it is read is newer than its recorded stat
     stats = {path: file_stat(path) for path in all_files}
-    headers, headers_read = _headers(all_files, stats, old, new, engine)
-    scenes, group_errors = group_scenes(headers, lc_files, config)
+    stats.update({href: file_stat(href) for p in products if p.sensor == "s1" for _, _, href in p.files})
+    headers, headers_read = _headers(all_files, stats, old, new, engine, config.href_signer)
+    listed = set(files) | set(lc_files)
+    scenes, group_errors = group_scenes([h for h in headers if h["path"] in listed], lc_files, config)
     errors += group_errors
-    probes, probes_run = _probes(scenes, stats, old, new, engine)
+    item_scenes, item_group_errors = group_items(products, dict(zip(all_files, headers)), config)
+    errors += item_group_errors
+    scenes += sorted(item_scenes, key=lambda r: (r["sensor"], r["location"]))
+    probes, probes_run = _probes(scenes, stats, old, new, engine, config.href_signer)
     kept = []
     for scene, probe in zip(scenes, probes):
         if probe.get("error"):
@@ -608,17 +647,95 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
         scene["scene"] = i
     if inventory is not None:
         new.save(inventory)
-    return ScanResult(kept, errors, len(all_files), headers_read, probes_run)
+    n_files = len(listed | {href for p in products for _, _, href in p.files})
+    return ScanResult(kept, errors, n_files, headers_read, probes_run, items=len(products),
+                      warnings=coarse_band_warnings(kept, config))
+
+
+def read_items(inputs: list[str], landcover: list[str],
+               config: IngestConfig) -> tuple[list[ItemProduct], list[dict[str, Any]]]:
+    """The products of the STAC items in ``inputs`` (and ``landcover``: items of class
+    rasters), and one error row per item or source that cannot be one."""
+    products: list[ItemProduct] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for source, is_landcover in [(i, False) for i in inputs] + [(i, True) for i in landcover]:
+        for item, location, base in iter_items(source):
+            if item is None:
+                errors.append(error_row(location, "scan", base))
+                continue
+            if location in seen:
+                continue
+            seen.add(location)
+            try:
+                products.append(item_product(item, location, base, landcover=is_landcover,
+                                             label_taxonomy=config.label_taxonomy))
+            except ItemError as err:
+                errors.append(error_row(location, "scan", f"STAC item {item['id']}: {err}", str(item["id"])))
+    return products, errors
+
+
+def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
+                config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Scene rows of STAC products (``headers``: the records of asset files the items did
+    not describe, by path), and one error row per product that cannot be a scene."""
+    scenes, errors = [], []
+    for product in products:
+        meta = product.metadata
+        files: list[tuple[NameInfo, dict[str, Any]]] = []
+        failed = None
+        for band, record, href in product.files:
+            header = record if record is not None else headers[href]
+            if header.get("error"):
+                failed = f"asset {href}: {header['error']}"
+                break
+            info = NameInfo(sensor=product.sensor, product_id=product.item_id, band=band, level=meta.get("level"),
+                            datetime=meta.get("datetime"), baseline=meta.get("baseline"),
+                            relative_orbit=meta.get("relative_orbit"), mgrs_tile=meta.get("mgrs_tile"),
+                            taxonomy=meta.get("taxonomy"))
+            files.append((info, header))
+        row: dict[str, Any] = {}
+        if failed is None:
+            row, failed = _scene_row(f"{product.sensor}|{product.location}", files, config, side=meta)
+        if failed is not None:
+            errors.append(error_row(product.location, "scan", f"STAC item {product.item_id}: {failed}",
+                                    meta.get("product_id") or product.item_id))
+            continue
+        if product.footprint:  # the provider's valid-data outline, finer than the raster's box
+            row["footprint"] = shapely.to_wkb(shapely.make_valid(shapely.geometry.shape(product.footprint)))
+        elif row["footprint"] is None:
+            row["footprint"] = footprint_wkb(row["crs_wkt"], tuple(row["bounds"]))
+        row["from_item"] = all(record is not None for _, record, _ in product.files)
+        scenes.append(row)
+    return scenes, errors
+
+
+def coarse_band_warnings(scenes: list[dict[str, Any]], config: IngestConfig) -> list[dict[str, Any]]:
+    """A warning row per S2 band delivered coarser than its native pixel size (a decimated
+    or overview copy: B02 at 100 m), which ingest upsamples to the grid."""
+    warnings = []
+    for scene in scenes:
+        if scene["sensor"] != "s2":
+            continue
+        for band, entry in scene["bands"].items():
+            native = S2_GSD.get(band)
+            res = max(abs(entry["res"][0]), abs(entry["res"][1]))
+            if native is not None and res > native * 1.01 and res > config.resolution_m * 1.01:
+                warnings.append(error_row(
+                    entry["path"], "scan", f"band {band} at {res:g} m, native {native:g} m (a decimated or "
+                    f"overview copy?): upsampled to the {config.resolution_m:g} m grid", scene["product_id"]))
+    return warnings
 
 
 def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory, new: ScanInventory,
-             engine: Any) -> tuple[list[dict[str, Any]], int]:
+             engine: Any, signer: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Header records of ``files`` in order: from ``old`` where the file's stat is unchanged,
     else read on ``engine``; every record that can be kept goes into ``new``. Returns
     (records, headers read)."""
     headers = [old.header(path, stats[path]) for path in files]
     todo = [i for i, h in enumerate(headers) if h is None]
-    for i, h in zip(todo, engine.map(read_header, [files[i] for i in todo], desc="scan headers", unit="file",
+    for i, h in zip(todo, engine.map(partial(read_header, signer=signer), [files[i] for i in todo],
+                                        desc="scan headers", unit="file",
                                         inline_below=INLINE_HEADERS)):
         if isinstance(h, BaseException):  # the task raised (a dead worker?): not the file's fault, not kept
             h = {"path": files[i], "error": f"unreadable raster: {h}"}
@@ -631,20 +748,22 @@ def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory
 
 
 def _probes(scenes: list[dict[str, Any]], stats: dict[str, Stat | None], old: ScanInventory,
-            new: ScanInventory, engine: Any) -> tuple[list[dict[str, Any]], int]:
+            new: ScanInventory, engine: Any, signer: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Probe results of ``scenes`` in order: from ``old`` where the scene's :func:`probe_key`
     is unchanged, else probed on ``engine``; every result that can be kept goes into ``new``.
     Returns (results, probes run)."""
     keys = [probe_key(scene, stats) for scene in scenes]
-    probes = [old.probe(key) for key in keys]
+    # a STAC scene whose item described every file is not probed, unless its S1 unit is unknown
+    trusted = [bool(s.get("from_item")) and not (s["sensor"] == "s1" and s.get("s1_unit") is None) for s in scenes]
+    probes = [{} if t else old.probe(key) for t, key in zip(trusted, keys)]
     todo = [i for i, p in enumerate(probes) if p is None]
-    for i, p in zip(todo, engine.map(probe_scene, [scenes[i] for i in todo], desc="scan probe", unit="scene",
-                                        inline_below=INLINE_PROBES)):
+    for i, p in zip(todo, engine.map(partial(probe_scene, signer=signer), [scenes[i] for i in todo],
+                                        desc="scan probe", unit="scene", inline_below=INLINE_PROBES)):
         if isinstance(p, BaseException):  # the task raised: not kept, probed again next time
             p = {"error": f"probe failed: {p}"}
         else:
             new.keep_probe(keys[i], p)
         probes[i] = p
-    for i in sorted(set(range(len(scenes))) - set(todo)):
+    for i in sorted(set(range(len(scenes))) - set(todo) - {i for i, t in enumerate(trusted) if t}):
         new.carry_probe(old, keys[i])  # type: ignore[arg-type] - found under this key, so not None
     return probes, len(todo)  # type: ignore[return-value] - every None was filled

@@ -106,7 +106,7 @@ def _ellipse_d(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
 
 
 def _footprints_wkb(boxes: np.ndarray, epsgs: np.ndarray) -> np.ndarray:
-    """scan's ``_footprint_wkb`` for many boxes: each (minx, miny, maxx, maxy) in its CRS,
+    """scan's ``footprint_wkb`` for many boxes: each (minx, miny, maxx, maxy) in its CRS,
     edges cut into 16 segments along the longer side, as a lon/lat polygon, WKB."""
     boxes = np.asarray(boxes, dtype=np.float64)
     step = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 16
@@ -370,7 +370,7 @@ SCHEMA = pa.schema([
     ("mgrs_tile", pa.string()), ("cloud_percentage", pa.float64()), ("s1_unit", pa.string()),
     ("taxonomy", pa.string()), ("crs_wkt", pa.string()), ("epsg", pa.int64()), ("bounds", pa.list_(pa.float64())),
     ("footprint", pa.binary()), ("paths", pa.list_(pa.string())), ("nbytes", pa.int64()), ("sidecar", pa.string()),
-    ("bands", pa.string()), ("scene", pa.int64()),
+    ("from_item", pa.bool_()), ("bands", pa.string()), ("scene", pa.int64()),
 ])
 
 
@@ -391,6 +391,7 @@ def _table(parts: dict[str, Any], n: int) -> pa.Table:
     crs = pa.array([wkts[int(e)] for e in codes]).take(pa.array(np.searchsorted(codes, epsg)))
     cols = {f.name: _column(parts.get(f.name), n, f.type) for f in SCHEMA if f.name not in ("crs_wkt", "scene")}
     cols["crs_wkt"] = crs
+    cols["from_item"] = pa.array(np.zeros(n, dtype=bool))  # scene headers, as scan makes them from files
     return pa.table({f.name: cols[f.name] for f in SCHEMA if f.name != "scene"})
 
 

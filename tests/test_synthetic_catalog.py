@@ -20,7 +20,7 @@ from pyproj import Geod, Transformer
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.names import parse_product_name, parse_time
 from eoforge.ingest.plan import plan_ingest
-from eoforge.ingest.scan import _footprint_wkb, orbit_from_solar_time
+from eoforge.ingest.scan import footprint_wkb, orbit_from_solar_time
 from eoforge.ingest.synthetic_catalog import synthetic_scenes
 
 N_S2 = 2400  # 40 MGRS tiles over UTM zones 32 and 33
@@ -85,7 +85,7 @@ def test_footprints_are_scans_and_s2_tiles_are_mgrs_squares(rows: list[dict[str,
     s2 = _by_sensor(rows, "s2")
     tiles = {r["mgrs_tile"]: r for r in s2}
     for r in list(tiles.values())[:5] + _by_sensor(rows, "s1")[:5]:
-        assert r["footprint"] == _footprint_wkb(r["crs_wkt"], tuple(r["bounds"]))  # what scan computes
+        assert r["footprint"] == footprint_wkb(r["crs_wkt"], tuple(r["bounds"]))  # what scan computes
     for name, r in tiles.items():
         x0, y0, x1, y1 = r["bounds"]
         assert (x1 - x0, y1 - y0) == (109_800.0, 109_800.0) and r["epsg"] == 32600 + int(name[:2])

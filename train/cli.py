@@ -87,7 +87,9 @@ def export(run: str, out: str, checkpoint: str | None, branch: str | None) -> No
     PerA exports its EMA teacher, SoftCon its online encoder, the dual encoder its S2 encoder
     (--branch s1: the S1 encoder). MODEL.json names the timm model and its create_model
     arguments, the input bands and the normalisation of that encoder, the method, the full
-    config and the sha256 of the dataset's manifest.parquet.
+    config and the sha256 of the dataset's manifest.parquet. Beside it: MODEL.stac.json (the
+    STAC MLM item) and MODEL.terratorch.yaml (the backbone block of a TerraTorch config:
+    timm name and arguments, the weights file, band order, means and stds).
 
     \b
     Examples:
@@ -109,6 +111,11 @@ def export(run: str, out: str, checkpoint: str | None, branch: str | None) -> No
     click.echo(f"wrote {result.weights}:{which} {result.num_tensors} tensors, {result.num_params / 1e6:.2f} M weights, "
                f"from {result.checkpoint.name}")
     click.echo(f"metadata: {result.meta}")
+    from eoforge.train.mlm_item import stac_item_path
+    from eoforge.train.terratorch_block import terratorch_block_path
+
+    click.echo(f"STAC MLM item: {stac_item_path(result.weights)}; TerraTorch block: "
+               f"{terratorch_block_path(result.weights)}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -17,7 +17,9 @@ normalisation of the modalities that encoder reads. ``MODEL.json`` beside it say
      "data": "/path/to/DS", "run": "/path/to/RUN"}
 
 ``MODEL.stac.json`` beside them is the same model as a STAC item in the Machine Learning
-Model extension (:mod:`eoforge.train.mlm_item`), for catalogs and tools that read MLM.
+Model extension (:mod:`eoforge.train.mlm_item`), for catalogs and tools that read MLM, and
+``MODEL.terratorch.yaml`` the backbone block a TerraTorch config takes
+(:mod:`eoforge.train.terratorch_block`).
 
 Loading it back needs only timm (plus ``import eoforge.train.models`` for the tiny test ViT,
 which that module registers)::
@@ -40,6 +42,7 @@ import torch
 from eoforge.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from eoforge.train.config import PretrainConfig
 from eoforge.train.mlm_item import mlm_item, stac_item_path
+from eoforge.train.terratorch_block import write_terratorch_block
 
 
 @dataclass
@@ -175,6 +178,7 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
     tmp_item = item_path.with_name(item_path.name + ".tmp")
     tmp_item.write_text(json.dumps(item, indent=2) + "\n")
     os.replace(tmp_item, item_path)
+    write_terratorch_block(meta, out)
     return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(tensors),
                         num_params=num_params, branch=branch, branches=branches)
 

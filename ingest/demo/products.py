@@ -867,6 +867,9 @@ def generate_demo_data(out: str | os.PathLike[str], seed: int = 0, extent_km: fl
         "products": sorted(records, key=lambda r: r["path"]),
     }
     (root / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    from eoforge.ingest.demo.items import write_demo_items  # reads the files just written
+
+    write_demo_items(root, truth)
     (root / "README.md").write_text(_readme(truth))
     n_files, n_bytes = _folder_stats(root)
     return DemoResult(root, truth, n_files, n_bytes)

@@ -316,11 +316,12 @@ def _sensor(item: dict[str, Any], props: dict[str, Any], landcover: bool) -> str
     collection = str(item.get("collection") or "").lower()
     if landcover or any(collection.startswith(c) for c in LANDCOVER_ASSETS) or "esa_worldcover:product_version" in props:
         return "landcover"
-    said = " ".join(str(props.get(k) or "") for k in ("platform", "constellation")).lower() + " " + collection
-    if "sentinel-2" in said or "sentinel2" in said or S2_PRODUCT_RE.match(str(item["id"])) \
-            or any(k.startswith("s2:") for k in props):
+    # "Sentinel-2A", "sentinel-2", "Sentinel 2", "sentinel2", "SENTINEL-1A": one spelling
+    said = " ".join(re.sub(r"[\s_-]", "", str(v).lower())
+                    for v in (props.get("platform"), props.get("constellation"), collection) if v)
+    if "sentinel2" in said or S2_PRODUCT_RE.match(str(item["id"])) or any(k.startswith("s2:") for k in props):
         return "s2"
-    if "sentinel-1" in said or "sentinel1" in said or S1_PRODUCT_RE.match(str(item["id"])) \
+    if "sentinel1" in said or S1_PRODUCT_RE.match(str(item["id"])) \
             or any(k.startswith(("sar:", "s1:")) for k in props):
         return "s1"
     raise ItemError(f"not a Sentinel-1, Sentinel-2 or land-cover item (collection {collection or 'none'}, "

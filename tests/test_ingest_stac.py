@@ -257,6 +257,26 @@ def test_hrefs_relative_absolute_and_file_urls(tmp_path: Path) -> None:
     assert resolve_href("file:///data/my%20scenes/B02.tif", base) == "/data/my scenes/B02.tif"
     assert resolve_href("s3://bucket/B02.tif", base) == "s3://bucket/B02.tif"
     assert resolve_href("B02.tif", "https://host/items/") == "https://host/items/B02.tif"
+    # remote hrefs open through GDAL's virtual file systems
+    from eoforge.ingest.scan import gdal_path
+
+    assert gdal_path(resolve_href("s3://sentinel-cogs/a/B02.tif", base)) == "/vsis3/sentinel-cogs/a/B02.tif"
+    assert gdal_path(resolve_href("B02.tif", "https://host/items/")) == "/vsicurl/https://host/items/B02.tif"
+
+
+def test_a_grid_from_proj_bbox_equals_the_one_from_proj_transform(tmp_path: Path) -> None:
+    (tmp_path / "B02.tif").write_bytes(b"")
+    base = {"id": "S2A_MSIL2A_20230715T101031_N0509_R022_T32TQM_20230715T153045", "geometry": None,
+            "properties": {"datetime": "2023-07-15T10:10:31Z", "proj:code": "EPSG:32632"}}
+    with_transform = {**base, "assets": {"B02": {"href": "B02.tif", "proj:shape": [1098, 549],
+                                                 "proj:transform": [20.0, 0.0, 600000.0, 0.0, -20.0, 5100000.0]}}}
+    with_bbox = {**base, "assets": {"B02": {"href": "B02.tif", "proj:shape": [1098, 549],
+                                            "proj:bbox": [600000.0, 5078040.0, 610980.0, 5100000.0]}}}
+    a = item_product(with_transform, "a#x", str(tmp_path)).files[0][1]
+    b = item_product(with_bbox, "b#x", str(tmp_path)).files[0][1]
+    assert a is not None and b is not None
+    assert a["bounds"] == b["bounds"] == (600000.0, 5078040.0, 610980.0, 5100000.0)
+    assert a["res"] == b["res"] == (20.0, 20.0) and a["epsg"] == 32632 and a["size"] == 0
 
 
 def test_a_decimated_band_is_a_warning_in_the_report(demo_raw: Path, tmp_path: Path) -> None:

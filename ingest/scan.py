@@ -468,7 +468,7 @@ def probe_scene(scene: dict[str, Any], signer: str | None = None) -> dict[str, A
     A scene made from a STAC item that gave every file's grid (``scene["from_item"]``)
     is only probed for its S1 unit when the item did not state it: the item is trusted for
     the rest, and a damaged file shows when its pixels are read."""
-    if scene.get("from_item"):
+    if scene.get("from_item") and scene["sensor"] == "s1":  # _probes sends no other item scene
         values = {pol: _s1_probe(scene["bands"][pol], signer) for pol in ("VV", "VH")}
         empty = [pol for pol, v in values.items() if v.size == 0]
         if empty:

@@ -163,7 +163,9 @@ def _json_items(location: str) -> Iterator[tuple[dict[str, Any], str, str] | tup
         yield None, location, f"not a STAC Item or ItemCollection (type {kind!r})"
         return
     base = _base_of(location)
-    for i, item in enumerate(features):
+    del doc
+    for i in range(len(features)):
+        item, features[i] = features[i], None  # each item is freed once its product is made
         if not isinstance(item, dict) or not item.get("id"):
             yield None, f"{location}#{i}", "STAC item without an id"
             continue

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 from torch.utils.data._utils.collate import default_collate
@@ -269,8 +270,23 @@ def test_every_export_has_a_valid_stac_mlm_item(dualenc_run: Path, tmp_path: Pat
         assert [b["name"] for b in item["properties"]["bands"]] == meta["bands"]
         net, _ = load_exported(result.weights)
         assert item["properties"]["mlm:output"][0]["result"]["shape"] == [-1, net.num_features]
-        assert {a["href"] for a in item["assets"].values()} == {f"./{branch}.safetensors", f"./{branch}.json"}
+        assert {a["href"] for a in item["assets"].values()} == {f"./{branch}.safetensors", f"./{branch}.json",
+                                                                 f"./{branch}.terratorch.yaml"}
         assert all((tmp_path / a["href"]).is_file() for a in item["assets"].values())
+        # the TerraTorch block's (x - mean) / std is eoforge's affine map wherever nothing is clipped first
+        block = yaml.safe_load((tmp_path / f"{branch}.terratorch.yaml").read_text())
+        assert block["data"]["bands"] == meta["bands"]
+        assert block["model_args"]["backbone_pretrained_cfg_overlay"]["file"] == str(result.weights.resolve())
+        for i, (mean, std) in enumerate(zip(block["data"]["means"], block["data"]["stds"])):
+            x = rng.uniform(-40, 3000, 100)
+            if (meta["normalization"].get("value_min") or [None] * width)[i] is None and meta["normalization"]["scale"][i]:
+                np.testing.assert_allclose((x - mean) / std, (x - meta["normalization"]["offset"][i])
+                                           * meta["normalization"]["scale"][i], rtol=1e-9, atol=1e-9)
+        # what (x - mean) / std cannot say is said: the S1 dB range, the clip to [0, 1]
+        norm = meta["normalization"]
+        clipped = any(v is not None for v in (norm.get("value_min") or []) + (norm.get("value_max") or []))
+        assert any("value_min" in n for n in block["notes"]) == clipped == (branch == "s1")
+        assert any("[0, 1]" in n for n in block["notes"]) == bool(norm.get("clip"))
         # each band's scaling gives what eoforge computes: (clip(x, lo, hi) - offset) * scale
         norm = meta["normalization"]
         lows, highs = norm.get("value_min") or [None] * width, norm.get("value_max") or [None] * width

@@ -17,7 +17,8 @@ pipelines that consume MLM) find the model with its inputs and normalisation and
   for probes, retrieval and fine-tuning heads).
 - assets: ``weights`` (the safetensors file; roles ``mlm:model``, ``mlm:weights``; artifact type
   ``safetensors.torch.save_file``; load with ``timm.create_model(**MODEL.json)``) and ``metadata``
-  (MODEL.json, the authoritative record); hrefs relative to the item.
+  (MODEL.json, the authoritative record), ``terratorch`` (MODEL.terratorch.yaml, the backbone
+  block of a TerraTorch config, :mod:`eoforge.train.terratorch_block`); hrefs relative to the item.
 
 Geometry and bbox: the training dataset's extent from its manifest's GeoParquet metadata when
 the manifest is readable at export time, else null (no geometry). ``datetime``: the export time.
@@ -161,6 +162,12 @@ def mlm_item(meta: dict[str, Any], weights: Path, meta_path: Path, num_features:
                 "title": "eoforge MODEL.json: timm name and arguments, bands, normalisation, run",
                 "type": "application/json",
                 "roles": ["metadata"],
+            },
+            "terratorch": {
+                "href": f"./{weights.stem}.terratorch.yaml",
+                "title": "TerraTorch backbone block: timm name and arguments, weights file, bands, means and stds",
+                "type": "application/yaml",
+                "roles": ["metadata", "mlm:training-runtime"],
             },
         },
     }

@@ -77,9 +77,12 @@ def terratorch_block(meta: dict[str, Any], weights: str | Path) -> dict[str, Any
             notes.append(f"{band} has no statistics (eoforge maps it to 0): std {NO_STATS_STD:g}")
         else:
             stds.append(1.0 / scale)
-    if norm.get("value_min") or norm.get("value_max"):
-        notes.append("eoforge clips these bands to [value_min, value_max] before normalising; TerraTorch does not: "
-                     f"value_min {norm.get('value_min')}, value_max {norm.get('value_max')}")
+    lows, highs = norm.get("value_min") or [], norm.get("value_max") or []
+    clipped = [b for b, lo, hi in zip(meta["bands"], lows or [None] * len(highs), highs or [None] * len(lows))
+               if lo is not None or hi is not None]
+    if clipped:
+        notes.append(f"eoforge clips {', '.join(clipped)} to [value_min, value_max] before normalising; TerraTorch "
+                     f"does not: value_min {lows}, value_max {highs}")
     if norm.get("clip"):
         notes.append("eoforge clips the normalised values to [0, 1]; TerraTorch does not")
     notes.append("no-data pixels (S2 DN 0, S1 NaN) are 0 after eoforge's normalisation; set them so in your data")

@@ -349,8 +349,9 @@ def _metadata(item: dict[str, Any], props: dict[str, Any], sensor: str, label_ta
     if sensor == "s2":
         uri = str(props.get("s2:product_uri") or "").removesuffix(".SAFE")
         meta["product_id"] = uri or item_id
-        if props.get("s2:processing_baseline"):
-            meta["baseline"] = str(props["s2:processing_baseline"])
+        baseline = props.get("s2:processing_baseline") or props.get("processing:version")  # CDSE: the latter
+        if baseline and re.fullmatch(r"\d{2}\.\d{2}", str(baseline)):
+            meta["baseline"] = str(baseline)
         if props.get("eo:cloud_cover") is not None:
             meta["cloud_percentage"] = float(props["eo:cloud_cover"])
         if "earthsearch:boa_offset_applied" in props:
@@ -379,24 +380,31 @@ def _metadata(item: dict[str, Any], props: dict[str, Any], sensor: str, label_ta
 
 def _band_assets(item: dict[str, Any], sensor: str,
                  meta: dict[str, Any]) -> list[tuple[str | None, str, dict[str, Any], str]]:
-    """(band or None for a multiband asset, asset key, asset, href) of the assets to read;
-    of two assets with one band (Earth Search's ``blue`` and ``blue-jp2``) the COG."""
-    chosen: dict[str, tuple[int, str, dict[str, Any]]] = {}
+    """(band or None for a multiband asset, asset key, asset, href) of the assets to read.
+
+    Of several assets with one band, the one at the band's native pixel size (CDSE's
+    ``B01_60m`` over ``B01_20m``), else the finest, and a COG over a JPEG 2000 copy (Earth
+    Search's ``blue`` over ``blue-jp2``)."""
+    from eoforge.ingest.scan import S2_GSD
+
+    chosen: dict[str, tuple[tuple[float, int], str, dict[str, Any]]] = {}
     multiband: list[tuple[str, dict[str, Any]]] = []
     assets = item.get("assets") or {}
     for key, asset in sorted(assets.items()):
         if not isinstance(asset, dict) or not asset.get("href") or not _is_data(key, asset):
             continue
-        name = key.lower().removesuffix("-jp2")
-        rank = 1 if key.lower().endswith("-jp2") or "jp2" in str(asset.get("type", "")) else 0
+        # "blue-jp2" (Earth Search), "B02_10m" (CDSE): the band is the key without the suffix
+        name = re.sub(r"(-jp2|_\d{2}m)$", "", key.lower())
+        jp2 = 1 if key.lower().endswith("-jp2") or "jp2" in str(asset.get("type", "")) else 0
         if sensor == "landcover":
             _, wanted = next((v for c, v in LANDCOVER_ASSETS.items()
                               if str(item.get("collection") or "").lower().startswith(c)), (None, None))
             if wanted is None or name == wanted or len(assets) == 1:
-                chosen.setdefault("class", (rank, key, asset))
+                chosen.setdefault("class", ((0.0, jp2), key, asset))
             continue
         band = canonical_band(name)
-        names = [canonical_band(str(b.get("name") or b.get("common_name") or "")) for b in _bands(asset)]
+        names = [canonical_band(str(b.get("name") or b.get("eo:common_name") or b.get("common_name") or ""))
+                 for b in _bands(asset)]
         if band is None and len(names) > 1 and None not in names:
             multiband.append((key, asset))
             continue
@@ -404,12 +412,28 @@ def _band_assets(item: dict[str, Any], sensor: str,
             band = names[0]
         if band is None or (sensor == "s1") != (band in ("VV", "VH")):
             continue
+        res, native = _pixel_size(key, asset), S2_GSD.get(band)
+        rank = (0.0 if res is None or native is None or math.isclose(res, native) else 1.0 + res, jp2)
         if band not in chosen or rank < chosen[band][0]:
             chosen[band] = (rank, key, asset)
     out: list[tuple[str | None, str, dict[str, Any], str]] = [
         (band, key, asset, asset["href"]) for band, (_, key, asset) in sorted(chosen.items())]
     out += [(None, key, asset, asset["href"]) for key, asset in multiband]
     return out
+
+
+def _pixel_size(key: str, asset: dict[str, Any]) -> float | None:
+    """An asset's pixel size in metres as the item states it: ``gsd``, the band's
+    ``spatial_resolution``, ``proj:transform``, or a ``_20m`` key suffix; None if it does not."""
+    bands = _bands(asset)
+    for value in (asset.get("gsd"), *(b.get("gsd") for b in bands), *(b.get("spatial_resolution") for b in bands)):
+        if value:
+            return float(value)
+    transform = asset.get("proj:transform")
+    if transform and abs(float(transform[0])) >= 1.0:  # metres (a pixel size in degrees is far below 1)
+        return abs(float(transform[0]))
+    m = re.search(r"_(\d{2})m$", key.lower())
+    return float(m.group(1)) if m else None
 
 
 def _is_data(key: str, asset: dict[str, Any]) -> bool:

@@ -324,3 +324,31 @@ def test_ingest_recipes_load() -> None:
     recipes = sorted((Path(__file__).resolve().parents[1] / "ingest" / "recipes").glob("*.yaml"))
     configs = {p.stem: IngestConfig.load(p) for p in recipes}
     assert configs["planetary-computer"].href_signer == "planetary_computer:sign"
+
+
+def test_cdse_items_take_each_band_at_its_native_pixel_size(tmp_path: Path) -> None:
+    """Copernicus Data Space items: STAC 1.1 ``bands``, ``B01_20m`` / ``B01_60m`` / ``B02_10m``
+    … keys, the id is the product name (its baseline in it), auxiliary ``AOT_10m`` / ``TCI_10m``."""
+    grids = {10: [10980, 10980], 20: [5490, 5490], 60: [1830, 1830]}
+    layout = {"B01": (20, 60), "B02": (10, 20, 60), "B05": (20, 60), "B8A": (20, 60), "SCL": (20, 60)}
+    assets = {}
+    for band, sizes in layout.items():
+        for m in sizes:
+            (tmp_path / f"{band}_{m}m.jp2").write_bytes(b"")
+            assets[f"{band}_{m}m"] = {
+                "href": f"./{band}_{m}m.jp2", "type": "image/jp2", "roles": ["data"], "gsd": m,
+                "proj:shape": grids[m], "proj:transform": [m, 0, 600000, 0, -m, 5000040],
+                "bands": [{"name": band, "nodata": 0, "data_type": "uint8" if band == "SCL" else "uint16"}]}
+    for aux in ("AOT_10m", "TCI_10m", "WVP_10m"):
+        assets[aux] = {"href": f"./{aux}.jp2", "type": "image/jp2", "roles": ["data"], "gsd": 10}
+    item = {"id": "S2B_MSIL2A_20240419T001429_N0510_R116_T56NNG_20240419T013152", "collection": "sentinel-2-l2a",
+            "geometry": None, "properties": {"datetime": "2024-04-19T00:14:29.024Z", "proj:code": "EPSG:32756",
+                                             "platform": "sentinel-2b", "eo:cloud_cover": 14.58,
+                                             "processing:version": "05.10"},
+            "assets": assets}
+    p = item_product(item, "cdse.json#x", str(tmp_path))
+    picked = {band: (Path(href).name, rec["res"][0]) for band, rec, href in p.files}
+    assert picked == {"B1": ("B01_60m.jp2", 60.0), "B2": ("B02_10m.jp2", 10.0), "B5": ("B05_20m.jp2", 20.0),
+                      "B8A": ("B8A_20m.jp2", 20.0), "SCL": ("SCL_20m.jp2", 20.0)}
+    assert p.metadata["product_id"] == item["id"] and p.metadata["cloud_percentage"] == 14.58
+    assert p.metadata["baseline"] == "05.10"

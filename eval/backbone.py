@@ -16,7 +16,6 @@ exists: it registers the tiny demo ViT's name with timm. Nothing is fetched from
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -26,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from eoforge.shards.digest import file_sha256
 
 
 class ModelFormatError(ValueError):
@@ -72,15 +73,6 @@ def _register_project_models() -> None:
     except ModuleNotFoundError as err:
         if err.name not in ("eoforge.train.models", "eoforge.train"):
             raise
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_model_info(weights: str | os.PathLike[str]) -> ModelInfo:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import yaml
 
-from eoforge.eval.report import write_text_atomic
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.train.config import ConfigError
 
 #: where ``recipe: <method>-tiny-demo.yaml`` and the other bare recipe names are looked up
@@ -214,7 +214,7 @@ def compare(data: str | os.PathLike[str], out: str | os.PathLike[str], config: C
 
 def _run_one(entry: CompareEntry, seed: int, data: Path, run: Path, config: CompareConfig,
              log: Callable[[str], None], progress: bool) -> RunResult:
-    from eoforge.eval.backbone import file_sha256
+    from eoforge.shards.digest import file_sha256
     from eoforge.eval.run import EvalConfig, evaluate
     from eoforge.train.config import pretrain_config
     from eoforge.train.engine import train

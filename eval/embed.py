@@ -41,10 +41,11 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
-from eoforge.eval.backbone import file_sha256, load_backbone
+from eoforge.eval.backbone import load_backbone
 from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features
 from eoforge.eval.inputs import NORMALIZATION_SOURCES, InputSpec, MissingInput, input_spec
-from eoforge.eval.report import write_text_atomic
+from eoforge.shards.atomic import write_text_atomic
+from eoforge.shards.digest import file_sha256
 from eoforge.shards.manifest import MANIFEST_NAME, ManifestError, geo_metadata, read_manifest, write_parquet_atomic
 from eoforge.shards.reader import decode_sample
 

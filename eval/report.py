@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.meta import json_finite
 
 RESULTS_JSON = "results.json"
@@ -90,12 +91,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(f"- eoforge {s.get('eoforge_version')}, torch {s.get('torch_version')}, timm {s.get('timm_version')}")
     return "\n".join(lines) + "\n"
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """``path`` written via ``path.tmp`` + rename: a reader (or a resumed run) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:

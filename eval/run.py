@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from eoforge.eval.backbone import ModelInfo, create_backbone, file_sha256, load_backbone
+from eoforge.eval.backbone import ModelInfo, create_backbone, load_backbone
 from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features, feature_dims
 from eoforge.eval.inputs import InputSpec, MissingInput, input_spec
 from eoforge.eval.knn import KNNConfig, knn_probe
@@ -43,6 +43,7 @@ from eoforge.eval.labels import (
 from eoforge.eval.linear import LinearConfig, linear_probe
 from eoforge.eval.report import to_markdown, write_report
 from eoforge.eval.segmentation import SegmentationConfig, segmentation_probe
+from eoforge.shards.digest import file_sha256
 from eoforge.shards.reader import iter_dataset, shard_urls
 from eoforge.shards.schema import ALL_TAXONOMIES
 

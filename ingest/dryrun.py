@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.plan import Region
 from eoforge.ingest.sizes import JSON_BYTES, TAR_SHARD_BYTES, ZSTD_RATIO, estimate_tile_bytes
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.keys import TileId
 
 DRY_RUN_JSON = "dry-run.json"
@@ -202,9 +202,6 @@ def format_dry_run(report: dict[str, Any], max_regions: int = 20) -> str:
 
 
 def write_dry_run(out: Path, report: dict[str, Any]) -> None:
-    """Write ``dry-run.json`` and ``dry-run.md`` (each via a tmp file and a rename)."""
-    for name, text in ((DRY_RUN_JSON, json.dumps(report, indent=2, default=str) + "\n"),
-                       (DRY_RUN_MD, format_dry_run(report))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    """Write ``dry-run.json`` and ``dry-run.md`` (each whole or not at all)."""
+    write_text_atomic(out / DRY_RUN_JSON, json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out / DRY_RUN_MD, format_dry_run(report))

@@ -35,6 +35,7 @@ from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pieces import (
     class_counts, complete_report, file_size, load_piece_index, release_pieces, staging_paths,
 )
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
 from eoforge.shards.keys import TileId
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
@@ -288,8 +289,6 @@ def materialize_shard(job: dict[str, Any], piece_tasks: dict[str, str], scenes: 
     report = {"split": split, "shard": shard, "samples": len(rows), "counts": dict(sorted(assembler.counts.items())),
               "errors": [], **{key: file_size(path) for key, path in _shard_files(out, split, shard).items()},
               "seconds": round(time.perf_counter() - started, 3)}
-    tmp = report_path.with_name(report_path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, report_path)
+    write_text_atomic(report_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
     release_pieces(out, pieces.values())  # the shard is done: its frames are never read again
     return report

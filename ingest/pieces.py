@@ -52,6 +52,7 @@ from rasterio.errors import RasterioError
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.read import GDAL_READ_ENV, SourceCache, TargetGrid, read_band
+from eoforge.shards.atomic import publish, write_text_atomic
 from eoforge.shards.encoding import encode_entry
 from eoforge.shards.keys import TileId
 from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
@@ -73,13 +74,6 @@ def read_report_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Pat
     """``DS/task-reports/read/<task>.json`` (errors, counts) and ``<task>.stats.npz``."""
     folder = Path(out) / READ_REPORTS
     return folder / f"{task}.json", folder / f"{task}.stats.npz"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ sources onto a window
@@ -186,7 +180,7 @@ class _Frames:
 
     def commit(self) -> None:
         self._file.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         self._file.close()
@@ -475,7 +469,7 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
     if task["kind"] == "s2":
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         source.stats.save(stats_path)
-    _write_text_atomic(report_path, _json_text(report))
-    _write_text_atomic(index_path, index)
+    write_text_atomic(report_path, _json_text(report))
+    write_text_atomic(index_path, index)
     released_marker(out, name).unlink(missing_ok=True)  # every frame is back (last: a crash before leaves it)
     return report

@@ -54,6 +54,7 @@ from eoforge.ingest.pieces import (
 from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.manifest import manifest_rows, merge_parts, write_parquet_atomic
 from eoforge.shards.stats import DatasetStats, write_stats
 from eoforge.shards.writer import shard_path
@@ -152,9 +153,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         _check_job(out, job)  # before plan.parquet: a refused run leaves the dataset's plan as it was
         write_plan(plan.rows, out / "plan.parquet")
         if not dry_run:
-            tmp = out / (JOB_NAME + ".tmp")
-            tmp.write_text(json.dumps(job, indent=2) + "\n")
-            os.replace(tmp, out / JOB_NAME)
+            write_text_atomic(out / JOB_NAME, json.dumps(job, indent=2) + "\n")
         timings["plan"] = time.perf_counter() - t0
         if strict and errors:
             write_errors(out, errors)

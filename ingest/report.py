@@ -9,7 +9,6 @@ distribution and the errors by reason.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.manifest import manifest_rows, write_parquet_atomic
 
 ERRORS_NAME = "errors.parquet"
@@ -175,8 +175,5 @@ def write_report(out: Path, report: dict[str, Any], manifest: Path | None) -> No
         coverage_map(manifest, out / "report-coverage.png")
     if report["labels"]:
         label_histogram(report["labels"], out / "report-labels.png")
-    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
-                       ("report.md", format_report(report))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out / "report.md", format_report(report))

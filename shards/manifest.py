@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS, Transformer
 
+from eoforge.shards.atomic import atomic_path
 from eoforge.shards.meta import SampleMeta
 
 if TYPE_CHECKING:
@@ -242,19 +243,9 @@ def atomic_parquet_writer(path: str | os.PathLike[str], schema: pa.Schema, fsync
     """A ``ParquetWriter`` (zstd, statistics) on ``path.tmp``, renamed to ``path`` (after an
     fsync) when the block ends, so readers never see half a file; on an error the ``.tmp``
     file is removed and ``path`` is left as it was. For tables written in parts (row groups)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer:
-            yield writer
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=fsync) as tmp, \
+            pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer:
+        yield writer
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, fsync: bool = True) -> None:

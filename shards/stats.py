@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from eoforge.shards.atomic import atomic_path, write_text_atomic
 from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
 
 STATS_NAME = "stats.json"
@@ -169,9 +170,8 @@ class DatasetStats:
             band, bin_ = np.nonzero(acc.hist)
             arrays.update({f"{name}_band": band, f"{name}_bin": bin_, f"{name}_count": acc.hist[band, bin_],
                            f"{name}_total": acc.total, f"{name}_total_sq": acc.total_sq})
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to other names
+            np.savez(tmp, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "DatasetStats":
@@ -200,10 +200,7 @@ class DatasetStats:
 def write_stats(root: str | os.PathLike[str], stats: DatasetStats, split: str = "train") -> dict[str, Any]:
     """Write ``DS/stats.json`` from accumulated statistics; return its content."""
     out = stats.to_dict(split)
-    path = Path(root) / STATS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(Path(root) / STATS_NAME, json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable
 
+from eoforge.shards.atomic import publish
 from eoforge.shards.encoding import DEFAULT_CODEC
 from eoforge.shards.manifest import manifest_row, write_part
 from eoforge.shards.sample import EncodedSample, Sample, encode_sample
@@ -108,7 +109,7 @@ class _ShardFile:
         self._file.close()
         if write_manifest_part:
             write_part(self.rows, part_path(self.root, self.split, self.index), fsync=self.fsync)
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path, fsync=self.fsync)
 
     def abort(self) -> None:
         self._file.close()

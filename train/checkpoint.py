@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eoforge.shards.atomic import atomic_path
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
@@ -37,27 +39,9 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.pt"
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+def _write_atomic(path: Path, write: Any) -> None:
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(folder: str | os.PathLike[str], step: int, state: dict[str, Any], keep: int = 1) -> Path:

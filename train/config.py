@@ -30,6 +30,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from eoforge.shards.atomic import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the file and the key."""
@@ -415,10 +417,7 @@ class PretrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write ``to_yaml()`` to ``path`` (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
+        write_text_atomic(path, self.to_yaml())
 
 
 #: ModelConfig's field holding the timm model name (target of ``--model``).

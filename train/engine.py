@@ -70,6 +70,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from eoforge.shards.atomic import atomic_path, write_text_atomic
+from eoforge.shards.digest import file_sha256
 from eoforge.train import distributed as D
 from eoforge.train.checkpoint import (
     CHECKPOINT_DIR, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -154,20 +156,6 @@ def state_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any, indent: int | None = 1) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
-    os.replace(tmp, path)
-
-
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The lines of a ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
     out = []
@@ -185,9 +173,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the lines with ``step <= step`` (atomically): the resume point of the log."""
     kept = [m for m in read_metrics(path) if isinstance(m.get("step"), int) and m["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(m) + "\n" for m in kept))
 
 
 def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[str]) -> Path | None:
@@ -230,10 +216,9 @@ def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[st
         ax.grid(alpha=0.3)
     fig.tight_layout()
     png = Path(png)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(png, suffix=".tmp.png") as tmp:  # savefig takes the format from the extension
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png)
     return png
 
 
@@ -445,8 +430,8 @@ class _Run:
             try:
                 facts = describe_dataset(self.data, cfg)
                 (self.run_dir / RANKS).mkdir(parents=True, exist_ok=True)
-                _write_json_atomic(self.run_dir / DATASET, facts)
-                _write_json_atomic(self.run_dir / OPTIM, optim_facts(cfg, info.world_size))
+                write_text_atomic(self.run_dir / DATASET, json.dumps(facts, indent=1) + "\n")
+                write_text_atomic(self.run_dir / OPTIM, json.dumps(optim_facts(cfg, info.world_size), indent=1) + "\n")
                 cfg.save(self.run_dir / CONFIG)
             except Exception as err:  # noqa: BLE001 - re-raised on every rank below
                 facts = err
@@ -559,7 +544,7 @@ class _Run:
         if final:
             record["state_sha256"] = state_sha256(self.method)
         self.rank_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(self.rank_path, record, indent=None)
+        write_text_atomic(self.rank_path, json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ logging
 

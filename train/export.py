@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from eoforge.shards.atomic import atomic_path, write_text_atomic
 from eoforge.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from eoforge.train.config import PretrainConfig
 from eoforge.train.mlm_item import mlm_item, stac_item_path
@@ -161,23 +162,16 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
         "run": str(run.resolve()),
         "checkpoint": ckpt.name,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"timm_model": model_cfg.name, "method": cfg.method_name, "branch": branch})
-    os.replace(tmp, out)
-    meta_path = out.with_suffix(".json")
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp_meta, meta_path)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={"timm_model": model_cfg.name, "method": cfg.method_name,
+                                               "branch": branch})
+    meta_path = write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     num_params = int(sum(t.numel() for t in tensors.values()))
     data = facts.get("data")
     manifest = Path(data) / "manifest.parquet" if isinstance(data, str) and "://" not in data else None
     item = mlm_item(meta, out, meta_path, num_features=int(getattr(backbone, "num_features", 0)),
                     num_params=num_params, manifest=manifest)
-    item_path = stac_item_path(out)
-    tmp_item = item_path.with_name(item_path.name + ".tmp")
-    tmp_item.write_text(json.dumps(item, indent=2) + "\n")
-    os.replace(tmp_item, item_path)
+    write_text_atomic(stac_item_path(out), json.dumps(item, indent=2) + "\n")
     write_terratorch_block(meta, out)
     return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(tensors),
                         num_params=num_params, branch=branch, branches=branches)

@@ -101,7 +101,7 @@ def mlm_item(meta: dict[str, Any], weights: Path, meta_path: Path, num_features:
     bands = list(meta["bands"])
     size = int(meta["img_size"] or 224)
     norm = meta["normalization"]
-    from eoforge.train.engine import file_sha256
+    from eoforge.shards.digest import file_sha256
 
     # unique per weights file: a catalog holds many exports of one method and architecture
     model_id = f"eoforge-{meta['method']}-{meta['timm_model']}-{meta['branch']}-{file_sha256(weights)[:12]}"

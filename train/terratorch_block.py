@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from eoforge.shards.atomic import write_text_atomic
+
 #: eoforge-registered timm names -> (a plain timm name, the arguments that give the same shapes)
 PORTABLE_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
     "vit_pico_patch8": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4,
@@ -97,16 +99,10 @@ def terratorch_block(meta: dict[str, Any], weights: str | Path) -> dict[str, Any
 
 def write_terratorch_block(meta: dict[str, Any], weights: str | Path) -> Path:
     """Write ``MODEL.terratorch.yaml`` (tmp file, then a rename) and return its path."""
-    import os
-
-    path = terratorch_block_path(weights)
     text = ("# TerraTorch backbone block of this eoforge export (train/terratorch_block.py).\n"
             "# model_args -> model.init_args.model_args of a TerraTorch task; data -> the datamodule.\n"
             + yaml.safe_dump(terratorch_block(meta, weights), sort_keys=False, width=120))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(terratorch_block_path(weights), text)
 
 
 def _plain(value: Any) -> Any:

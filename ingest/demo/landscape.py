@@ -292,7 +292,6 @@ class Landscape:
     def ground(self, lon: np.ndarray, lat: np.ndarray) -> Ground:
         """Sample the static ground at WGS84 positions (degrees, any matching shapes)."""
         x, y = self.area.to_local(lon, lat)
-        w, h = self._w, self._h
         shape = x.shape
         cls = np.full(shape, CROP, dtype=np.uint8)
 

@@ -34,12 +34,10 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from eoforge.ingest.demo.catalog import (
-    Catalog,
     MgrsTile,
     S1Product,
     S2Product,
     default_catalog,
-    worldcover_name,
 )
 from eoforge.ingest.demo.landscape import (
     SPECTRA,

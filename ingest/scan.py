@@ -313,6 +313,20 @@ def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, st
     return info, f"{info.sensor}|{PurePosixPath(*parts[:-1]) if len(parts) > 1 else '.'}|{product}", None
 
 
+def product_path(key: str, paths: list[str]) -> str:
+    """Where a product's error row points: its SAFE folder, its one file, or the folder its
+    files share (an Earth Search item folder, a BigEarthNet patch). One row per product:
+    a SAFE without B08 is one problem, not 13."""
+    location = key.split("|")[1]
+    if location.endswith(".SAFE") or "#" in location:  # a SAFE folder; a STAC item (file#id)
+        return location
+    if len(paths) == 1:
+        return paths[0]
+    if any("://" in p for p in paths):
+        return os.path.dirname(paths[0])
+    return os.path.commonpath(paths)
+
+
 def _pick_bands(files: list[tuple[NameInfo, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Band -> {path, index, res_m, nodata, dtype}; per band the file at its native GSD,
     else the finest resolution delivered."""
@@ -352,8 +366,8 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
         files = groups[key]
         row, err = _scene_row(key, files, config)
         if err:
-            for _, h in files:
-                errors.append(error_row(h["path"], "scan", err, row.get("product_id")))
+            errors.append(error_row(product_path(key, [h["path"] for _, h in files]), "scan", err,
+                                    row.get("product_id")))
         else:
             scenes.append(row)
     return scenes, errors
@@ -638,7 +652,8 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
     kept = []
     for scene, probe in zip(scenes, probes):
         if probe.get("error"):
-            paths = probe.get("error_paths") or scene["paths"]
+            # a file's problem names the file; a product's (no valid pixel anywhere) the product
+            paths = probe.get("error_paths") or [product_path(f"{scene['sensor']}|{scene['location']}", scene["paths"])]
             errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in paths)
             continue
         scene.update(probe)

@@ -212,9 +212,10 @@ def test_errors_parquet_lists_exactly_the_bad_inputs(bad_run: IngestResult, bad_
         sorted(bad_run.errors, key=lambda r: (r["path"], r["stage"]))
     report = json.loads((bad_run.out / "report.json").read_text())
     assert report["errors"]["count"] == len(bad_run.errors)
+    # a product-level problem is one row naming the product (its SAFE folder), a file's the file
     expected = {bad_inputs.truncated_s1, bad_inputs.text_tif, bad_inputs.no_crs, bad_inputs.far_landcover,
-                bad_inputs.truncated_s2_band, *bad_inputs.zero_s2_files, *bad_inputs.nan_s1_files,
-                *bad_inputs.missing_band_files}
+                bad_inputs.truncated_s2_band, bad_inputs.zero_s2_files[0].parents[4], *bad_inputs.nan_s1_files,
+                bad_inputs.missing_band_files[0].parents[4]}
     got = {Path(e["path"]) for e in bad_run.errors}
     # Every bad input has a row; no good file does (the truncated scene's other bands may be listed too).
     assert expected <= got
@@ -262,11 +263,13 @@ def test_geotiff_without_crs_is_reported(bad_run: IngestResult, bad_inputs: BadI
 
 
 def test_all_nodata_s2_scene_is_reported(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
-    assert len(bad_inputs.zero_s2_files) == 13  # 12 bands + SCL
-    for path in bad_inputs.zero_s2_files:
-        row = _one_row(bad_run, path)
-        assert (row["stage"], row["product_id"]) == ("scan", ZERO_S2)
-        assert row["reason"] == "no valid pixels: every S2 value is nodata (0)"
+    assert len(bad_inputs.zero_s2_files) == 13  # 12 bands + SCL: one problem, one row naming the SAFE
+    safe = bad_inputs.zero_s2_files[0].parents[4]
+    assert safe.name == f"{ZERO_S2}.SAFE"
+    row = _one_row(bad_run, safe)
+    assert (row["stage"], row["product_id"]) == ("scan", ZERO_S2)
+    assert row["reason"] == "no valid pixels: every S2 value is nodata (0)"
+    assert not any(_rows(bad_run, path) for path in bad_inputs.zero_s2_files)
 
 
 def test_all_nan_s1_product_is_reported(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
@@ -279,10 +282,12 @@ def test_all_nan_s1_product_is_reported(bad_run: IngestResult, bad_inputs: BadIn
 def test_s2_product_with_a_deleted_band_is_reported(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
     assert not _rows(bad_run, bad_inputs.deleted_band)  # gone: nothing to point at but its siblings
     assert len(bad_inputs.missing_band_files) == 12
-    for path in bad_inputs.missing_band_files:
-        row = _one_row(bad_run, path)
-        assert (row["stage"], row["product_id"]) == ("scan", MISSING_BAND_S2)
-        assert re.search(r"without band\(s\) B5\b", row["reason"]), row["reason"]
+    safe = bad_inputs.missing_band_files[0].parents[4]
+    assert safe.name == f"{MISSING_BAND_S2}.SAFE"
+    row = _one_row(bad_run, safe)  # one row for the product, not one per remaining band file
+    assert (row["stage"], row["product_id"]) == ("scan", MISSING_BAND_S2)
+    assert re.search(r"without band\(s\) B5\b", row["reason"]), row["reason"]
+    assert not any(_rows(bad_run, path) for path in bad_inputs.missing_band_files)
 
 
 def test_landcover_far_from_every_scene_is_reported(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
@@ -398,9 +403,12 @@ def test_real_folder_is_ingested_or_explained(real_data: Path, scheduler: str, t
     files = _files(real_data)
     assert len(files) >= 30
     unexplained = []
+    def explained(path: Path) -> bool:  # a row names the file, or the product folder it is in
+        return any(by_path.get(str(p)) for p in (path, *path.parents))
+
     for path in files:
         pid = _real_product_id(path)
-        if pid in ingested or by_path.get(str(path)):
+        if pid in ingested or explained(path):
             continue
         # Files the scan skips on purpose (a SAFE's true-colour preview) are covered by their product's rows.
         if "_TCI_" in path.name and by_product.get(pid):
@@ -411,13 +419,11 @@ def test_real_folder_is_ingested_or_explained(real_data: Path, scheduler: str, t
     def reasons(path: Path) -> set[str]:
         return {(e["stage"], e["reason"]) for e in by_path[str(path)]}
 
-    # T29UNU SAFE: all bands at 60 m but B08 (10 m only) -> missing band, on every band file.
+    # T29UNU SAFE: all bands at 60 m but B08 (10 m only) -> missing band: one row, the SAFE's
     safe = next(real_data.glob("*T29UNU*.SAFE"))
-    for path in _files(safe):
-        if "_TCI_" in path.name:
-            continue
-        ((stage, reason),) = reasons(path)
-        assert stage == "scan" and re.search(r"without band\(s\) B8\b", reason), (path.name, reason)
+    ((stage, reason),) = reasons(safe)
+    assert stage == "scan" and re.search(r"without band\(s\) B8\b", reason), reason
+    assert not any(by_path.get(str(path)) for path in _files(safe))
     # Sen1Floods11 chips have no acquisition time; its label raster is not a Sentinel product.
     floods = real_data / "sen1floods11_spain"
     for name in ("Spain_7370579_S1Hand.tif", "Spain_7370579_S2Hand.tif"):

@@ -73,11 +73,12 @@ def _pretrain_args(ds: Path, run: Path, steps: int, *extra: str) -> list[str]:
             "--config", str(TINY), "--steps", str(steps), *FAST, *extra]
 
 
-def _torchrun(launch: list[str] | None, args: list[str], env: dict[str, str] | None = None) -> None:
+def _torchrun(launch: list[str] | None, args: list[str], env: dict[str, str] | None = None) -> str:
     """Run torchrun (or plain python) to the end; fail the test with its output on an error or a timeout."""
     code, log = _finish(_start(launch, args, env))
     if code != 0:
         pytest.fail(f"{' '.join((launch or []) + args)} exited {code}\n{log}")
+    return log
 
 
 def _start(launch: list[str] | None, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -127,9 +128,10 @@ def _check_ddp_run(run: Path, ds: Path, steps: int) -> None:
 
 def test_torchrun_two_processes_one_node(train_ds: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    _torchrun(["--standalone", "--nproc-per-node", "2"],
-              _pretrain_args(train_ds, run, 4, "--set", "engine.checkpoint_every=2"))
+    log = _torchrun(["--standalone", "--nproc-per-node", "2"],
+                    _pretrain_args(train_ds, run, 4, "--set", "engine.checkpoint_every=2"))
     _check_ddp_run(run, train_ds, 4)
+    assert "FutureWarning" not in log and "DeprecationWarning" not in log, log  # none of ours on any rank
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
 

@@ -156,6 +156,17 @@ def state_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP's switch for "do not broadcast buffers before every forward": the methods keep their
+    buffers (DINO centre, MoCo queue, logit scale) identical on every rank themselves. torch
+    >= 2.14 spells it ``forward_sync_buffers`` (and warns on every rank at the old spelling,
+    ``broadcast_buffers``); its one sync at construction copies what every rank already holds."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The lines of a ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
     out = []
@@ -470,8 +481,8 @@ class _Run:
 
         if info.world_size > 1:
             kw: dict[str, Any] = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
-            self.model: nn.Module = nn.parallel.DistributedDataParallel(
-                self.method, broadcast_buffers=False, find_unused_parameters=False, **kw)
+            kw.update(_no_forward_buffer_sync())
+            self.model: nn.Module = nn.parallel.DistributedDataParallel(self.method, find_unused_parameters=False, **kw)
         else:
             self.model = self.method
         self.monitor = CollapseMonitor(cfg.engine.collapse_min_std_norm, cfg.engine.collapse_max_mean_cos,

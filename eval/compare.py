@@ -350,12 +350,12 @@ def results_markdown(report: dict[str, Any]) -> str:
 
 def plot_comparison(report: dict[str, Any], png: str | os.PathLike[str]) -> Path:
     """Macro AP (or the first metric) per method beside its random init, and the loss curves."""
-    from eoforge.shards.plots import _save, plt
+    from eoforge.shards.plots import figure, save_figure
 
     cfg = report["config"]
     metric = report["metrics"][-1]
     rows = report["rows"]
-    fig, (ax_bar, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=110)
+    fig, (ax_bar, ax_loss) = figure(1, 2, figsize=(12, 4.2), dpi=110)
     width = 0.8 / (2 * len(cfg["probes"]))
     for i, probe in enumerate(cfg["probes"]):
         key = f"{probe}_{metric}"
@@ -380,5 +380,5 @@ def plot_comparison(report: dict[str, Any], png: str | os.PathLike[str]) -> Path
     ax_loss.set_ylabel("loss / first logged loss (each its own objective)")
     ax_loss.set_title(f"loss, seed {cfg['seeds'][0]}")
     ax_loss.legend(fontsize=7)
-    return _save(fig, Path(png))
+    return save_figure(fig, Path(png))
 

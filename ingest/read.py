@@ -32,7 +32,6 @@ from rasterio.windows import Window
 from eoforge.ingest.scan import gdal_path
 from eoforge.ingest.stac import signed
 
-cv2.setNumThreads(1)  # one single-threaded Dask worker per core: no thread pool of its own
 
 #: GDAL settings for reading inputs: never write ``.aux.xml`` next to a user's files.
 GDAL_READ_ENV: dict[str, Any] = {"GDAL_PAM_ENABLED": "NO", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
@@ -57,6 +56,9 @@ class SourceCache:
     serves neighbouring windows); closed at the end of the task."""
 
     def __init__(self, signer: str | None = None) -> None:
+        # one single-threaded Dask worker per core: OpenCV's upsampling gets no thread pool of
+        # its own (set here, where a read starts, not when the module is imported)
+        cv2.setNumThreads(1)
         self._signer = signer  # IngestConfig.href_signer: STAC asset URLs signed when opened
         self._open: dict[str, Any] = {}
         self._epsg: dict[str, int | None] = {}

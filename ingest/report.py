@@ -161,16 +161,16 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any], manifest: Path | None) -> None:
-    from eoforge.shards.plots import _save, coverage_map, label_histogram, plt
+    from eoforge.shards.plots import coverage_map, figure, label_histogram, save_figure
 
     p = report["pairing"]["dt_days_histogram"]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    fig, ax = figure(figsize=(6, 3.2), dpi=120)
     centres = (np.asarray(p["bin_edges"][:-1]) + np.asarray(p["bin_edges"][1:])) / 2
     ax.bar(centres, p["counts"], width=0.9, color="tab:blue")
     ax.set_xlabel("Δt = S1 time - S2 time (days)")
     ax.set_ylabel("paired time steps (planned)")
     ax.set_title(f"S1/S2 pairing: match rate {report['pairing']['match_rate_planned'] or 0:.0%}")
-    _save(fig, out / "report-dt.png")
+    save_figure(fig, out / "report-dt.png")
     if manifest_rows(manifest):
         coverage_map(manifest, out / "report-coverage.png")
     if report["labels"]:

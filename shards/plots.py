@@ -1,4 +1,10 @@
-"""Pictures of a dataset: a coverage map and a label histogram (PNG, matplotlib Agg)."""
+"""Pictures of a dataset: a coverage map and a label histogram (PNG).
+
+Figures are ``matplotlib.figure.Figure`` objects drawn straight to files: no pyplot, no
+backend chosen (importing this module changes no global state; a user's interactive
+backend stays theirs, clusters need no display). :func:`figure` and :func:`save_figure`
+are what the other stages' pictures (ingest report, loss curves, method comparison) use.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
+import shapely
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display on clusters
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import shapely  # noqa: E402
-
-from eoforge.shards.schema import TAXONOMIES  # noqa: E402
+from eoforge.shards.atomic import atomic_path
+from eoforge.shards.schema import TAXONOMIES
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
@@ -40,7 +44,7 @@ def coverage_map(source: pa.Table | str | os.PathLike[str], path: str | os.PathL
     elif source.num_rows > COVERAGE_POLYGONS_MAX:
         return _coverage_density(source, path)
     table = source
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    fig, ax = figure(figsize=(7, 6), dpi=120)
     geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
     splits = table.column("split").to_pylist()
     for split in sorted(set(splits)):
@@ -62,7 +66,7 @@ def coverage_map(source: pa.Table | str | os.PathLike[str], path: str | os.PathL
     ax.set_title(f"Coverage: {table.num_rows} samples")
     ax.legend(loc="upper right", fontsize=8)  # "best" searches the polygons: seconds for 10^3 tiles
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def coverage_counts(batches: Any, cells: int = COVERAGE_RASTER_CELLS) -> dict[str, Any]:
@@ -106,7 +110,7 @@ def _coverage_density(source: pa.Table | Path, path: str | os.PathLike[str]) -> 
         return [source] if isinstance(source, pa.Table) else iter_manifest(source, ["lon", "lat", "split"])
 
     c = coverage_counts(batches)
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    fig, ax = figure(figsize=(7, 6), dpi=120)
     image = ax.imshow(np.ma.masked_equal(c["counts"], 0), origin="lower", extent=c["extent"], cmap="viridis",
                       interpolation="nearest", aspect=1.0 / c["aspect"])
     fig.colorbar(image, ax=ax, shrink=0.8, label=f"samples per {c['cell_km']:.1f} km cell")
@@ -115,13 +119,13 @@ def _coverage_density(source: pa.Table | Path, path: str | os.PathLike[str]) -> 
     per_split = ", ".join(f"{k} {v:,}" for k, v in sorted(c["splits"].items()))
     ax.set_title(f"Coverage: {c['samples']:,} samples ({per_split})")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def label_histogram(summary_labels: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Per class: samples with the class present, one bar group per split; one panel per taxonomy."""
     taxonomies = sorted(summary_labels)
-    fig, axes = plt.subplots(len(taxonomies), 1, figsize=(9, 3.5 * len(taxonomies)), dpi=120, squeeze=False)
+    fig, axes = figure(len(taxonomies), 1, figsize=(9, 3.5 * len(taxonomies)), dpi=120, squeeze=False)
     for ax, tax in zip(axes[:, 0], taxonomies):
         present = summary_labels[tax]["present"]
         seen = {c for counts in present.values() for c in counts}
@@ -136,13 +140,19 @@ def label_histogram(summary_labels: dict[str, Any], path: str | os.PathLike[str]
         ax.set_ylabel("samples with class")
         ax.set_title(f"Labels ({tax})")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dpi: int = 100,
+           **subplots: Any) -> tuple[Figure, Any]:
+    """A figure and its axes (``Figure.subplots``: one ``Axes``, or an array of them)."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **subplots)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Lay out and write ``fig`` as a PNG, whole or not at all."""
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    with atomic_path(path, suffix=".tmp.png") as tmp:  # savefig takes the format from the extension
+        fig.savefig(tmp)
+    return Path(path)

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eoforge.shards.atomic import atomic_path, write_text_atomic
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.digest import file_sha256
 from eoforge.train import distributed as D
 from eoforge.train.checkpoint import (
@@ -188,21 +188,19 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[str]) -> Path | None:
-    """Loss terms and collapse figures against the step, as a PNG (matplotlib, Agg)."""
+    """Loss terms and collapse figures against the step, as a PNG."""
+    from eoforge.shards.plots import figure, save_figure
+
     rows = read_metrics(metrics_path)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
     # the method's own terms (PerA: dino, koleo, pixel) in their own panel, on a symlog scale
     # because their magnitudes differ by orders; schedules (temperatures) and shares left out
     terms = [k for k, v in rows[-1].items() if k not in ENGINE_KEYS and "temp" not in k and "share" not in k
              and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    fig, (ax1, ax2, ax3) = figure(1, 3, figsize=(15, 4), dpi=100)
     ax1.plot(steps, [r.get("loss", math.nan) for r in rows], color="k")
     ax1.set_title("training loss (total)")
     for k in terms:
@@ -225,12 +223,7 @@ def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[st
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png = Path(png)
-    with atomic_path(png, suffix=".tmp.png") as tmp:  # savefig takes the format from the extension
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)
 
 
 #: config keys that may change on resume without changing the numbers (how it runs, not what)

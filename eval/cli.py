@@ -39,7 +39,7 @@ _SPLIT_LIST_HELP = ("Official split file as SPLIT=FILE (repeatable), e.g. train=
 @click.option("--eval-split", default="val", show_default=True, help="Split the probes are scored on.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Images per backbone forward pass.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available), as embed and pretrain.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json and results.md [WEIGHTS folder/eval-DATA name].")
 def eval_cmd(weights: Path, data: Path, probes: tuple[str, ...], features: str, label_fraction: float, seed: int,

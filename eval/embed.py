@@ -42,7 +42,7 @@ import torch
 import webdataset as wds
 
 from eoforge.eval.backbone import load_backbone
-from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features
+from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features, resolve_device
 from eoforge.eval.inputs import NORMALIZATION_SOURCES, InputSpec, MissingInput, input_spec
 from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.digest import file_sha256
@@ -121,12 +121,6 @@ class EmbedResult:
     kept_parts: int
     skipped: dict[str, int]
     dim: int
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def part_path(out: Path, index: int) -> Path:
@@ -312,7 +306,7 @@ def embed(weights: str | os.PathLike[str], data: str | os.PathLike[str], out: st
     }
     _write_json(out / META_NAME, doc)
 
-    device = _device(config.device)
+    device = resolve_device(config.device)
     extractor = FeatureExtractor(model, config.features, device)
     todo_set = set(todo)
     need = {k for k, p in part_of.items() if p in todo_set}

@@ -28,6 +28,13 @@ FEATURE_MODES = ("cls", "mean", "dinov2")
 N_LAST_BLOCKS = 4
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as torch reads them."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def is_vit(model: nn.Module) -> bool:
     """A timm VisionTransformer-like model (patch embedding, blocks, prefix tokens)."""
     return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens"))

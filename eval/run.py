@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from eoforge.eval.backbone import ModelInfo, create_backbone, load_backbone
-from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features, feature_dims
+from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features, feature_dims, resolve_device
 from eoforge.eval.inputs import InputSpec, MissingInput, input_spec
 from eoforge.eval.knn import KNNConfig, knn_probe
 from eoforge.eval.labels import (
@@ -68,7 +68,7 @@ class EvalConfig:
         label_mode: ``"auto"`` (from the taxonomy), ``"single"`` or ``"multi"``.
         img_size: input size override in pixels (default: the model's).
         batch_size: images per backbone forward pass.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"`` (``cuda:N``) or ``"auto"`` (CUDA when available).
         knn / linear / segmentation: probe settings.
     """
 
@@ -81,7 +81,7 @@ class EvalConfig:
     label_mode: str = "auto"
     img_size: int | None = None
     batch_size: int = 64
-    device: str = "cpu"
+    device: str = "auto"
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
@@ -120,12 +120,6 @@ class EvalResult:
             if row["backbone"] == backbone and row["probe"] == probe:
                 return row["metrics"][name]
         raise KeyError(f"no result for {backbone} / {probe}")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -172,7 +166,7 @@ def evaluate(
         spec = input_spec(info, data, config.normalization, config.img_size)
     except ValueError as err:
         raise EvalError(f"{info.meta_path}: {err}") from err
-    device = _device(config.device)
+    device = resolve_device(config.device)
     extractors = {"pretrained": FeatureExtractor(pretrained, config.features, device),
                   "random-init": FeatureExtractor(random_init, config.features, device)}
     need_image = any(p in probes for p in ("knn", "linear"))

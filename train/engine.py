@@ -607,8 +607,8 @@ class _Run:
                     else nullcontext())
         last_line: dict[str, Any] = {}
         checkpoint = self.checkpoint
-        window: dict[str, float] = {}
-        n_window = 0
+        window = LogWindow(info.device)
+        checked = self.start_step  # steps up to here are known to have a finite loss on every rank
         step = self.start_step
         try:
             while step < steps:
@@ -637,33 +637,34 @@ class _Run:
                     self.scaler.update()
                     self.method.update_teacher(float(self.momentum[i]))
 
-                    loss_value = float(loss.detach())
-                    bad = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0], device=info.device)
-                    if float(D.all_reduce_sum(bad)) > 0:
-                        raise FloatingPointError(
-                            f"step {i + 1}: loss is {loss_value} on rank {info.rank} (or another rank); "
-                            f"stopping. Last checkpoint: {latest_checkpoint(self.ckpt_dir)}")
+                    # no device-to-host copy here: the terms stay on the device until a log step
+                    window.add({"loss": loss.detach(), **(out.logs or {})})
                     t_end = time.perf_counter()
                     if cfg.engine.record_keys and keys is not None:
                         self.keys.append([str(k) for k in keys])
-                    terms = {"loss": loss_value, **_plain_logs(out.logs)}
-                    terms.update({"step_time_s": t_end - t_prev, "wait_s": t_data - t_prev,
-                                  "samples": float(_batch_size(batch, keys))})
-                    for k, v in terms.items():
-                        window[k] = window.get(k, 0.0) + v
-                    n_window += 1
+                    window.add({"step_time_s": t_end - t_prev, "wait_s": t_data - t_prev,
+                                "samples": float(_batch_size(batch, keys))})
+                    window.steps += 1
                     t_prev = t_end
                     done = i + 1
                     bar.update()
-                    if done % cfg.engine.log_every == 0 or done == steps:
+                    log_step = done % cfg.engine.log_every == 0 or done == steps
+                    if log_step or done == seg_end:  # before a log line or a checkpoint
+                        if D.all_reduce_sum(window.nonfinite.reshape(1).clone()).item() > 0:
+                            raise FloatingPointError(
+                                f"the loss became non-finite (NaN or inf) between steps {checked + 1} and {done}, "
+                                f"on rank {info.rank} or another; stopping before it reaches a checkpoint. "
+                                f"Last checkpoint: {latest_checkpoint(self.ckpt_dir)}")
+                        checked = done
+                    if log_step:
                         extra = {"grad_norm": float(grad_norm)}
                         skipped = getattr(loader, "skipped", None)
                         skipped = None if skipped is None else self.skipped + int(skipped)
-                        line = self._log(done, window, n_window, extra, out.embeddings, skipped)
+                        line = self._log(done, window.sums(), window.steps, extra, out.embeddings, skipped)
                         if line:
                             last_line = line
                             bar.set_postfix(loss=f"{line['loss']:.4f}", refresh=False)
-                        window, n_window = {}, 0
+                        window = LogWindow(info.device)
                     if done == seg_end:
                         self.skipped += int(getattr(loader, "skipped", 0) or 0)
                         del batches, loader  # stop this segment's workers before the next
@@ -687,15 +688,35 @@ class _Run:
                            last_metrics=last_line, is_main=info.is_main)
 
 
-def _plain_logs(logs: dict[str, Any] | None) -> dict[str, float]:
-    """A method's logs as floats; 0-d tensors are read in one device-to-host copy."""
-    logs = logs or {}
-    tensors = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
-    out = {k: float(v) for k, v in logs.items() if k not in tensors}
-    if tensors:
-        values = torch.stack([logs[k].detach().float().reshape(()) for k in tensors]).tolist()
-        out.update(zip(tensors, values))
-    return out
+class LogWindow:
+    """Sums of the logged terms since the last log line, kept where they are made: 0-d tensors
+    (the loss, a method's terms) on the device, Python numbers (timings) on the host. A step
+    adds without a device-to-host copy (on a GPU each copy stalls the queue of kernels);
+    :meth:`sums` reads every tensor in one copy at a log step. ``nonfinite`` counts the steps
+    whose loss was NaN or inf, also on the device, read when the engine checks it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.steps = 0
+        self.nonfinite = torch.zeros((), device=device)
+        self._host: dict[str, float] = {}
+        self._device: dict[str, torch.Tensor] = {}
+
+    def add(self, terms: dict[str, Any]) -> None:
+        for k, v in terms.items():
+            if isinstance(v, torch.Tensor):
+                v = v.detach().float().reshape(())
+                if k == "loss":
+                    self.nonfinite += ~torch.isfinite(v)
+                self._device[k] = self._device[k] + v if k in self._device else v.clone()
+            else:
+                self._host[k] = self._host.get(k, 0.0) + float(v)
+
+    def sums(self) -> dict[str, float]:
+        out = dict(self._host)
+        if self._device:
+            out.update(zip(self._device, torch.stack(list(self._device.values())).tolist()))
+        return out
 
 
 def _batch_size(batch: dict[str, Any], keys: Any) -> int:

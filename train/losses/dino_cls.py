@@ -67,9 +67,9 @@ class DINOClsLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_logits: Tensor) -> None:
         """``c ← m·c + (1 − m)·mean(t)`` over all rows of all ranks; ``teacher_logits`` ``[N, K]``."""
-        total = teacher_logits.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([float(teacher_logits.shape[0])], device=total.device)
+        logits = teacher_logits.float()
+        # the row sums and the row count in one tensor: one all-reduce, no host sync
+        stats = torch.cat([logits.sum(dim=0), logits.new_full((1,), float(logits.shape[0]))])
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(total / count, alpha=1.0 - self.center_momentum)
+            dist.all_reduce(stats)
+        self.center.mul_(self.center_momentum).add_(stats[None, :-1] / stats[-1], alpha=1.0 - self.center_momentum)

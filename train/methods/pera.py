@@ -420,8 +420,8 @@ class PerA(EmaTeacherMethod):
         target = gather_patches(v.global_student, v.global_m, self.patch_px)
         pixel = (pred - target).square().sum(dim=-1).mean()
         loss = dino + self.cfg.koleo_weight * koleo + self.cfg.pixel_weight * pixel
-        values = torch.stack([dino.detach(), koleo.detach(), pixel.detach()]).tolist()
-        logs = {"dino": values[0], "koleo": values[1], "pixel": values[2], "teacher_temp": temp}
+        # 0-d tensors: the engine reads them at log steps only (no host sync per step)
+        logs = {"dino": dino.detach(), "koleo": koleo.detach(), "pixel": pixel.detach(), "teacher_temp": temp}
         embeddings = global_cls.detach().reshape(b, n_global, -1)[:, 0]
         return MethodOutput(loss=loss, logs=logs, embeddings=embeddings)
 

@@ -58,7 +58,7 @@ def eval_cmd(weights: Path, data: Path, probes: tuple[str, ...], features: str, 
         eoforge eval --weights m.safetensors --data eurosat-ds --probe knn --label-fraction 0.1
         eoforge eval --weights s1.safetensors --data floods-ds --probe segmentation --out results/
     """
-    from eoforge.eval.backbone import ModelFormatError
+    from eoforge.train.model_format import ModelFormatError
     from eoforge.eval.knn import KNNConfig
     from eoforge.eval.run import EvalConfig, EvalError, evaluate
 
@@ -114,7 +114,7 @@ def embed_cmd(weights: Path, data: Path, out: Path, split: str, per_step: bool, 
         eoforge embed --weights run/MODEL.safetensors --data demo/ds --out demo/emb
         eoforge embed --weights m.safetensors --data ds --out emb-f16 --per-step --dtype float16 --split val
     """
-    from eoforge.eval.backbone import ModelFormatError
+    from eoforge.train.model_format import ModelFormatError
     from eoforge.eval.embed import EmbedConfig, EmbedError, embed
 
     try:

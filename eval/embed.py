@@ -41,13 +41,13 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
-from eoforge.eval.backbone import load_backbone
 from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features, resolve_device
 from eoforge.eval.inputs import NORMALIZATION_SOURCES, InputSpec, MissingInput, input_spec
 from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.digest import file_sha256
 from eoforge.shards.manifest import MANIFEST_NAME, ManifestError, geo_metadata, read_manifest, write_parquet_atomic
 from eoforge.shards.reader import decode_sample
+from eoforge.train.model_format import load_backbone
 
 EMBED_FORMAT = "eoforge-embeddings/1"
 META_NAME = "_embed.json"  # "_": pyarrow, pandas and GeoPandas skip it when reading the folder

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eoforge.eval.backbone import ModelInfo
 from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.train.model_format import ModelInfo
 
 NORMALIZATION_SOURCES = ("model", "dataset")
 

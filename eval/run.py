@@ -27,7 +27,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from eoforge.eval.backbone import ModelInfo, create_backbone, load_backbone
 from eoforge.eval.features import FEATURE_MODES, FeatureExtractor, extract_features, feature_dims, resolve_device
 from eoforge.eval.inputs import InputSpec, MissingInput, input_spec
 from eoforge.eval.knn import KNNConfig, knn_probe
@@ -46,6 +45,7 @@ from eoforge.eval.segmentation import SegmentationConfig, segmentation_probe
 from eoforge.shards.digest import file_sha256
 from eoforge.shards.reader import iter_dataset, shard_urls
 from eoforge.shards.schema import ALL_TAXONOMIES
+from eoforge.train.model_format import ModelInfo, load_backbone, random_init_backbone
 
 PROBES = ("knn", "linear", "segmentation")
 BACKBONES = ("pretrained", "random-init")
@@ -161,7 +161,7 @@ def evaluate(
             raise EvalError(f"{data}: no shards in split {split!r}")
 
     pretrained, info = load_backbone(weights)
-    random_init = create_backbone(info, seed=config.seed)
+    random_init = random_init_backbone(info, seed=config.seed)
     try:
         spec = input_spec(info, data, config.normalization, config.img_size)
     except ValueError as err:

@@ -7,8 +7,8 @@ from pathlib import Path
 import timm
 import torch
 
-from eoforge.eval.backbone import write_backbone
 from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.train.model_format import write_backbone
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, num_classes=0)
 
@@ -26,4 +26,4 @@ def export_tiny_vit(path: Path, in_chans: int = 13, seed: int = 1, normalization
     meta = {"format": "eoforge-backbone/1", "timm_model": "vit_tiny_patch16_224", "timm_kwargs": kwargs,
             "in_chans": in_chans, "img_size": 32, "bands": bands, "normalization": normalization,
             "method": "test", "config": {}, "manifest_sha256": None}
-    return write_backbone(model, path, meta)
+    return write_backbone(model, path, meta)[0]

@@ -441,7 +441,8 @@ SHORT_RUN = {
 @pytest.mark.slow
 def test_a_short_engine_run_lowers_every_branch_without_collapse(cmid_dataset: Path, tmp_path: Path) -> None:
     from eoforge.train.engine import read_metrics, train
-    from eoforge.train.export import export_run, load_exported
+    from eoforge.train.export import export_run
+    from eoforge.train.model_format import load_backbone
     from eoforge.train.monitor import CollapseWarning
 
     recipe = Path(__file__).resolve().parents[1] / "train" / "recipes" / "cmid-tiny-demo.yaml"
@@ -462,7 +463,8 @@ def test_a_short_engine_run_lowers_every_branch_without_collapse(cmid_dataset: P
     assert max(m["lr"] for m in lines) <= facts["peak_lr"] + 1e-12
     # the export is the student backbone, a plain timm ResNet
     result = export_run(run, tmp_path / "model.safetensors")
-    net, meta = load_exported(result.weights)
+    net, info = load_backbone(result.weights)
+    meta = info.meta
     ckpt = torch.load(result.checkpoint, weights_only=True)["model"]
     assert meta["method"] == "cmid" and meta["img_size"] == 64
     assert all(torch.equal(v, ckpt[f"student.backbone.{k}"]) for k, v in net.state_dict().items())

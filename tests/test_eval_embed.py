@@ -17,7 +17,7 @@ from _eval_helpers import export_tiny_vit
 from click.testing import CliRunner
 
 from eoforge.cli import main
-from eoforge.eval.backbone import ModelFormatError, load_backbone
+from eoforge.train.model_format import ModelFormatError, load_backbone
 from eoforge.eval.embed import META_NAME, SUCCESS_NAME, EmbedConfig, EmbedError, embed
 from eoforge.eval.features import FeatureExtractor, extract_features
 from eoforge.eval.inputs import input_spec

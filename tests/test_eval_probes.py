@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from _eval_helpers import TINY_VIT, export_tiny_vit
 from click.testing import CliRunner
 
-from eoforge.eval.backbone import ModelFormatError, load_backbone, read_model_info
+from eoforge.train.model_format import ModelFormatError, load_backbone, read_model_info
 from eoforge.eval.cli import eval_cmd
 from eoforge.eval.features import FeatureExtractor
 from eoforge.eval.inputs import MissingInput, input_spec

@@ -26,7 +26,8 @@ from eoforge.train.config import PretrainConfig
 from eoforge.train.data import DataConfig, build_loader
 from eoforge.train.data.normalize import band_norm
 from eoforge.train.engine import train
-from eoforge.train.export import export_run, load_exported
+from eoforge.train.export import export_run
+from eoforge.train.model_format import load_backbone
 from eoforge.train.losses import CrossModalInfoNCE
 from eoforge.train.losses.cross_modal import nt_xent
 from eoforge.train.methods import create_method
@@ -203,7 +204,7 @@ def test_both_branches_export_with_their_own_bands_and_normalisation(dualenc_run
     assert meta2["bands"][:2] == ["B1", "B2"] and meta2["in_chans"] == 13
     assert meta1["normalization"]["value_min"] == [-25.0, -32.5] and meta1["normalization"]["modality"] == ["s1", "s1"]
     assert "value_min" not in meta2["normalization"] or set(meta2["normalization"]["value_min"]) == {None}
-    net, _ = load_exported(s1.weights)
+    net, _ = load_backbone(s1.weights)
     assert net(torch.rand(1, 2, 32, 32)).shape == (1, 64)
     ckpt = torch.load(s1.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(v, ckpt[f"encoders.s1.{k}"]) for k, v in net.state_dict().items())
@@ -268,7 +269,7 @@ def test_every_export_has_a_valid_stac_mlm_item(dualenc_run: Path, tmp_path: Pat
         (inputs,) = item["properties"]["mlm:input"]
         assert inputs["bands"] == meta["bands"] and inputs["input"]["shape"] == [-1, width, 32, 32]
         assert [b["name"] for b in item["properties"]["bands"]] == meta["bands"]
-        net, _ = load_exported(result.weights)
+        net, _ = load_backbone(result.weights)
         assert item["properties"]["mlm:output"][0]["result"]["shape"] == [-1, net.num_features]
         assert {a["href"] for a in item["assets"].values()} == {f"./{branch}.safetensors", f"./{branch}.json",
                                                                  f"./{branch}.terratorch.yaml"}

@@ -3,7 +3,7 @@
 The block is written by every ``export_run``; these tests build the backbone from it the
 way TerraTorch does (its backbone registry, then a whole EncoderDecoderFactory model) in a
 fresh interpreter that never imports eoforge, and compare the features with
-``load_exported``'s on the same batch. They run where the ``interop`` extra
+``load_backbone``'s on the same batch. They run where the ``interop`` extra
 (``pip install -e '.[interop]'``: terratorch) is installed and skip elsewhere.
 """
 
@@ -23,8 +23,9 @@ import yaml
 
 from eoforge.train.config import PretrainConfig
 from eoforge.train.engine import train
-from eoforge.train.export import export_run, load_exported
-from eoforge.train.terratorch_block import portable_timm_model, terratorch_block, terratorch_block_path
+from eoforge.train.export import export_run
+from eoforge.train.model_format import load_backbone, portable_timm_model
+from eoforge.train.terratorch_block import terratorch_block, terratorch_block_path
 
 pytest.importorskip("terratorch", reason="the interop extra (terratorch) is not installed")
 
@@ -76,7 +77,8 @@ def test_terratorch_builds_the_backbone_with_eoforges_features(exports: dict[str
     weights = exports[kind]
     block_path = terratorch_block_path(weights)
     block = yaml.safe_load(block_path.read_text())
-    net, meta = load_exported(weights)
+    net, info = load_backbone(weights)
+    meta = info.meta
     assert block == json.loads(json.dumps(terratorch_block(meta, weights)))  # what the export wrote
     assert block["data"]["bands"] == meta["bands"] and len(block["data"]["means"]) == meta["in_chans"]
 

@@ -95,8 +95,8 @@ def export(run: str, out: str, checkpoint: str | None, branch: str | None) -> No
     Examples:
         eoforge export demo/run-pera --out demo/pera-vitp.safetensors
         eoforge export demo/run-dualenc --out demo/dualenc-s1.safetensors --branch s1
-        python -c "from eoforge.train.export import load_exported;
-                   net, meta = load_exported('demo/pera-vitp.safetensors')"
+        python -c "from eoforge.train.model_format import load_backbone;
+                   net, info = load_backbone('demo/pera-vitp.safetensors')"
     """
     from eoforge.train.export import export_run
 

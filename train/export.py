@@ -21,12 +21,15 @@ Model extension (:mod:`eoforge.train.mlm_item`), for catalogs and tools that rea
 ``MODEL.terratorch.yaml`` the backbone block a TerraTorch config takes
 (:mod:`eoforge.train.terratorch_block`).
 
-Loading it back needs only timm (plus ``import eoforge.train.models`` for the tiny test ViT,
-which that module registers)::
+Loading it back needs only timm::
 
     meta = json.load(open("model.json"))
     model = timm.create_model(meta["timm_model"], **meta["timm_kwargs"])
     model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+
+or ``model, info = eoforge.train.model_format.load_backbone("model.safetensors")``, which also
+builds the tiny demo ViT from plain timm names (:mod:`eoforge.train.model_format`, the one
+reader and writer of these files).
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from typing import Any
 
 import torch
 
-from eoforge.shards.atomic import atomic_path, write_text_atomic
+from eoforge.shards.atomic import write_text_atomic
 from eoforge.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from eoforge.train.config import PretrainConfig
 from eoforge.train.mlm_item import mlm_item, stac_item_path
+from eoforge.train.model_format import write_backbone
 from eoforge.train.terratorch_block import write_terratorch_block
 
 
@@ -113,7 +117,6 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
         FileNotFoundError: the run has no config or no checkpoint.
         ValueError: ``branch`` is not one of the method's.
     """
-    from safetensors.torch import save_file
 
     from eoforge.train.methods import create_method
 
@@ -143,8 +146,7 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
     model_cfg = method.branch_model(branch)
     bands, normalization = branch_inputs(facts, method.branches[branch])
     in_chans = len(bands)
-    # safetensors refuses shared storage: clone every tensor into its own contiguous buffer
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
+    weights = backbone.state_dict()
     meta: dict[str, Any] = {
         "format": "eoforge-backbone/1",
         "timm_model": model_cfg.name,
@@ -162,30 +164,14 @@ def export_run(run: str | os.PathLike[str], out: str | os.PathLike[str],
         "run": str(run.resolve()),
         "checkpoint": ckpt.name,
     }
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={"timm_model": model_cfg.name, "method": cfg.method_name,
-                                               "branch": branch})
-    meta_path = write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    num_params = int(sum(t.numel() for t in tensors.values()))
+    _, meta_path = write_backbone(weights, out, meta,
+                                  metadata={"timm_model": model_cfg.name, "method": cfg.method_name, "branch": branch})
+    num_params = int(sum(t.numel() for t in weights.values()))
     data = facts.get("data")
     manifest = Path(data) / "manifest.parquet" if isinstance(data, str) and "://" not in data else None
     item = mlm_item(meta, out, meta_path, num_features=int(getattr(backbone, "num_features", 0)),
                     num_params=num_params, manifest=manifest)
     write_text_atomic(stac_item_path(out), json.dumps(item, indent=2) + "\n")
     write_terratorch_block(meta, out)
-    return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(tensors),
+    return ExportResult(weights=out, meta=meta_path, checkpoint=ckpt, num_tensors=len(weights),
                         num_params=num_params, branch=branch, branches=branches)
-
-
-def load_exported(weights: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an exported backbone with timm and load its weights (strict); return it and its meta."""
-    import timm
-    from safetensors.torch import load_file
-
-    import eoforge.train.models  # noqa: F401  (registers the tiny test ViT with timm)
-
-    weights = Path(weights)
-    meta = json.loads(weights.with_suffix(".json").read_text())
-    model = timm.create_model(meta["timm_model"], pretrained=False, **meta["timm_kwargs"])
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    return model, meta

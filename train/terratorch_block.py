@@ -34,12 +34,8 @@ from typing import Any
 import yaml
 
 from eoforge.shards.atomic import write_text_atomic
+from eoforge.train.model_format import portable_timm_model
 
-#: eoforge-registered timm names -> (a plain timm name, the arguments that give the same shapes)
-PORTABLE_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "vit_pico_patch8": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4,
-                                                 "num_heads": 2}),
-}
 #: ``std`` of a band without statistics: (x - mean) / std ≈ 0 as eoforge's scale 0 gives.
 NO_STATS_STD = 1e12
 
@@ -48,14 +44,6 @@ def terratorch_block_path(weights: str | Path) -> Path:
     """``MODEL.terratorch.yaml`` beside ``MODEL.safetensors``."""
     weights = Path(weights)
     return weights.with_name(weights.stem + ".terratorch.yaml")
-
-
-def portable_timm_model(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A timm name and kwargs plain timm builds (no eoforge import) for the same module."""
-    if name in PORTABLE_NAMES:
-        base, shape = PORTABLE_NAMES[name]
-        return base, {**shape, **kwargs}
-    return name, dict(kwargs)
 
 
 def terratorch_block(meta: dict[str, Any], weights: str | Path) -> dict[str, Any]:

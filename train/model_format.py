@@ -1,22 +1,25 @@
-"""Load an exported backbone (``MODEL.safetensors`` + ``MODEL.json``) and build its random-init twin.
+"""The exported-backbone files: ``MODEL.safetensors`` + ``MODEL.json``, written here, read here.
 
-``eoforge export`` writes a timm state dict plus a JSON beside it (same name, ``.json``; a
-``MODEL.json`` in the same folder is accepted too)::
+One module for the format ``eoforge export`` writes (:func:`write_backbone`) and everything
+downstream reads (:func:`read_model_info`, :func:`load_backbone`, :func:`random_init_backbone`:
+eval's probes and random-init twin, ``eoforge embed``, ``eoforge compare``, tests). The JSON
+beside the weights (same name, ``.json``; a ``MODEL.json`` in the same folder is accepted too)::
 
     {"timm_model": "vit_small_patch16_224", "timm_kwargs": {"in_chans": 13, "num_classes": 0, "img_size": 224},
      "in_chans": 13, "img_size": 224, "bands": ["B1", ..., "B12"],
-     "normalization": {"mode": "minmax2sigma", "bands": [...], "lo": [...], "hi": [...]},
+     "normalization": {"mode": "minmax2sigma", "bands": [...], "offset": [...], "scale": [...]},
      "method": "pera", "config": {...}, "manifest_sha256": "..."}
 
 The model is rebuilt with ``timm.create_model(timm_model, pretrained=False, **timm_kwargs)``
 (without ``timm_kwargs``: ``in_chans``, ``num_classes=0`` and, for ViTs, ``img_size``) and the
-weights are loaded with ``strict=True``. ``eoforge.train.models`` is imported first when it
-exists: it registers the tiny demo ViT's name with timm. Nothing is fetched from a hub.
+weights are loaded with ``strict=True``. A name only eoforge registers (the demo's
+``vit_pico_patch8``) is built as the plain timm model with the same shapes
+(:data:`PORTABLE_NAMES`), so reading needs no eoforge model code. Nothing is fetched from a hub.
+Both files are written whole or not at all (:mod:`eoforge.shards.atomic`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,7 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from eoforge.shards.atomic import atomic_path, write_text_atomic
 from eoforge.shards.digest import file_sha256
+
+#: eoforge-registered timm names -> (a plain timm name, the arguments that give the same shapes)
+PORTABLE_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    "vit_pico_patch8": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4,
+                                                 "num_heads": 2}),
+}
 
 
 class ModelFormatError(ValueError):
@@ -66,13 +76,20 @@ class ModelInfo:
     meta: dict[str, Any] = field(repr=False)
 
 
-def _register_project_models() -> None:
-    """Import ``eoforge.train.models`` (registers the tiny ViT with timm) when it exists."""
-    try:
-        importlib.import_module("eoforge.train.models")
-    except ModuleNotFoundError as err:
-        if err.name not in ("eoforge.train.models", "eoforge.train"):
-            raise
+def portable_timm_model(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A timm name and kwargs plain timm builds (no eoforge import) for the same module."""
+    if name in PORTABLE_NAMES:
+        base, shape = PORTABLE_NAMES[name]
+        return base, {**shape, **kwargs}
+    return name, dict(kwargs)
+
+
+def _create_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):  # eoforge's own names, when eoforge.train.models is not imported
+        name, kwargs = portable_timm_model(name, kwargs)
+    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def read_model_info(weights: str | os.PathLike[str]) -> ModelInfo:
@@ -119,11 +136,9 @@ def read_model_info(weights: str | os.PathLike[str]) -> ModelInfo:
     )
 
 
-def create_backbone(info: ModelInfo, seed: int | None = None) -> nn.Module:
-    """A randomly initialised backbone of ``info``'s architecture (seeded, global RNG untouched)."""
-    import timm
-
-    _register_project_models()
+def random_init_backbone(info: ModelInfo, seed: int | None = None) -> nn.Module:
+    """A randomly initialised backbone of ``info``'s architecture (seeded, global RNG untouched):
+    eval's random-init twin, and the module :func:`load_backbone` loads the weights into."""
     kwargs = dict(info.timm_kwargs)
     if "timm_kwargs" not in info.meta and info.img_size is not None:
         kwargs["img_size"] = info.img_size  # ViTs need it; CNNs reject it (retried below)
@@ -131,14 +146,14 @@ def create_backbone(info: ModelInfo, seed: int | None = None) -> nn.Module:
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            model = timm.create_model(info.timm_model, pretrained=False, **kwargs)
+            model = _create_model(info.timm_model, kwargs)
         except TypeError:
             if "img_size" not in kwargs or "timm_kwargs" in info.meta:
                 raise
             kwargs.pop("img_size")
             if seed is not None:
                 torch.manual_seed(seed)
-            model = timm.create_model(info.timm_model, pretrained=False, **kwargs)
+            model = _create_model(info.timm_model, kwargs)
     return model.eval()
 
 
@@ -151,7 +166,7 @@ def load_backbone(weights: str | os.PathLike[str]) -> tuple[nn.Module, ModelInfo
     from safetensors.torch import load_file
 
     info = read_model_info(weights)
-    model = create_backbone(info, seed=0)
+    model = random_init_backbone(info, seed=0)
     state = load_file(str(info.weights))
     try:
         model.load_state_dict(state, strict=True)
@@ -161,16 +176,19 @@ def load_backbone(weights: str | os.PathLike[str]) -> tuple[nn.Module, ModelInfo
     return model.eval(), info
 
 
-def write_backbone(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
-    """Write ``model``'s state dict as safetensors plus ``meta`` as the JSON beside it.
+def write_backbone(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike[str],
+                   meta: dict[str, Any], metadata: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write a state dict (or ``model``'s) as ``path`` (safetensors, ``metadata`` in its header)
+    and ``meta`` as the JSON beside it, each whole or not at all; return both paths.
 
-    The same format as ``eoforge export``; for tests and for wrapping third-party timm weights.
-    """
+    What ``eoforge export`` writes; also for tests and for wrapping third-party timm weights."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path))
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    return path
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    # safetensors refuses shared storage: every tensor into its own contiguous CPU buffer
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    meta_path = write_text_atomic(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    return path, meta_path

@@ -39,7 +39,8 @@ def test_a_pico_export_loads_without_eoforge_model_code(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300, check=True)
     assert run.stdout.split() == ["False", "VisionTransformer"]
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), net(x), rtol=0, atol=0)
+        # same weights; the two processes may use other thread counts, so float rounding may differ
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), net(x), rtol=0, atol=1e-5)
     # in this process (name registered) the same file gives the same module, and the random-init
     # twin is the same architecture, seeded
     loaded, info = load_backbone(weights)

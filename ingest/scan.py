@@ -20,6 +20,7 @@ scan inventory the last run left (``DS/scan-inventory.parquet``, :mod:`.inventor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -482,19 +483,12 @@ def probe_scene(scene: dict[str, Any], signer: str | None = None) -> dict[str, A
     A scene made from a STAC item that gave every file's grid (``scene["from_item"]``)
     is only probed for its S1 unit when the item did not state it: the item is trusted for
     the rest, and a damaged file shows when its pixels are read."""
-    if scene.get("from_item") and scene["sensor"] == "s1":  # _probes sends no other item scene
-        values = {pol: _s1_probe(scene["bands"][pol], signer) for pol in ("VV", "VH")}
-        empty = [pol for pol, v in values.items() if v.size == 0]
-        if empty:
-            return {"error": f"no valid pixels: every S1 {' and '.join(empty)} value is NaN or 0 (nodata)",
-                    "error_paths": sorted({scene["bands"][pol]["path"] for pol in empty})}
-        return {"s1_unit": "db" if (values["VV"] < 0).any() else "linear"}
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     out: dict[str, Any] = {}
-    for path in scene["paths"]:
+    for path in [] if scene.get("from_item") else scene["paths"]:
         try:
             with rasterio.open(gdal_path(signed(path, signer))) as src:
                 reason = missing_bytes(src, path)
@@ -640,7 +634,9 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
     new = ScanInventory()
     # stat before reading: a file changed while it is read is newer than its recorded stat
     stats = {path: file_stat(path) for path in all_files}
-    stats.update({href: file_stat(href) for p in products if p.sensor == "s1" for _, _, href in p.files})
+    # the files of S1 items without a stated unit are probed: their stats key the probe inventory
+    stats.update({href: file_stat(href) for p in products if p.sensor == "s1" and "s1_unit" not in p.metadata
+                  for _, _, href in p.files})
     headers, headers_read = _headers(all_files, stats, old, new, engine, config.href_signer)
     listed = set(files) | set(lc_files)
     scenes, group_errors = group_scenes([h for h in headers if h["path"] in listed], lc_files, config)
@@ -697,6 +693,10 @@ def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
     scenes, errors = [], []
     for product in products:
         meta = product.metadata
+        base = NameInfo(sensor=product.sensor, product_id=product.item_id, level=meta.get("level"),
+                        datetime=meta.get("datetime"), baseline=meta.get("baseline"),
+                        relative_orbit=meta.get("relative_orbit"), mgrs_tile=meta.get("mgrs_tile"),
+                        taxonomy=meta.get("taxonomy"))
         files: list[tuple[NameInfo, dict[str, Any]]] = []
         failed = None
         for band, record, href in product.files:
@@ -704,11 +704,7 @@ def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
             if header.get("error"):
                 failed = f"asset {href}: {header['error']}"
                 break
-            info = NameInfo(sensor=product.sensor, product_id=product.item_id, band=band, level=meta.get("level"),
-                            datetime=meta.get("datetime"), baseline=meta.get("baseline"),
-                            relative_orbit=meta.get("relative_orbit"), mgrs_tile=meta.get("mgrs_tile"),
-                            taxonomy=meta.get("taxonomy"))
-            files.append((info, header))
+            files.append((dataclasses.replace(base, band=band), header))
         row: dict[str, Any] = {}
         if failed is None:
             row, failed = _scene_row(f"{product.sensor}|{product.location}", files, config, side=meta)

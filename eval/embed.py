@@ -206,15 +206,20 @@ def _items(samples: Iterator[dict[str, Any]], plan: dict[str, int], spec: InputS
            skipped: dict[str, int], bar: Any) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
     """(model input, (plan row, time step)) for the samples of one part."""
     lacks = f"lacks {'/'.join(spec.modalities)}" + (" data" if "s1" in spec.modalities else "")
-    for sample in samples:
-        row = plan[sample["__key__"]]
+    for raw in samples:
+        row = plan[raw["__key__"]]
         bar.update(1)
         try:
+            # one step: only it is decoded; every step: the members the model reads, whole
+            sample = decode_sample(raw, members=spec.members) if per_step else spec.decode(raw)
             first = spec.time_step(sample)  # the step eval reads; raises when the sample has no input
         except MissingInput:
             skipped[lacks] = skipped.get(lacks, 0) + 1
             continue
-        for t in range(len(sample[spec.modalities[0]])) if per_step else (first,):
+        if not per_step:
+            yield spec.prepare(sample), (row, first)
+            continue
+        for t in range(len(sample[spec.modalities[0]])):
             try:
                 image = spec.prepare(sample, t)
             except MissingInput:
@@ -316,7 +321,6 @@ def embed(weights: str | os.PathLike[str], data: str | os.PathLike[str], out: st
         wds.SimpleShardList([str(data / s) for s in shards]),
         wds.tarfile_to_samples(handler=wds.reraise_exception),
         wds.select(lambda raw: raw["__key__"] in need),
-        wds.map(decode_sample, handler=wds.reraise_exception),
     ) if shards else iter(())
     expected = iter([k for k in keys if k in need])
 

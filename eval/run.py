@@ -43,8 +43,9 @@ from eoforge.eval.linear import LinearConfig, linear_probe
 from eoforge.eval.report import to_markdown, write_report
 from eoforge.eval.segmentation import SegmentationConfig, segmentation_probe
 from eoforge.shards.digest import file_sha256
+from eoforge.shards.encoding import DecodeError, decode_json
 from eoforge.shards.reader import iter_dataset, shard_urls
-from eoforge.shards.schema import ALL_TAXONOMIES
+from eoforge.shards.schema import ALL_TAXONOMIES, META_MEMBER
 from eoforge.train.model_format import ModelInfo, load_backbone, random_init_backbone
 
 PROBES = ("knn", "linear", "segmentation")
@@ -175,9 +176,11 @@ def evaluate(
     state: dict[str, LabelSpace | None] = {"space": None}
 
     def items(split: str, counter: Counter[str]) -> Iterator[tuple[torch.Tensor, tuple[str, Any, Any]]]:
-        for sample in iter_dataset(data, split):
+        for raw in iter_dataset(data, split, decode=None):
             counter["samples"] += 1
-            meta = sample["meta"]
+            if META_MEMBER not in raw:
+                raise DecodeError(f"{raw.get('__url__')}: {raw.get('__key__')}: no .json member")
+            meta = decode_json(raw[META_MEMBER])  # labels first: an unlabelled sample's pixels are never decoded
             labels = meta.get("labels")
             if not labels:
                 skipped[f"{split}: no labels"] += 1
@@ -188,15 +191,16 @@ def evaluate(
             if need_image and target is None:
                 skipped[f"{split}: not exactly one class (single-label)"] += 1
                 continue
+            try:
+                sample = spec.decode(raw, extra=("lc",) if need_seg else ())
+            except MissingInput:
+                skipped[f"{split}: lacks {'/'.join(spec.modalities)}"] += 1
+                continue
             seg = segmentation_target(sample, labels["taxonomy"]) if need_seg else None
             if need_seg and (seg is None or not (seg >= 0).any()):
                 skipped[f"{split}: no labelled lc pixels"] += 1
                 continue
-            try:
-                image = spec.prepare(sample)
-            except MissingInput:
-                skipped[f"{split}: lacks {'/'.join(spec.modalities)}"] += 1
-                continue
+            image = spec.prepare(sample)
             yield image, (sample["__key__"], target, seg)
 
     splits: dict[str, _Split] = {}

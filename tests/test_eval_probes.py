@@ -22,7 +22,8 @@ from eoforge.eval.labels import label_fraction_subset
 from eoforge.eval.linear import LinearConfig, linear_probe
 from eoforge.eval.run import EvalConfig, evaluate
 from eoforge.eval.segmentation import SegmentationConfig, segmentation_probe
-from eoforge.shards.reader import iter_dataset
+from eoforge.shards.encoding import decode_array, encode_array
+from eoforge.shards.reader import decode_sample, iter_dataset, read_samples, shard_urls
 from eoforge.shards.schema import S2_B10_INDEX
 from eoforge.shards.stats import compute_stats
 
@@ -180,6 +181,60 @@ def test_inputs_from_dataset_stats_zero_unusable_bands_and_s1(dataset_copy, tmp_
     del sample["s1"]
     with pytest.raises(MissingInput, match="no s1"):
         s1.prepare(sample)
+
+
+def test_eval_inputs_are_the_training_inputs(dataset_copy, tmp_path):
+    """One normalisation path: a stacked S2+S1 model's eval input equals what the training
+    loader feeds for the same step, S1 clipping and the S1 validity rule included (a pixel
+    whose VV is NaN is invalid in both polarisations)."""
+    from eoforge.train.config import PretrainConfig
+    from eoforge.train.data.loader import DataConfig, modality_norms, normalize_inputs
+    from eoforge.train.engine import describe_dataset
+    from eoforge.train.model_format import write_backbone
+
+    compute_stats(dataset_copy, workers=1)
+    data_cfg = DataConfig(modality="s1s2", s1_clip_db=((-25.0, 0.0), (-32.5, 0.0)), clip=True)
+    cfg = PretrainConfig(data=data_cfg)
+    facts = describe_dataset(dataset_copy, cfg)
+    kwargs = {**TINY_VIT, "in_chans": 15}
+    model = timm.create_model("vit_tiny_patch16_224", **kwargs)
+    weights, _ = write_backbone(model, tmp_path / "stacked.safetensors", {
+        "format": "eoforge-backbone/1", "timm_model": "vit_tiny_patch16_224", "timm_kwargs": kwargs, "in_chans": 15,
+        "img_size": 32, "bands": facts["bands"], "normalization": facts["normalization"], "method": "test",
+        "config": {}, "manifest_sha256": None})
+    spec = input_spec(read_model_info(weights), dataset_copy)
+
+    sample = next(iter_dataset(dataset_copy, "train"))
+    sample["s1"][0, 0, 5, 5] = np.nan  # VV missing, VH present
+    sample["s1"][0, 1, 6, 6] = -60.0  # below VH's clip range
+    eval_x = spec.prepare(sample, 0).numpy()
+
+    stats = json.loads((dataset_copy / "stats.json").read_text())
+    step = {"__key__": sample["__key__"], "labels": np.zeros(1, np.float32),
+            "s2": sample["s2"][0], "s1": sample["s1"][0], "s1valid": sample["s1valid"][0]}
+    train_inputs = next(normalize_inputs([step], modality_norms(stats, data_cfg)))
+    np.testing.assert_allclose(eval_x[:13], train_inputs["s2"].numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(eval_x[13:], train_inputs["s1"].numpy(), rtol=1e-6, atol=1e-7)
+    assert not eval_x[13:, 5, 5].any()  # both polarisations 0 where one is missing
+    assert eval_x[14, 6, 6] == pytest.approx(train_inputs["s1"][1, 6, 6].item()) and eval_x[14, 6, 6] == 0.0
+
+
+def test_eval_decodes_only_the_step_it_reads(built_dataset, tmp_path):
+    """``InputSpec.decode`` keeps one time step of each member the model reads, and gives the
+    same input as preparing the fully decoded sample."""
+    s1 = input_spec(read_model_info(export_tiny_vit(tmp_path / "s1.safetensors", in_chans=2)), built_dataset)
+    raw = next(iter(read_samples(shard_urls(built_dataset, "train"), decode=None)))
+    raw_full = dict(raw)
+    # step 0 has no S1 data: the probe reads step 1, and decodes nothing else
+    valid = decode_array(raw["s1valid.npy.zst"], "npy.zst")
+    valid[0] = False
+    raw["s1valid.npy.zst"] = raw_full["s1valid.npy.zst"] = encode_array(valid)
+    one = s1.decode(raw, extra=("lc",))
+    assert one["time_step"] == 1 and one["s1"].shape[0] == 1 and one["s1valid"].shape[0] == 1
+    assert "s2" not in one and one["lc"].shape[0] == 1
+    full = decode_sample(raw_full)
+    assert torch.equal(s1.prepare(one), s1.prepare(full))
+    assert torch.equal(s1.prepare(full), s1.prepare(full, 1))
 
 
 def test_backbone_loads_strictly(tmp_path):

@@ -23,7 +23,7 @@ from eoforge.shards.stats import compute_stats
 from eoforge.train.data.loader import (
     DataConfig, build_loader, identity_views, interleave, read_shard, SkipCounter,
 )
-from eoforge.train.data.normalize import band_norm, normalize_s1, normalize_s2, read_stats
+from eoforge.shards.normalize import band_norm, normalize_s1, normalize_s2, read_stats
 from eoforge.train.data.shardlists import (
     check_enough_shards, join_url, resampled, resolve_shards, split_by_rank, split_by_worker,
 )

@@ -24,7 +24,7 @@ from eoforge.shards.stats import compute_stats
 from eoforge.shards.writer import ShardWriter
 from eoforge.train.config import PretrainConfig
 from eoforge.train.data import DataConfig, build_loader
-from eoforge.train.data.normalize import band_norm
+from eoforge.shards.normalize import band_norm
 from eoforge.train.engine import train
 from eoforge.train.export import export_run
 from eoforge.train.model_format import load_backbone

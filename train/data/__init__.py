@@ -1,7 +1,7 @@
 """Training data path: dataset shards -> normalised, augmented, batched tensors (issue #4).
 
 - :mod:`.shardlists`: dataset/URLs -> shard urls, split by rank and worker, seeded resampling.
-- :mod:`.normalize`: ``stats.json`` -> per-band mean ± 2σ -> [0, 1] or z-score.
+- normalisation: :mod:`eoforge.shards.normalize` (one rule for training, eval and embed).
 - :mod:`.loader`: :class:`DataConfig` and :func:`build_loader`, the webdataset pipeline.
 - :mod:`.bench`: loader benchmarks for ``make bench``.
 """
@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from eoforge.train.data.loader import DataConfig, ShardLoader, Views, build_loader, identity_views
-from eoforge.train.data.normalize import BandNorm, band_norm, read_stats
+from eoforge.shards.normalize import BandNorm, band_norm, read_stats
 from eoforge.train.data.shardlists import ShardSource, resolve_shards
 
 __all__ = [

@@ -50,7 +50,7 @@ from eoforge.train.data.loader import (
     DataConfig, MemberSelector, SkipCounter, build_loader, decode_inputs, identity_views, normalize_inputs, read_shard,
 )
 from eoforge.train.data.malloc import retain_freed_memory
-from eoforge.train.data.normalize import BandNorm, band_norm, read_stats
+from eoforge.shards.normalize import BandNorm, band_norm, read_stats
 
 TILE_PX = 264
 STEPS = 4

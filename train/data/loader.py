@@ -82,7 +82,7 @@ from webdataset.tariterators import base_plus_ext
 from eoforge.shards.encoding import DecodeError, decode_array, decode_entry, decode_json
 from eoforge.shards.schema import ALL_TAXONOMIES, META_MEMBER, S1_BAND_NAMES, convert_label_vector
 from eoforge.train.data.malloc import retain_freed_memory
-from eoforge.train.data.normalize import NORMALIZATIONS, BandNorm, band_norm, normalize_s1, normalize_s2, read_stats
+from eoforge.shards.normalize import NORMALIZATIONS, BandNorm, band_norm, normalize_s1, normalize_s2, read_stats
 from eoforge.train.data.shardlists import (
     check_enough_shards, check_pairing_rule, dataset_label_taxonomy, derive_seed, resampled, resolve_shards,
     split_by_rank, split_by_worker,

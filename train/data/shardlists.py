@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,12 +30,8 @@ from urllib.parse import urljoin, uses_relative
 import webdataset as wds
 
 from eoforge.shards.manifest import MANIFEST_NAME
-from eoforge.shards.reader import shard_urls
+from eoforge.shards.reader import is_url, shard_urls
 from eoforge.shards.stats import STATS_NAME
-
-#: ``scheme://`` or webdataset's ``pipe:`` prefix: a URL, not a local path.
-_URL_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://|pipe:)")
-
 
 @dataclass(frozen=True)
 class ShardSource:
@@ -53,11 +48,6 @@ class ShardSource:
     split: str | None
     urls: list[str]
     stats: str | None
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """True for ``scheme://...`` and ``pipe:...``; False for local paths."""
-    return isinstance(path, str) and bool(_URL_RE.match(path))
 
 
 def join_url(root: str, relative: str) -> str:
@@ -273,6 +263,6 @@ def resampled(urls: Sequence[str], rng: random.Random) -> Iterator[str]:
 
 
 __all__ = [
-    "ShardSource", "check_enough_shards", "check_pairing_rule", "dataset_label_taxonomy", "derive_seed", "is_url", "join_url", "resampled",
+    "ShardSource", "check_enough_shards", "check_pairing_rule", "dataset_label_taxonomy", "derive_seed", "join_url", "resampled",
     "resolve_shards", "split_by_rank", "split_by_worker",
 ]

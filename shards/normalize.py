@@ -1,4 +1,9 @@
-"""Per-band normalisation from the dataset's own ``stats.json``.
+"""Per-band normalisation: stored values (S2 DN, S1 dB) -> model inputs, one rule for every reader.
+
+Training (:mod:`eoforge.train.data.loader`), ``eoforge eval`` and ``eoforge embed`` all turn
+samples into inputs through this module: the rule is part of what ``stats.json`` (the
+dataset's statistics, :mod:`eoforge.shards.stats`) and an exported ``MODEL.json`` (its
+``normalization`` record, :func:`norm_from_record`) promise.
 
 Two modes, both an affine map per band, ``x_norm = (x - offset) * scale``:
 
@@ -30,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from eoforge.shards.reader import is_url
+from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
+
 NORMALIZATIONS = ("minmax2sigma", "zscore")
 
 
@@ -56,6 +64,16 @@ class BandNorm:
     clip: bool = False
     value_min: np.ndarray | None = None
     value_max: np.ndarray | None = None
+
+    def select(self, bands: tuple[str, ...] | list[str]) -> BandNorm:
+        """The same normalisation for ``bands`` only, in that order (a model that reads a subset)."""
+        missing = [b for b in bands if b not in self.bands]
+        if missing:
+            raise ValueError(f"{self.modality}: no statistics for band(s) {missing} (has {list(self.bands)})")
+        idx = [self.bands.index(b) for b in bands]
+        pick = (lambda a: None if a is None else a[idx])  # noqa: E731
+        return BandNorm(self.modality, tuple(bands), self.offset[idx], self.scale[idx], self.mode, self.clip,
+                        pick(self.value_min), pick(self.value_max))
 
     def apply(self, x: np.ndarray, valid: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Normalise ``x`` (``[..., C, H, W]``, any dtype) to float32 of the same shape.
@@ -93,8 +111,6 @@ def read_stats(source: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: when there is no ``stats.json`` (it says how to make one).
         ValueError: when it is not valid JSON.
     """
-    from eoforge.train.data.shardlists import is_url
-
     text = str(source)
     if is_url(text) and not text.startswith("file:"):
         import webdataset as wds
@@ -183,4 +199,102 @@ def normalize_s1(db: np.ndarray, valid: np.ndarray, norm: BandNorm,
     return norm.apply(db, valid, out=out), valid
 
 
-__all__ = ["NORMALIZATIONS", "BandNorm", "band_norm", "normalize_s1", "normalize_s2", "read_stats"]
+# ------------------------------------------------------------- MODEL.json records
+
+
+def norm_from_record(record: dict[str, Any], modality: str, bands: tuple[str, ...] | list[str]) -> BandNorm:
+    """The :class:`BandNorm` of ``bands`` (all of ``modality``) from a ``normalization`` record.
+
+    ``record`` is what ``MODEL.json`` carries (training writes per band ``offset``/``scale``,
+    ``mean``/``std``, ``lo``/``hi`` and optional ``value_min``/``value_max``, with ``bands`` and
+    ``modality`` lists) or a hand-written one: ``{"mode", "bands", "lo", "hi"}`` (lo -> 0,
+    hi -> 1), ``{"mode", "bands", "mean", "std"}``, ``{"mode", "bands", "offset", "scale"}``,
+    optionally ``"clip": true``, or such sections per modality (``{"s2": {...}, "s1": {...}}``;
+    a section without ``bands`` covers all bands of its modality). A band whose values are
+    missing or not finite gets ``scale = 0`` (input 0).
+
+    Raises:
+        ValueError: a record without usable fields, or without a band of ``bands``.
+    """
+    mode = record.get("mode")
+    flat = any(k in record for k in ("lo", "mean", "offset"))
+    sections = [record] if flat else [
+        {**v, "bands": v.get("bands", list(S2_BAND_NAMES if k == "s2" else S1_BAND_NAMES))}
+        for k, v in record.items() if k in ("s2", "s1") and isinstance(v, dict)
+    ]
+    if not sections:
+        raise ValueError(f"normalization has no statistics (keys: {sorted(record)})")
+    by_band: dict[str, tuple[float, float, float, float]] = {}
+    clip = False
+    for section in sections:
+        names, offset, scale = _section_affine(section, mode)
+        lo, hi = _value_range(section, len(offset))
+        clip |= bool(section.get("clip", False))
+        if names is None:
+            if len(sections) > 1 or len(offset) != len(bands):
+                raise ValueError("normalization without band names must have one value per model band")
+            names = list(bands)
+        if len(names) != len(offset):
+            raise ValueError(f"normalization lists {len(names)} bands but {len(offset)} values")
+        by_band.update({n: (o, s, a, b) for n, o, s, a, b in zip(names, offset, scale, lo, hi)})
+        mode = mode or section.get("mode")
+    missing = [b for b in bands if b not in by_band]
+    if missing:
+        raise ValueError(f"normalization has no statistics for band(s) {missing}")
+    columns = np.asarray([by_band[b] for b in bands], np.float32).reshape(len(bands), 4).T
+    value_min, value_max = columns[2], columns[3]
+    if not np.isfinite(np.concatenate([value_min, value_max])).any():
+        value_min = value_max = None  # type: ignore[assignment]
+    mode = mode or "minmax2sigma"
+    return BandNorm(modality, tuple(bands), columns[0], columns[1], mode, clip and mode == "minmax2sigma",
+                    value_min, value_max)
+
+
+def _section_affine(section: dict[str, Any], mode: str | None) -> tuple[list[str] | None, list[float], list[float]]:
+    """(bands, offset, scale) of one record section; unusable bands get offset = scale = 0."""
+    mode = section.get("mode", mode) or "minmax2sigma"
+    if "lo" in section and "hi" in section:
+        pairs, conv = zip(section["lo"], section["hi"]), _from_lo_hi
+    elif "offset" in section and "scale" in section:
+        pairs, conv = zip(section["offset"], section["scale"]), _from_offset_scale
+    elif "mean" in section and "std" in section:
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization mode {mode!r} (known: {NORMALIZATIONS})")
+        pairs, conv = zip(section["mean"], section["std"]), (_from_zscore if mode == "zscore" else _from_2sigma)
+    else:
+        raise ValueError(f"normalization section needs lo/hi, mean/std or offset/scale, got keys {sorted(section)}")
+    offset, scale = [], []
+    for a, b in pairs:
+        ab = conv(float(a), float(b)) if _usable(a) and _usable(b) else None
+        offset.append(ab[0] if ab else 0.0)
+        scale.append(ab[1] if ab else 0.0)
+    return section.get("bands"), offset, scale
+
+
+def _from_lo_hi(lo: float, hi: float) -> tuple[float, float] | None:
+    return (lo, 1.0 / (hi - lo)) if hi > lo else None
+
+
+def _from_offset_scale(offset: float, scale: float) -> tuple[float, float] | None:
+    return offset, scale
+
+
+def _from_zscore(mean: float, std: float) -> tuple[float, float] | None:
+    return (mean, 1.0 / std) if std > 0 else None
+
+
+def _from_2sigma(mean: float, std: float) -> tuple[float, float] | None:
+    return (mean - 2.0 * std, 1.0 / (4.0 * std)) if std > 0 else None
+
+
+def _value_range(section: dict[str, Any], n: int) -> tuple[list[float], list[float]]:
+    """Per-band clip range of stored values (``-inf``/``inf`` where a section gives none)."""
+    out = []
+    for key, default in (("value_min", -math.inf), ("value_max", math.inf)):
+        values = section.get(key) or [None] * n
+        out.append([float(v) if _usable(v) else default for v in values])
+    return out[0], out[1]
+
+
+__all__ = ["NORMALIZATIONS", "BandNorm", "band_norm", "norm_from_record", "normalize_s1", "normalize_s2",
+           "read_stats"]

@@ -285,7 +285,7 @@ def compare_cmd(data: Path, out: Path, config_file: Path | None, methods: tuple[
         eoforge compare --data /data/ds --out cmp --config eval/recipes/compare-gpu.yaml --device cuda
     """
     from eoforge.eval.compare import COMPARE_RECIPES, CompareConfig, compare
-    from eoforge.train.config import ConfigError
+    from eoforge.shards.config import ConfigError
 
     try:
         config = CompareConfig.load(config_file or COMPARE_RECIPES / "compare-demo.yaml")

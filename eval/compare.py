@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from eoforge.shards.atomic import write_text_atomic
-from eoforge.train.config import ConfigError
+from eoforge.shards.config import ConfigError, check_keys, read_recipe
 
 #: where ``recipe: <method>-tiny-demo.yaml`` and the other bare recipe names are looked up
 TRAIN_RECIPES = Path(__file__).resolve().parent.parent / "train" / "recipes"
@@ -131,10 +130,7 @@ class CompareConfig:
         Raises:
             ConfigError: naming ``source`` and the key.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown keys {unknown} (known: {sorted(known)})")
+        check_keys(values, {f.name for f in dataclasses.fields(cls)}, source, "compare")
         values = dict(values)
         entry_keys = {f.name for f in dataclasses.fields(CompareEntry)}
         if "methods" in values:
@@ -159,13 +155,7 @@ class CompareConfig:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CompareConfig":
         """A comparison recipe (YAML); the settings may sit at the top level or under ``compare:``."""
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read the recipe: {err}") from err
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
-        return cls.from_dict(values.get("compare", values), source=str(path))
+        return cls.from_dict(read_recipe(path, section="compare"), source=str(path))
 
     def replace(self, **changes: Any) -> "CompareConfig":
         """A copy with the non-None ``changes`` applied (command-line options over a recipe)."""

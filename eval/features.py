@@ -24,6 +24,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from eoforge.train.models import is_vit
+
 FEATURE_MODES = ("cls", "mean", "dinov2")
 N_LAST_BLOCKS = 4
 
@@ -33,11 +35,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def is_vit(model: nn.Module) -> bool:
-    """A timm VisionTransformer-like model (patch embedding, blocks, prefix tokens)."""
-    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens"))
 
 
 class FeatureExtractor:

@@ -97,7 +97,8 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
         eoforge ingest /data/s2 /data/s1 --landcover /data/worldcover --out ds --workers 16
         eoforge ingest s3://bucket/scenes --out ds --scheduler tcp://head:8786 --config recipe.yaml
     """
-    from eoforge.ingest.config import ConfigError, IngestConfig
+    from eoforge.ingest.config import IngestConfig
+    from eoforge.shards.config import ConfigError
     from eoforge.ingest.pipeline import IngestError, run_ingest
 
     if scheduler and workers:

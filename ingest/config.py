@@ -12,14 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from eoforge.ingest.grid import Grid
+from eoforge.shards.config import ConfigError, build_section, read_recipe
 from eoforge.shards.schema import TAXONOMIES
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the file and the field."""
 
 
 @dataclass(frozen=True)
@@ -162,27 +158,13 @@ class IngestConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "IngestConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown ingest settings {unknown} (known: {sorted(known)})")
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from err
+        """From a mapping of settings; :class:`ConfigError` names ``source`` and the key."""
+        return build_section(cls, values, source, "ingest")
 
     @classmethod
     def load(cls, path: str | Path) -> "IngestConfig":
         """Read a YAML recipe; the settings may sit at the top level or under ``ingest:``."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read config: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-        data = data.get("ingest", data)
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_recipe(path, section="ingest"), source=str(path))
 
     def replace(self, **overrides: Any) -> "IngestConfig":
         """A copy with the given fields changed (``None`` values are ignored)."""

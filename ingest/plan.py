@@ -37,7 +37,6 @@ own tiles, and the union over regions is the same whatever the region size.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import Counter, defaultdict
@@ -61,6 +60,7 @@ from eoforge.ingest.grid import Grid, zone_central_meridian
 from eoforge.ingest.names import parse_time
 from eoforge.ingest.scan import error_row
 from eoforge.ingest.sizes import estimate_tile_bytes
+from eoforge.shards.digest import stable_hash
 from eoforge.shards.keys import TileId
 from eoforge.shards.manifest import atomic_parquet_writer
 
@@ -143,10 +143,6 @@ def season_of(when: datetime, seasons: int) -> int:
     """Season index 0..seasons-1: the year in equal month ranges starting in December
     (4 seasons: DJF, MAM, JJA, SON)."""
     return ((when.month % 12) * seasons) // 12
-
-
-def _hash(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
 def _ranks(values: list[Any]) -> np.ndarray:
@@ -794,7 +790,7 @@ def assign_splits_and_shards(tiles: np.ndarray, tile_bytes: np.ndarray, config: 
     B = config.split_block_tiles
     blocks = [f"{z:02d}{'s' if s else 'n'}_{c}_{r}" for z, s, c, r in
               zip(zone.tolist(), south.tolist(), (col // B).tolist(), (row // B).tolist())]
-    unique_blocks = sorted(set(blocks), key=lambda b: (_hash(config.seed, "split", b), b))
+    unique_blocks = sorted(set(blocks), key=lambda b: (stable_hash(config.seed, "split", b), b))
     n_val = round(config.val_fraction * len(unique_blocks))
     if config.val_fraction > 0 and len(unique_blocks) >= 2:
         n_val = max(1, n_val)
@@ -810,7 +806,7 @@ def assign_splits_and_shards(tiles: np.ndarray, tile_bytes: np.ndarray, config: 
             members = np.flatnonzero((wave == w) & (is_val == val))
             if not len(members):
                 continue
-            members = np.asarray(sorted(members.tolist(), key=lambda i: (_hash(config.seed, "shard", ids[i]), ids[i])))
+            members = np.asarray(sorted(members.tolist(), key=lambda i: (stable_hash(config.seed, "shard", ids[i]), ids[i])))
             n_shards = math.ceil(len(members) / config.samples_per_shard)
             rank = np.arange(len(members))
             shard[members] = next_shard[val] + rank % n_shards  # dealt round-robin

@@ -19,7 +19,8 @@ from torch import nn
 from eoforge.train.checkpoint import (
     checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from eoforge.train.config import ConfigError, PretrainConfig, pretrain_config
+from eoforge.shards.config import ConfigError
+from eoforge.train.config import PretrainConfig, pretrain_config
 from eoforge.train.ema import ema_update
 from eoforge.train.monitor import CollapseMonitor, CollapseWarning, embedding_figures
 from eoforge.train.schedules import cosine_schedule, warmup_constant_schedule

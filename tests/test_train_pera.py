@@ -372,7 +372,7 @@ def test_resnet_and_bad_crop_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="multiple of the patch size"):
         create_method("pera", tiny_cfg(local_crop_px=12), ModelConfig(name="vit_pico_patch8", img_size_px=32),
                       in_chans=C, total_steps=10)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown key method.mask_raito"):
         create_method("pera", {"student_ratio": 0.2, "mask_raito": 0.2}, None, in_chans=C, total_steps=10)
     with pytest.raises(ValueError, match="ratios"):
         PeraConfig(student_ratio=0.5, mask_ratio=0.3, teacher_ratio=0.6)

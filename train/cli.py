@@ -49,7 +49,8 @@ def pretrain(data: str, method: str, out: str, config_file: str | None, model: s
             --data /data/ds --method pera --out runs/pera-vits \\
             --config train/recipes/pera-vit-small.yaml --resume
     """
-    from eoforge.train.config import ConfigError, pretrain_config
+    from eoforge.shards.config import ConfigError
+    from eoforge.train.config import pretrain_config
     from eoforge.train.distributed import DeviceUnavailableError
     from eoforge.train.engine import train
 

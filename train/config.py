@@ -20,10 +20,7 @@ An "epoch" is a step count here: the data stream is an infinite resampled stream
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,10 +28,7 @@ from typing import Any, Mapping
 import yaml
 
 from eoforge.shards.atomic import write_text_atomic
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the file and the key."""
+from eoforge.shards.config import ConfigError, build_section, read_recipe, section_to_dict
 
 
 #: optimisers the engine builds (``optim.optimizer``); Adan is timm's (Xie et al. 2022)
@@ -228,70 +222,6 @@ def method_config_class(name: str) -> type:
 # ----------------------------------------------------------------- dict <-> dataclass
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to no conversion
-        return {}
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """YAML gives lists where dataclasses want tuples; convert along the annotation."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            if arg is type(None):
-                continue
-            if typing.get_origin(arg) is tuple or arg is tuple or arg is float:
-                return _coerce(value, arg)
-        return value
-    if (origin is tuple or hint is tuple) and isinstance(value, list):
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0]) for v in value)
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads "3e-4" (no dot) as a string; a float field means the number
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def build_section(cls: type, values: Mapping[str, Any] | None, source: str, section: str) -> Any:
-    """Construct dataclass ``cls`` from ``values``, naming ``source`` and ``section.key`` on errors."""
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        keys = ", ".join(f"{section}.{k}" for k in unknown)
-        raise ConfigError(f"{source}: unknown key {keys} (known {section} keys: {sorted(fields)})")
-    hints = _field_types(cls)
-    kwargs = {k: _coerce(v, hints.get(k)) for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{source}: section {section}: {err}") from err
-
-
-def section_to_dict(obj: Any) -> dict[str, Any]:
-    """A config dataclass as plain YAML-able values (tuples -> lists)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-
-
 SECTIONS = ("data", "model", "method", "optim", "engine")
 
 
@@ -365,12 +295,7 @@ class PretrainConfig:
     @classmethod
     def load(cls, path: str | Path, method: str | None = None) -> "PretrainConfig":
         """Read a YAML recipe (see ``train/recipes/``); errors name the file and the key."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read config: {err}") from err
-        return cls.from_dict(data, source=str(path), method=method)
+        return cls.from_dict(read_recipe(path), source=str(path), method=method)
 
     # -------------------------------------------------------------------- changing
 

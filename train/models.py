@@ -129,8 +129,10 @@ def vit_pico_patch8(pretrained: bool = False, **kwargs: Any) -> VisionTransforme
 # creation
 
 def is_vit(model: nn.Module) -> bool:
-    """True for timm ``VisionTransformer`` backbones (the models PerA's sparse path supports)."""
-    return isinstance(model, VisionTransformer)
+    """True for timm ViT-like backbones: patch embedding, blocks and prefix tokens (``VisionTransformer``
+    and its relatives such as ``Eva``). Code that re-implements ``VisionTransformer`` itself (the
+    sparse token path, timm's checkpoint conversion) checks for that class."""
+    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens"))
 
 
 def _is_vit_name(name: str) -> bool:
@@ -262,7 +264,7 @@ def load_local_checkpoint(model: nn.Module, path: str | Path, input_layer: str =
     """
     state = read_state_dict(path)
     state = adapt_input_layer(state, model, input_layer)
-    if is_vit(model):
+    if isinstance(model, VisionTransformer):
         # timm's own conversion: DINOv2 format, pos-embed grid and patch-kernel resampling
         state = checkpoint_filter_fn(state, model)
     classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-
-from eoforge.train.models import is_vit
 
 
 def gather_patches(crops: Tensor, index: Tensor, patch_px: int) -> Tensor:
@@ -102,7 +101,7 @@ def check_sparse_vit(vit: nn.Module, name: str, method: str) -> int:
         name: its timm name (for messages).
         method: the method asking (for messages).
     """
-    if not is_vit(vit):
+    if not isinstance(vit, VisionTransformer):  # its forward is re-implemented below
         raise ValueError(f"{method} needs a timm VisionTransformer here (patch tokens to drop); {name!r} is a "
                          f"{type(vit).__name__}. Use e.g. vit_small_patch16_224 / vit_base_patch16_224.")
     proj = vit.patch_embed.proj

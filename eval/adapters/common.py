@@ -17,7 +17,6 @@ classes and places (streaming loaders read shards in sequence).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
+from eoforge.shards.digest import stable_hash
 from eoforge.shards.manifest import merge_parts, write_parquet_atomic
 from eoforge.shards.sample import Sample
 from eoforge.shards.stats import compute_stats
@@ -74,7 +74,7 @@ def sample_key(name: str) -> str:
 
 
 def _unit_hash(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+    return stable_hash(text) / 2**64
 
 
 def hash_split(name: str, val_fraction: float, seed: int = 0) -> str:

@@ -19,7 +19,6 @@ is interrupted and resumed at a boundary therefore sees exactly the batches of o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from urllib.parse import urljoin, uses_relative
 
 import webdataset as wds
 
+from eoforge.shards.digest import stable_hash
 from eoforge.shards.manifest import MANIFEST_NAME
 from eoforge.shards.reader import is_url, shard_urls
 from eoforge.shards.stats import STATS_NAME
@@ -242,8 +242,7 @@ def derive_seed(*parts: int | str) -> int:
     A hash rather than arithmetic so nearby tuples give unrelated streams; stable across
     processes and Python runs (no ``hash()`` randomisation).
     """
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return stable_hash(*parts) >> 1
 
 
 def resampled(urls: Sequence[str], rng: random.Random) -> Iterator[str]:

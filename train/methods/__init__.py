@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from eoforge.shards.config import build_section
 from eoforge.train.methods.base import Method, MethodOutput
 from eoforge.train.methods.cmid import Cmid, CmidConfig
 from eoforge.train.methods.dualenc import Dualenc, DualencConfig
@@ -25,13 +26,10 @@ def _as_config(cls: type, value: Any, section: str) -> Any:
     if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
-        known = {f.name for f in dataclasses.fields(cls)}
         # a method section may carry its registry name (YAML ``method.name``): not a config field
-        values = {k: v for k, v in value.items() if k in known or k != "name"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{section}: unknown keys {unknown} for {cls.__name__} (known: {sorted(known)})")
-        return cls(**values)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in value.items() if k in fields or k != "name"}
+        return build_section(cls, values, cls.__name__, section)
     raise TypeError(f"{section}: expected {cls.__name__} or a mapping, got {type(value).__name__}")
 
 

@@ -37,6 +37,20 @@ def check_key(key: str) -> str:
     return key
 
 
+def key_from_name(name: str) -> str:
+    """A valid sample key from a source's own name (a patch or chip id, a file stem), for
+    datasets that are not on the grid: lowercase, each run of other characters -> ``_``,
+    cut to :data:`MAX_KEY_LENGTH`.
+
+    Raises:
+        KeyRuleError: ``name`` has no usable character.
+    """
+    key = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")
+    if not key:
+        raise KeyRuleError(f"{name!r}: no usable characters for a sample key")
+    return check_key(key[:MAX_KEY_LENGTH].rstrip("_-"))
+
+
 @dataclass(frozen=True, order=True)
 class TileId:
     """A grid tile: UTM zone, hemisphere and the tile's column/row in that zone.

@@ -347,3 +347,13 @@ def read_manifest(root: str | os.PathLike[str], columns: list[str] | None = None
         return pq.ParquetFile(path).read(columns=columns)  # not read_table: see merge_parts
     except (OSError, pa.ArrowInvalid) as err:
         raise ManifestError(f"{path}: unreadable manifest: {err}") from err
+
+
+def manifest_shards(table: pa.Table, split: str | None = None) -> list[str]:
+    """The shard paths (relative to the dataset root) of a manifest table with ``shard`` and
+    ``split`` columns, each once, in manifest order, optionally of one split."""
+    seen: dict[str, None] = {}
+    for shard, s in zip(table.column("shard").to_pylist(), table.column("split").to_pylist()):
+        if split is None or s == split:
+            seen.setdefault(shard, None)
+    return list(seen)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Collection, Iterator
 import webdataset as wds
 
 from eoforge.shards.encoding import DecodeError, decode_array, decode_entry, decode_json
-from eoforge.shards.manifest import read_manifest
+from eoforge.shards.manifest import manifest_shards, read_manifest
 from eoforge.shards.schema import MEMBERS, META_MEMBER
 
 
@@ -77,12 +77,8 @@ def decode_sample(raw: dict[str, Any], members: Collection[str] | None = None,
 
 def shard_urls(root: str | os.PathLike[str], split: str | None = None) -> list[str]:
     """Shard paths of a dataset, in manifest order, optionally for one split."""
-    table = read_manifest(root, columns=["shard", "split"])
-    seen: dict[str, None] = {}
-    for shard, s in zip(table.column("shard").to_pylist(), table.column("split").to_pylist()):
-        if split is None or s == split:
-            seen.setdefault(shard, None)
-    return [str(Path(root) / shard) for shard in seen]
+    shards = manifest_shards(read_manifest(root, columns=["shard", "split"]), split)
+    return [str(Path(root) / shard) for shard in shards]
 
 
 def read_samples(

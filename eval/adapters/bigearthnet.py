@@ -48,9 +48,9 @@ from eoforge.eval.adapters.common import (
     iter_guarded,
     mixed_order,
     read_split_lists,
-    sample_key,
     write_dataset,
 )
+from eoforge.shards.keys import key_from_name
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
 from eoforge.shards.sample import Sample
 from eoforge.shards.schema import BIGEARTHNET19, S2_B10_INDEX, S2_BAND_NAMES, s2_file_label
@@ -299,7 +299,7 @@ def read_sample(folder: Path, patch: str, split: str, s1_prefix: Path | None = N
             step.dt_days = dt.total_seconds() / 86400
         extra["s1_patch"] = s1_prefix.name
     meta = SampleMeta(
-        key=sample_key(patch), epsg=int(crs.to_epsg()), transform=tuple(transform)[:6],
+        key=key_from_name(patch), epsg=int(crs.to_epsg()), transform=tuple(transform)[:6],
         width=s2.shape[2], height=s2.shape[1], split=split, time_steps=[step],
         labels=Labels(taxonomy=BIGEARTHNET19.name, names=list(BIGEARTHNET19.names),
                       multi_hot=[int(n in names) for n in BIGEARTHNET19.names], source=js.name),

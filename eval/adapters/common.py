@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,14 +62,6 @@ class AdaptResult:
     @property
     def total(self) -> int:
         return sum(self.samples.values())
-
-
-def sample_key(name: str) -> str:
-    """A valid sample key from a source name: lowercase, ``[a-z0-9_-]``, other characters -> ``_``."""
-    key = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")
-    if not key:
-        raise AdapterError(f"{name!r}: no usable characters for a sample key")
-    return key[:80]
 
 
 def _unit_hash(text: str) -> float:

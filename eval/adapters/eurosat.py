@@ -29,9 +29,9 @@ from eoforge.eval.adapters.common import (
     iter_guarded,
     mixed_order,
     read_split_lists,
-    sample_key,
     write_dataset,
 )
+from eoforge.shards.keys import key_from_name
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
 from eoforge.shards.sample import Sample
 from eoforge.shards.schema import EUROSAT, S2_B10_INDEX, S2_BAND_NAMES
@@ -87,7 +87,7 @@ def read_sample(path: Path, cls: str, split: str) -> Sample:
         raise AdapterError(f"{path}: values of dtype {data.dtype} outside uint16 DN")
     hot = [int(n == cls) for n in EUROSAT.names]
     meta = SampleMeta(
-        key=sample_key(path.stem),
+        key=key_from_name(path.stem),
         epsg=int(crs.to_epsg()),
         transform=tuple(transform)[:6],
         width=data.shape[2],

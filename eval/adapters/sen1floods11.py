@@ -40,9 +40,9 @@ from eoforge.eval.adapters.common import (
     iter_guarded,
     mixed_order,
     read_split_lists,
-    sample_key,
     write_dataset,
 )
+from eoforge.shards.keys import key_from_name
 from eoforge.shards.meta import Labels, SampleMeta, TimeStep
 from eoforge.shards.sample import Sample
 from eoforge.shards.schema import S2_BAND_NAMES, SEN1FLOODS11
@@ -158,7 +158,7 @@ def read_sample(chip: str, files: dict[str, Path], split: str, dates: dict[str, 
     counts = np.array([(lc == c).sum() for c in SEN1FLOODS11.codes], dtype=np.float64)
     fractions = counts / counts.sum() if counts.sum() else np.zeros(2)
     meta = SampleMeta(
-        key=sample_key(chip), epsg=int(crs.to_epsg()), transform=tuple(transform)[:6], width=shape[1],
+        key=key_from_name(chip), epsg=int(crs.to_epsg()), transform=tuple(transform)[:6], width=shape[1],
         height=shape[0], split=split, time_steps=[step],
         labels=Labels(taxonomy=SEN1FLOODS11.name, names=list(SEN1FLOODS11.names),
                       multi_hot=[int(f >= threshold and f > 0) for f in fractions],

@@ -29,7 +29,7 @@ from urllib.parse import urljoin, uses_relative
 import webdataset as wds
 
 from eoforge.shards.digest import stable_hash
-from eoforge.shards.manifest import MANIFEST_NAME
+from eoforge.shards.manifest import MANIFEST_NAME, manifest_shards
 from eoforge.shards.reader import is_url, shard_urls
 from eoforge.shards.stats import STATS_NAME
 
@@ -79,11 +79,7 @@ def _remote_shard_urls(root: str, split: str | None) -> list[str]:
         table = pq.read_table(pa.BufferReader(_read_url(url)), columns=["shard", "split"])
     except Exception as err:  # the opener raises IOError, ValueError or its own types
         raise ValueError(f"{url}: cannot read the dataset manifest: {err}") from err
-    seen: dict[str, None] = {}
-    for shard, s in zip(table.column("shard").to_pylist(), table.column("split").to_pylist()):
-        if split is None or s == split:
-            seen.setdefault(shard, None)
-    return [join_url(root, shard) for shard in seen]
+    return [join_url(root, shard) for shard in manifest_shards(table, split)]
 
 
 def resolve_shards(data: str | os.PathLike[str] | Sequence[str], split: str | None) -> ShardSource:

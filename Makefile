@@ -145,6 +145,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m eoforge.ingest.bench --out build/bench
 	$(BIN)/python -m eoforge.ingest.bench_plan --out build/bench
 	$(BIN)/python -m eoforge.ingest.bench_waves --out build/bench
+	$(BIN)/python -m eoforge.ingest.bench --out build/bench --loader-datasets
 	$(BIN)/python -m eoforge.train.data.bench --out build/bench
 	$(BIN)/python -m eoforge.train.bench_pera --out build/bench
 	$(BIN)/python -m eoforge.train.bench_softcon --out build/bench

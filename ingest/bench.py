@@ -56,9 +56,12 @@ from affine import Affine
 from rasterio.windows import Window
 
 from eoforge.shards.bench import write_results
+from eoforge.shards.encoding import encoding_version
 from eoforge.shards.schema import S2_BANDS, Band
 
 SCENE_PX = 10980
+#: the scene sizes the loader benchmark (eoforge.train.data.bench) reads: 2640 px and a full product
+LOADER_SCENES_PX = (2640, 10980)
 PRODUCT = "S2B_MSIL2A_20230716T101028_N0509_R022_T32TNR_20230716T140425"
 # T32TNR's upper-left corner (EPSG:32632): mid-zone, so every tile is read on the scene's own
 # grid (an edge tile such as T32TQR lies half in zone 33 and is mostly warped).
@@ -511,6 +514,28 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
     return "\n".join(md)
 
 
+# ------------------------------------------------- datasets for the loader benchmark
+
+
+def scene_dataset(out: str | os.PathLike[str], scene_px: int = 2640, samples_per_shard: int = 8) -> tuple[Path, Path]:
+    """A generated S2 L2A scene (per-band DEFLATE GeoTIFFs at 10/20/60 m, as products are
+    distributed; :func:`make_scene`) and the dataset ``eoforge ingest`` makes
+    of it (264 px tiles, one time step, all in ``train``). Both cached under ``out``."""
+    from eoforge.ingest.config import IngestConfig
+    from eoforge.ingest.pipeline import run_ingest
+
+    scene = make_scene(Path(out) / f"scene-{scene_px}", scene_px)
+    ds = Path(out) / f"loader-scene-ds-{scene_px}"
+    done = ds / ".complete"
+    settings = f"{samples_per_shard} {encoding_version()}"
+    if not (done.exists() and done.read_text() == settings):
+        shutil.rmtree(ds, ignore_errors=True)
+        config = IngestConfig(samples_per_shard=samples_per_shard, val_fraction=0.0)
+        run_ingest([str(scene)], ds, config=config, workers=2, progress=False)
+        done.write_text(settings)
+    return scene, ds
+
+
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("build/bench"), show_default=True)
 @click.option("--scene-px", type=int, default=SCENE_PX, show_default=True, help="Scene size (10 m pixels).")
@@ -521,11 +546,19 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
                    "over runs, times the fastest (shared machines are noisy).")
 @click.option("--repeats-safe", type=click.IntRange(min=1), default=1, show_default=True,
               help="The same for the safe scene (JPEG2000 decoding dominates it, and one run takes minutes).")
+@click.option("--loader-datasets", is_flag=True,
+              help="Only make the scenes and their datasets the loader benchmark reads (eoforge.train.data.bench), "
+                   "then exit.")
 @click.option("--chipper-min-valid-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="The chipper skips tiles with a smaller share of valid pixels (0: it writes every tile it cuts).")
-def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int,
+def main(out: Path, scene_px: int, formats: str, repeats: int, repeats_safe: int, loader_datasets: bool,
          chipper_min_valid_fraction: float) -> None:
     """Measure ingest against the read floor and write the 'ingest' benchmark section."""
+    if loader_datasets:
+        for px, per_shard in zip(LOADER_SCENES_PX, (8, 64)):
+            scene, ds = scene_dataset(out, px, samples_per_shard=per_shard)
+            click.echo(f"loader benchmark input: {scene} -> {ds}")
+        return
     results: dict[str, dict[str, Any]] = {}
     for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
         if fmt not in FORMATS:

@@ -357,3 +357,12 @@ def split_member_name(name: str) -> tuple[str, str, str]:
     key, _, rest = name.partition(".")
     member, _, suffix = rest.partition(".")
     return key, member, suffix
+
+
+def encoding_version() -> str:
+    """A short digest of how members are encoded by this code (12 hex digits): caches of
+    encoded datasets (the benchmarks') are rebuilt when it changes."""
+    import hashlib
+
+    probe = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
+    return hashlib.sha256(encode_array(probe)).hexdigest()[:12]

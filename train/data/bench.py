@@ -19,8 +19,9 @@ shuffle buffer's first fill, which reads ahead, are excluded) and end-to-end fig
 Data for (a): :func:`make_bench_dataset` writes synthetic tiles shaped like ingest's (uint16 S2
 ``[4, 13, 264, 264]`` with a zero B10, float16 S1 dB, SCL, land cover; zstd members; 8 samples
 per shard), cached under the output folder; or pass any ingested dataset folder. Data for (b):
-:func:`scene_dataset`. Everything is cached under ``out`` (``make bench``: ``build/bench``, where
-the ingest benchmark leaves its 10980 px scene).
+generated S2 scenes (2640 px and a full 10980 px product) and the datasets ``eoforge ingest``
+made of them, which ``python -m eoforge.ingest.bench --loader-datasets`` leaves under ``out``
+(``make bench`` runs it first; this module reads data, it does not run ingest).
 
 ``python -m eoforge.train.data.bench --out build/bench`` runs both and writes the
 ``train-loader`` section of ``results.json`` / ``results.md``.
@@ -28,7 +29,6 @@ the ingest benchmark leaves its 10980 px scene).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import platform
@@ -44,13 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from eoforge.shards.encoding import encoding_version
+from eoforge.shards.normalize import BandNorm, band_norm, read_stats
 from eoforge.shards.reader import decode_sample, iter_dataset, shard_urls
 from eoforge.shards.schema import S2_B10_INDEX
 from eoforge.train.data.loader import (
     DataConfig, MemberSelector, SkipCounter, build_loader, decode_inputs, identity_views, normalize_inputs, read_shard,
 )
 from eoforge.train.data.malloc import retain_freed_memory
-from eoforge.shards.normalize import BandNorm, band_norm, read_stats
 
 TILE_PX = 264
 STEPS = 4
@@ -92,7 +93,7 @@ def make_bench_dataset(root: str | os.PathLike[str], tiles_per_side: int = 8, ti
     from eoforge.shards.writer import ShardWriter
 
     root = Path(root)
-    settings = f"{tiles_per_side} {tile_px} {steps} {samples_per_shard} {seed} {_encoding_version()}"
+    settings = f"{tiles_per_side} {tile_px} {steps} {samples_per_shard} {seed} {encoding_version()}"
     done = root / ".complete"
     if done.exists() and done.read_text() == settings:
         return root
@@ -375,32 +376,20 @@ def _sample_shape(ds_root: str | os.PathLike[str]) -> list[int]:
     return list(first["s2"].shape)
 
 
-def scene_dataset(out: str | os.PathLike[str], scene_px: int = 2640, samples_per_shard: int = 8) -> tuple[Path, Path]:
-    """A generated S2 L2A scene (per-band DEFLATE GeoTIFFs at 10/20/60 m, as products are
-    distributed; :func:`eoforge.ingest.bench.make_scene`) and the dataset ``eoforge ingest`` makes
-    of it (264 px tiles, one time step, all in ``train``). Both cached under ``out``."""
-    from eoforge.ingest.bench import make_scene
-    from eoforge.ingest.config import IngestConfig
-    from eoforge.ingest.pipeline import run_ingest
+def ingested_scene(out: str | os.PathLike[str], scene_px: int) -> tuple[Path, Path]:
+    """The generated scene of ``scene_px`` and the dataset ``eoforge ingest`` made of it, as
+    ``python -m eoforge.ingest.bench --loader-datasets`` leaves them under ``out`` (``make
+    bench`` runs it first). The benchmark reads them; it does not run the ingest itself.
 
-    scene = make_scene(Path(out) / f"scene-{scene_px}", scene_px)
-    ds = Path(out) / f"loader-scene-ds-{scene_px}"
+    Raises:
+        FileNotFoundError: they are not there (or were made by another encoding), with the command.
+    """
+    scene, ds = Path(out) / f"scene-{scene_px}", Path(out) / f"loader-scene-ds-{scene_px}"
     done = ds / ".complete"
-    settings = f"{samples_per_shard} {_encoding_version()}"
-    if not (done.exists() and done.read_text() == settings):
-        shutil.rmtree(ds, ignore_errors=True)
-        config = IngestConfig(samples_per_shard=samples_per_shard, val_fraction=0.0)
-        run_ingest([str(scene)], ds, config=config, workers=2, progress=False)
-        done.write_text(settings)
+    if not scene.is_dir() or not done.is_file() or not done.read_text().endswith(encoding_version()):
+        raise FileNotFoundError(f"{ds}: no ingested {scene_px} px scene; make it with `python -m eoforge.ingest.bench "
+                                f"--out {out} --loader-datasets` (`make bench` does)")
     return scene, ds
-
-
-def _encoding_version() -> str:
-    """A digest of how members are encoded now, so cached datasets are rebuilt when that changes."""
-    from eoforge.shards.encoding import encode_array
-
-    probe = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
-    return hashlib.sha256(encode_array(probe)).hexdigest()[:12]
 
 
 def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, scene_px: int = 2640,
@@ -439,9 +428,9 @@ def bench_loader_vs_torchgeo(out: str | os.PathLike[str] = "build/bench", *, sce
         reason = f"torchgeo is not installed ({err}); pip install 'eoforge[bench]'"
         return {"skipped": reason}, f"### (b) Loader vs torchgeo\n\nSkipped: {reason}\n"
 
-    scenes = {"scene": scene_dataset(out, scene_px)}
+    scenes = {"scene": ingested_scene(out, scene_px)}
     if product_scene_px:
-        scenes["product"] = scene_dataset(out, product_scene_px, samples_per_shard=64)
+        scenes["product"] = ingested_scene(out, product_scene_px)
     tiles = write_geotiffs(scenes["scene"][1], Path(out) / f"loader-scene-tiles-{scene_px}")
     for scene, ds_root in scenes.values():
         for path in [*shard_urls(ds_root, "train"), *scene.glob("*.tif")]:

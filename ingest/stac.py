@@ -35,8 +35,6 @@ what is missing.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -49,6 +47,7 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 from eoforge.ingest.names import S1_PRODUCT_RE, S2_PRODUCT_RE, canonical_band, is_auxiliary, parse_time
+from eoforge.shards.config import load_callable
 
 ITEM_SUFFIXES = (".json", ".geojson")
 GEOPARQUET_SUFFIXES = (".parquet", ".geoparquet")
@@ -255,23 +254,7 @@ def resolve_href(href: str, base: str) -> str:
 def load_signer(spec: str | None) -> Callable[[str], str] | None:
     """The href signing function ``module:function`` or ``path/to/file.py:function``
     (Planetary Computer: ``planetary_computer:sign``); None when no signer is set."""
-    if not spec:
-        return None
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"href_signer {spec!r}: expected module:function or path/to/file.py:function")
-    if module_name.endswith(".py"):
-        loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-        if loader is None or loader.loader is None:
-            raise ValueError(f"href_signer {spec!r}: cannot load {module_name}")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"href_signer {spec!r}: {module_name} has no function {attr}")
-    return fn  # type: ignore[no-any-return]
+    return load_callable(spec, "href_signer") if spec else None
 
 
 def signed(href: str, signer: str | None) -> str:

@@ -9,9 +9,11 @@ and the key.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import types
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,5 +122,36 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "build_section", "check_keys", "read_recipe", "section_to_dict"]
+def load_callable(spec: str, setting: str) -> Callable[..., Any]:
+    """The function a setting names: ``module:function`` (importable) or ``path/to/file.py:function``.
+
+    Settings that plug user code in (ingest's ``href_signer``, pretraining's
+    ``engine.step_callbacks``) name functions this way, so they survive YAML and the processes
+    a run starts.
+
+    Raises:
+        ConfigError: naming ``setting``, for a malformed spec, a file that cannot be loaded or
+            no such function.
+    """
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{setting} {spec!r}: expected module:function or path/to/file.py:function")
+    if module_name.endswith(".py"):
+        loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+        if loader is None or loader.loader is None or not Path(module_name).is_file():
+            raise ConfigError(f"{setting} {spec!r}: cannot load {module_name}")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ConfigError(f"{setting} {spec!r}: cannot import {module_name}: {err}") from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{setting} {spec!r}: {module_name} has no function {attr}")
+    return fn  # type: ignore[no-any-return]
+
+
+__all__ = ["ConfigError", "build_section", "check_keys", "load_callable", "read_recipe", "section_to_dict"]
 

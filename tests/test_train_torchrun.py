@@ -7,9 +7,10 @@ and reads what the run wrote: ``RUN/metrics.jsonl``, ``RUN/checkpoints/``, and `
 (the engine's debugging record of each rank's steps, consumed sample keys and final state
 hash). Every subprocess has a timeout, so a hang fails the test instead of stalling it.
 
-Kill + resume uses the engine's fault-injection hook ``EOFORGE_FAULT_KILL_AFTER_STEP=k``: the
-training process SIGKILLs itself right after step ``k`` (a hard crash at a reproducible point,
-between two checkpoints), then the same command with ``--resume`` continues.
+Kill + resume injects the fault through the engine's one extension seam,
+``engine.step_callbacks``: a callback file makes the training process SIGKILL itself right after
+step ``k`` (a hard crash at a reproducible point, between two checkpoints), then the same command
+without it and with ``--resume`` continues. The training loop has no test branch.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from conftest import build_dataset
 from eoforge.shards.manifest import read_manifest
 from eoforge.shards.stats import compute_stats
 from eoforge.train.checkpoint import latest_checkpoint, load_checkpoint
-from eoforge.train.engine import FAULT_ENV, read_metrics
+from eoforge.train.engine import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +64,23 @@ def _free_port() -> int:
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
-    env.pop(FAULT_ENV, None)
-    env.update(extra)
     return env
+
+
+#: fault injection through the engine's one seam, ``engine.step_callbacks``: a hard crash after a step
+KILL_AFTER_STEP = """
+import os, signal
+
+def kill_after_step_3(step):
+    if step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _kill_after_step_3(folder: Path) -> list[str]:
+    """``--set`` options that make a run die (SIGKILL) right after step 3."""
+    (folder / "fault.py").write_text(KILL_AFTER_STEP)
+    return ["--set", f"engine.step_callbacks=['{folder / 'fault.py'}:kill_after_step_3']"]
 
 
 def _pretrain_args(ds: Path, run: Path, steps: int, *extra: str) -> list[str]:
@@ -163,7 +178,7 @@ def test_kill_and_resume_is_exact(train_ds: Path, tmp_path: Path) -> None:
     # the uninterrupted run and the one that crashes hard after step 3 (last checkpoint: step 2,
     # the log already has step 3) run side by side
     procs = [_start(launch, _pretrain_args(train_ds, whole, steps, *args)),
-             _start(launch, _pretrain_args(train_ds, broken, steps, *args), env=_env(**{FAULT_ENV: "3"}))]
+             _start(launch, _pretrain_args(train_ds, broken, steps, *args, *_kill_after_step_3(tmp_path)))]
     (code_whole, log_whole), (code_broken, _) = [_finish(p) for p in procs]
     assert code_whole == 0, log_whole
     assert code_broken != 0

@@ -150,6 +150,12 @@ class EngineConfig:
             0 keeps torch's default (all cores, or ``OMP_NUM_THREADS``, which torchrun sets to
             1 for several processes per node). On a small shared CPU, 1 avoids OpenMP threads
             spinning against the DataLoader workers.
+        step_callbacks: functions called on every rank as ``fn(step)`` after each optimiser
+            step (and after that step's checkpoint is saved), named ``module:function`` or
+            ``path/to/file.py:function``: profilers, external schedulers, and the tests' fault
+            injection (a callback that kills the process after step N). Saved in
+            ``RUN/config.yaml`` like every setting: ``--resume`` calls them again unless
+            ``--set engine.step_callbacks=[]``.
     """
 
     steps: int = 1000
@@ -170,6 +176,7 @@ class EngineConfig:
     dist_timeout_s: float = 1800.0
     sync_batchnorm: bool = True
     torch_threads: int = 0
+    step_callbacks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.torch_threads < 0:

@@ -45,9 +45,9 @@ the loaders of all ranks skipped since the start of the run) and ``time_s``. On 
 lines past the checkpoint's step are dropped before appending, so the log continues from the
 saved step with no gap and no duplicate.
 
-Testing hook: the environment variable ``EOFORGE_FAULT_KILL_AFTER_STEP=k`` makes every rank
-SIGKILL itself right after completing step ``k`` (after that step's log line and any
-checkpoint), a hard crash at a reproducible point for the resume tests.
+Extension seam: ``engine.step_callbacks`` names functions called as ``fn(step)`` on every rank
+after each step (after that step's log line and any checkpoint): profilers, schedulers, and
+the resume tests' fault injection (a callback that SIGKILLs the process after step ``k``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ import json
 import math
 import os
 import random
-import signal
 import time
 import warnings
 from contextlib import nullcontext
@@ -71,6 +70,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eoforge.shards.atomic import write_text_atomic
+from eoforge.shards.config import load_callable
 from eoforge.shards.digest import file_sha256
 from eoforge.train import distributed as D
 from eoforge.train.checkpoint import (
@@ -86,7 +86,6 @@ DATASET = "dataset.json"
 OPTIM = "optim.json"
 RANKS = "ranks"
 LOSS_PNG = "loss.png"
-FAULT_ENV = "EOFORGE_FAULT_KILL_AFTER_STEP"
 #: metric keys the engine writes; any other key of a metrics line is one of the method's logs
 ENGINE_KEYS = frozenset({
     "step", "loss", "lr", "wd", "momentum", "grad_norm", "samples_per_s", "data_wait_share", "embed_std",
@@ -600,7 +599,7 @@ class _Run:
         self._setup()
         cfg, info = self.cfg, self.info
         steps, every = cfg.engine.steps, cfg.engine.checkpoint_every
-        fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+        callbacks = [load_callable(spec, "engine.step_callbacks") for spec in cfg.engine.step_callbacks]
         bar = tqdm(total=steps, initial=self.start_step, desc=f"pretrain {cfg.method_name}", unit="step",
                    disable=not (info.is_main and cfg.engine.progress), dynamic_ncols=True)
         autocast = (torch.autocast(info.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
@@ -669,9 +668,8 @@ class _Run:
                         self.skipped += int(getattr(loader, "skipped", 0) or 0)
                         del batches, loader  # stop this segment's workers before the next
                         checkpoint = self._save(done)
-                    if fault and done == fault:
-                        bar.close()
-                        os.kill(os.getpid(), signal.SIGKILL)
+                    for callback in callbacks:
+                        callback(done)
                 step = seg_end
         finally:
             bar.close()

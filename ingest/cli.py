@@ -74,7 +74,7 @@ def demo_data(out: str, seed: int, extent_km: float, quiet: bool) -> None:
 def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_file: str | None,
            scheduler: str | None, workers: int | None, strict: bool, dry_run: bool, quiet: bool,
            **overrides: object) -> None:
-    """Tile raw Sentinel-1/2 GeoTIFFs (and land cover) into WebDataset shards in --out.
+    """Tile raw Sentinel-1/2 products or STAC items (and land cover) into WebDataset shards in --out.
 
     RAW are folders, files or URLs (s3://, https://) holding S2 SAFE products, Earth
     Search / Planetary Computer COGs, BigEarthNet-style band files, S1 GRD GeoTIFFs (dB or

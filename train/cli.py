@@ -9,13 +9,33 @@ torchrun without the console script)::
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+
+
+class MethodName(click.Choice):
+    """A registered pretraining method (:data:`eoforge.train.methods.METHODS`). The registry is
+    read when a value or the help needs it, so ``eoforge`` starts without importing torch."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from eoforge.train.methods import METHODS
+
+        return tuple(METHODS)
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns; the registry is the source
+        pass
 
 
 @click.command("pretrain")
 @click.option("--data", required=True, metavar="DS",
               help="Dataset folder (shards + manifest.parquet + stats.json) to pretrain on.")
-@click.option("--method", required=True, metavar="NAME", help="Pretraining method: pera, softcon, dualenc or cmid.")
+@click.option("--method", required=True, type=MethodName(), help="Pretraining method (the registry's names).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), metavar="RUN",
               help="Run folder: config.yaml, metrics.jsonl, checkpoints/, loss.png.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",

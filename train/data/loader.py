@@ -8,7 +8,7 @@ call alone on any iterator, webdataset style)::
       -> decode_inputs                     modality + time step, only that step decoded
       -> wds.shuffle(buffer, rng)          seeded shuffle buffer
       -> random_crops(crop_px, rng)        optional: one seeded window per sample, still stored dtype
-      -> normalize_inputs                  float32 tensors, no-data pixels 0   (normalize.py)
+      -> normalize_inputs                  float32 tensors, no-data pixels 0   (shards/normalize.py)
       -> apply_views                       views(inputs, generator) per sample
       -> batched                           default_collate + "__key__" list + skip count
 

@@ -74,5 +74,10 @@ def test_compare_recipes_and_errors(tmp_path: Path) -> None:
     from eoforge.cli import main
 
     result = CliRunner().invoke(main, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                                       "--method", "nosuch"])
-    assert result.exit_code == 2 and "--method nosuch: not a row of the recipe" in result.output
+                                       "--method", "nosuch"])  # choices come from the method registry
+    assert result.exit_code == 2 and "'nosuch' is not one of 'pera', 'softcon', 'dualenc', 'cmid'" in result.output
+    only_pera = tmp_path / "only-pera.yaml"
+    only_pera.write_text("compare:\n  methods: [pera]\n")
+    result = CliRunner().invoke(main, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                                       "--config", str(only_pera), "--method", "cmid"])
+    assert result.exit_code == 2 and "--method cmid: not a row of the recipe" in result.output

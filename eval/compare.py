@@ -17,7 +17,7 @@ read back), so an interrupted comparison continues where it stopped.
 
 Baselines: the random-init twin is evaluated with the same seed as the pretrained model, so
 methods on the same architecture share one baseline (the demo's ViTs); CMID has no ViT path
-(METHODS.md) and trains a ResNet, which has its own. Each method is scored against the
+(train/METHODS.md#cmid) and trains a ResNet, which has its own. Each method is scored against the
 baseline of its architecture ("Δ vs random init" in the table).
 
 Outputs: ``OUT/results.md`` (the table, the settings, the seeds' spread),

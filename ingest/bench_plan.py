@@ -1,5 +1,5 @@
 """Planner benchmark (``make bench``): plan time and peak memory on synthetic scene headers at
-three catalog sizes, and the growth exponent fitted to them (DESIGN.md, "Scale").
+three catalog sizes, and the growth exponent fitted to them (shards/DESIGN.md#scale).
 
 - **catalogs**: :func:`~eoforge.ingest.synthetic_catalog.synthetic_scenes` with N S2 L2A
   products (N/60 MGRS tiles, ~60 dates each) and ~N/4 S1 IW GRD products, written once to

@@ -1,6 +1,6 @@
 """What file and product names say: sensor, product id, time, baseline, band.
 
-Pure string parsing, no I/O. Recognised conventions (SENTINEL.md):
+Pure string parsing, no I/O. Recognised conventions (ingest/SENTINEL.md#sentinel-2-product-and-file-names):
 
 - S2 product names ``S2A_MSIL2A_20230715T101031_N0509_R022_T32TQM_20230715T153045``
   (SAFE folders, with or without ``.SAFE``); per-band SAFE files

@@ -27,7 +27,7 @@ From the scene inventory to one row per (tile, time step) in ``plan.parquet``:
     of ``read_task_rows`` tile rows): each source is read once, in raster order, whichever
     shards its tiles go to.
 
-How it scales (DESIGN.md, "Scale"): scenes are columns (:class:`Scenes`), candidate
+How it scales (shards/DESIGN.md#scale): scenes are columns (:class:`Scenes`), candidate
 (tile, scene) pairs are NumPy arrays keyed by integer tile keys, dedup and season choice
 are sort + group-by, pairing is a sorted join: O(n log n). Steps 3-7 run per **plan
 region** (``plan_region_tiles`` square blocks of one zone's grid) on the scenes that touch

@@ -44,7 +44,7 @@ from eoforge.ingest.stac import ItemError, ItemProduct, is_item_source, item_pro
 from eoforge.shards.schema import S2_BANDS
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
-#: Processing baseline from which L1C/L2A DN carry the +1000 offset (SENTINEL.md).
+#: Processing baseline from which L1C/L2A DN carry the +1000 offset (ingest/SENTINEL.md#sentinel-2-dn-offset).
 OFFSET_BASELINE = "04.00"
 #: First sensing day of baseline 04.00 products (used only when no baseline is known).
 OFFSET_SINCE = datetime(2022, 1, 25)

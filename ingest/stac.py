@@ -11,7 +11,7 @@ and one file record per band asset. Publishers' conventions, as they are:
   Planetary Computer (``B02``, ``B8A``, ``SCL``…); ``s2:processing_baseline``,
   ``s2:product_uri``, ``eo:cloud_cover``, ``sat:relative_orbit``; the DN offset from
   ``earthsearch:boa_offset_applied``, else ``raster:bands`` offset / scale, else the
-  baseline (SENTINEL.md).
+  baseline (ingest/SENTINEL.md#sentinel-2-dn-offset).
 - **Sentinel-1 GRD / RTC**: ``vv`` and ``vh`` assets (or one asset whose bands are named
   VV and VH), ``sat:orbit_state``; the unit from the band's ``unit`` (``dB``), else linear
   for RTC collections (Planetary Computer's ``sentinel-1-rtc`` is γ⁰ linear power), else
@@ -59,7 +59,7 @@ LANDCOVER_ASSETS = {"esa-worldcover": ("worldcover", "map"), "dynamic-world": ("
 #: S1 collections whose pixels are linear power when the item does not say (Planetary
 #: Computer's sentinel-1-rtc: terrain-corrected γ⁰, float32).
 LINEAR_S1_COLLECTIONS = ("sentinel-1-rtc",)
-#: File record values the scan takes when neither item nor asset says (SENTINEL.md).
+#: File record values the scan takes when neither item nor asset says (ingest/SENTINEL.md).
 DEFAULT_DTYPE = {"s2": "uint16", "s1": "float32", "landcover": "uint8"}
 DEFAULT_NODATA: dict[str, float | None] = {"s2": 0, "s1": None, "landcover": None}
 

@@ -242,7 +242,7 @@ DATASET_TAXONOMIES: dict[str, Taxonomy] = {t.name: t for t in (EUROSAT, BIGEARTH
 #: Every class list a sample's ``labels.taxonomy`` may name.
 ALL_TAXONOMIES: dict[str, Taxonomy] = {**TAXONOMIES, **DATASET_TAXONOMIES}
 
-#: WorldCover code -> Dynamic World code (SoftCon's mapping, METHODS.md).
+#: WorldCover code -> Dynamic World code (SoftCon's mapping, ingest/SENTINEL.md#land-cover).
 WORLDCOVER_TO_DYNAMIC_WORLD: dict[int, int] = {
     80: 0,  # permanent water -> water
     10: 1,  # tree cover -> trees

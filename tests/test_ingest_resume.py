@@ -1,4 +1,4 @@
-"""Resumability of ``eoforge ingest`` under real failures (TESTING.md, section Dask).
+"""Resumability of ``eoforge ingest`` under real failures (shards/DESIGN.md#how-it-is-tested).
 
 - Whole-run interruption: the command's whole process group (CLI + LocalCluster workers)
   is SIGKILLed while sources are being read (after the first read task), or after the first

@@ -232,10 +232,10 @@ def test_recipes_load_and_round_trip(recipe: Path) -> None:
         assert cfg.optim.ema_momentum == 0.992 and cfg.optim.ema_momentum_end == 1.0
         assert (cfg.optim.weight_decay, cfg.optim.weight_decay_end) == (0.04, 0.2)
         assert isinstance(cfg.method.global_crop_scale, tuple)
-    elif cfg.method_name == "softcon":  # METHODS.md: EMA 0.99 -> 1, wd 0.1, two seasons, labels
+    elif cfg.method_name == "softcon":  # train/METHODS.md#softcon: EMA 0.99 -> 1, wd 0.1, two seasons, labels
         assert (cfg.optim.ema_momentum, cfg.optim.ema_momentum_end) == (0.99, 1.0) and cfg.optim.weight_decay == 0.1
         assert cfg.data.time_step == "random_pair" and cfg.data.label_taxonomy == "dynamic_world"
-    elif cfg.method_name == "cmid":  # METHODS.md: one image, 30 of 49 blocks, lr x sqrt(batch / 256), EMA 0.996
+    elif cfg.method_name == "cmid":  # train/METHODS.md#cmid: one image, 30 of 49 blocks, lr x sqrt(batch / 256), EMA 0.996
         assert cfg.data.time_step == "random" and cfg.optim.lr_scaling == "sqrt" and cfg.optim.lr == 1e-3
         assert cfg.optim.lr_reference_batch == 256 and cfg.optim.warmup_start_factor == 0.01
         assert (cfg.optim.ema_momentum, cfg.optim.ema_momentum_end) == (0.996, 1.0) and cfg.optim.grad_clip == 0

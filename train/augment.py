@@ -5,7 +5,7 @@ reflectance / backscatter, any band count (13 S2, 2 S1, 15 both). Random draws t
 :class:`torch.Generator` so that a DataLoader worker's stream - and hence a resumed run - is
 reproducible; nothing here touches the global RNG.
 
-Colour operations replace RGB colour jitter for multispectral and SAR data (METHODS.md):
+Colour operations replace RGB colour jitter for multispectral and SAR data (train/METHODS.md#shared-pieces):
 per-band brightness/contrast jitter instead of brightness/contrast/saturation/hue, and
 band-mean replication instead of greyscale. Values are not clamped: z-scored inputs are not
 bounded to [0, 1].

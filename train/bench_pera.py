@@ -1,6 +1,6 @@
 """Benchmark: PerA's sparse student against full-view DINO on the same ViT, crops and heads.
 
-Full-view DINO is the baseline PerA's memory claim is made against (METHODS.md): the student
+Full-view DINO is the baseline PerA's memory claim is made against (train/METHODS.md#pera): the student
 sees every token of the 2 global and N local crops, the teacher the global crops. Both students
 here share the backbone architecture, band count, crop sizes and CLS-head shape; PerA's student
 also runs its pixel head on the mask tokens. Measured side by side in one process:
@@ -11,7 +11,7 @@ also runs its pixel head on the mask tokens. Measured side by side in one proces
    pointer of the model's parameter storages). Target PerA ÷ DINO <= 0.4.
 2. **Student step time**: forward + backward of the student on the same batch, median of
    ``repeats`` interleaved runs after one warm-up. Target <= 0.6.
-3. The analytic count of student tokens × layers (METHODS.md: ≈ 29 % for ViT-B at 448/96).
+3. The analytic count of student tokens × layers (train/METHODS.md#pera: ≈ 29 % for ViT-B at 448/96).
 
 With CUDA (:func:`bench_pera_gpu`): full training steps (student forward + backward, teacher,
 AdamW, EMA) in bf16 autocast, images/s, peak memory, FLOPs per step and MFU

@@ -1,7 +1,7 @@
 """Benchmark: SoftCon's masked trainable branch against the same branch on full views.
 
 SoftCon drops half of the patch tokens of the views its online (trainable) branch sees
-(METHODS.md, "Siamese masking"); the EMA branch sees full views without gradient. Measured side
+(train/METHODS.md#softcon, "Siamese masking"); the EMA branch sees full views without gradient. Measured side
 by side in one process, on the same ViT, weights, views and heads (``mask_ratio`` 0.5 vs 0):
 
 1. **Activation memory** of the online branch's forward (encoder + projector + predictor on both

@@ -43,7 +43,7 @@ LR_SCALINGS = {
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The optimiser and its per-step schedules (PerA's recipe is the default; METHODS.md).
+    """The optimiser and its per-step schedules (PerA's recipe is the default; train/METHODS.md#pera).
 
     Attributes:
         optimizer: ``"adamw"`` (default) or ``"adan"`` (timm's Adan, three betas; CMID's paper).

@@ -14,7 +14,7 @@ The queue is a ring buffer of the last ``K`` keys, identical on every rank: :met
 gathers the step's keys from every rank ONCE (rank-major) and writes them at the pointer, wrapping
 around, so each key is held exactly once. CMID's official multi-GPU model gathers the keys with
 its ``GatherLayer`` and then again inside ``_dequeue_and_enqueue``, so every key sits in its queue
-world-size times; that is the bug METHODS.md fixes ("OURS").
+world-size times; that is the bug train/METHODS.md#cmid fixes ("OURS").
 
 The queue starts as ``K`` random unit vectors (MoCo), drawn from a fixed seed so every rank starts
 with the same queue without a broadcast and without touching the global random stream.

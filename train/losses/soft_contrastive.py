@@ -2,7 +2,7 @@
 
 Wang et al. 2024 ("Multi-Label Guided Soft Contrastive Learning for Efficient Earth Observation
 Pretraining", arXiv 2405.20462). The authors released no pretraining code; this follows their
-abstract and eoforge's METHODS.md, every choice they leave open being a config value.
+abstract and eoforge's train/METHODS.md#softcon, every choice they leave open being a config value.
 
 For queries ``q`` (online branch, ``[N, D]`` per rank) and keys ``k`` (EMA branch, gathered from
 every rank: ``[W·N, D]``), logits ``l_ij = q̂_i · k̂_j / τ``:

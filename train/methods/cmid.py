@@ -2,7 +2,7 @@
 Learning Framework for Remote Sensing Image Understanding", arXiv 2304.09670), for timm ResNets and
 Swin Transformers on any band count.
 
-Follows the official code (NJU-LHRS/official-CMID, ``Pretrain/``), as METHODS.md ("CMID") does,
+Follows the official code (NJU-LHRS/official-CMID, ``Pretrain/``), as train/METHODS.md#cmid does,
 with its two fixes marked OURS below. Idea: one teacher-student framework that learns global
 semantics (contrast against a queue), local detail (masked image modelling) and local semantics
 (distillation between cells that cover the same ground), for CNNs and transformers alike.
@@ -51,7 +51,7 @@ Smaller differences from the official code, none of which changes what is learne
 starts as random UNIT keys (MoCo; the official normalises its random queue along the wrong axis);
 the local head's linear layers start from DINO's truncated normal (the official Conv1d layers keep
 PyTorch's default); RGB colour jitter and greyscale become per-band jitter and band-mean grey, and
-noise and solarisation work in normalised units (METHODS.md DEFAULT for 13/2-band data).
+noise and solarisation work in normalised units (train/METHODS.md DEFAULT for 13/2-band data).
 
 Backbones (timm, ``num_classes=0``), and which module gives which feature:
 
@@ -108,7 +108,7 @@ TIME_STEPS = ("random", "first")
 
 @dataclass(frozen=True)
 class CmidConfig:
-    """CMID's own settings; the official code's values (METHODS.md), DEFAULT where it has none.
+    """CMID's own settings; the official code's values (train/METHODS.md#cmid), DEFAULT where it has none.
 
     Attributes:
         crop_px: view edge in pixels (224); a multiple of ``mask_block_px`` and of the backbone's
@@ -137,7 +137,7 @@ class CmidConfig:
         fft_alpha: its spectral-weight exponent (1.0).
         fft_unmasked_weight: weight of the prediction on UNMASKED pixels in the frequency loss's
             input; the rest is ``0.5 · pred.detach() + 0.5 · target`` (0.001, the official recipe's
-            ``fft_unmask_weight``; 0 = METHODS.md's plain replacement).
+            ``fft_unmask_weight``; 0 = the plain replacement, train/METHODS.md#cmid).
         projector_hidden_dim, projector_dim: global projector MLP (2048, 256).
         temperature: InfoNCE τ (0.2).
         queue_size: teacher keys in the queue (65,536, DEFAULT); at least 2 × the global batch.

@@ -2,8 +2,8 @@
 al. 2022, "Self-supervised Learning for Invariant Representations from Multi-spectral and SAR
 Images", arXiv 2209.02329).
 
-No public code exists, so everything the abstract does not fix is a config value (METHODS.md,
-"Dual-encoder"). Idea: S1 and S2 of the same tile at nearby dates are natural strong
+No public code exists, so everything the abstract does not fix is a config value
+(train/METHODS.md#dual-encoder). Idea: S1 and S2 of the same tile at nearby dates are natural strong
 augmentations of one scene; a dual encoder trained contrastively across the two sensors learns
 features that beat hand-made augmentations (flood segmentation with the S1 encoder, land cover
 with the S2 encoder).
@@ -58,7 +58,7 @@ IN_CHANS = {"s2": len(S2_BAND_NAMES), "s1": len(S1_BAND_NAMES)}
 
 @dataclass(frozen=True)
 class DualencConfig:
-    """The dual encoder's own settings (all DEFAULT but τ and the projector width, METHODS.md).
+    """The dual encoder's own settings (all DEFAULT but τ and the projector width, train/METHODS.md#dual-encoder).
 
     Attributes:
         crop_px: view edge in pixels (224).

@@ -14,7 +14,7 @@ Per sample (``PeraViews``, in DataLoader workers):
 - colour per member, drawn here and applied on the device in :meth:`PerA.forward`: the student
   member gets, with p = 0.8, band-mean grey (p = 0.1) or else per-band brightness/contrast jitter
   (b 0.4, c 0.4); the teacher member gets the jitter with p = 0.1 (multispectral replacement of
-  RGB colour jitter / greyscale, METHODS.md DEFAULT). No blur, no solarisation;
+  RGB colour jitter / greyscale, train/METHODS.md DEFAULT). No blur, no solarisation;
 - one random permutation of the crop's ``L`` patches: student ``S`` = the first 20 %, mask
   tokens ``M`` = the next 20 % (global crops only), teacher ``T`` = the last 60 %.
 

@@ -3,7 +3,7 @@
 arXiv 2405.20462), for timm ViTs and CNNs on 13-band S2 or 2-band S1.
 
 The authors released weights, labels and a demo but not their pretraining code, so every choice
-their abstract leaves open is a config value here (METHODS.md, "SoftCon").
+their abstract leaves open is a config value here (train/METHODS.md#softcon).
 
 Idea: land-cover multi-labels give a soft target for how similar two scenes are, fixing the
 "one positive only" problem of instance contrast; pretraining continues from a strong model with
@@ -71,7 +71,7 @@ TIME_STEPS = ("random_pair", "random", "first")
 
 @dataclass(frozen=True)
 class SoftconConfig:
-    """SoftCon's own settings; values of METHODS.md, DEFAULT where the paper is silent.
+    """SoftCon's own settings; values of train/METHODS.md#softcon, DEFAULT where the paper is silent.
 
     Attributes:
         crop_px: view edge in pixels (224).

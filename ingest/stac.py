@@ -279,7 +279,7 @@ def item_product(item: dict[str, Any], location: str, base: str, *, landcover: b
     if not assets:
         keys = ", ".join(sorted(item.get("assets") or {})) or "none"
         raise ItemError(f"no band asset ingest can read (assets: {keys})")
-    if sensor == "s1" and "s1_unit" not in meta:
+    if sensor == "s1":  # the bands' own unit wins over the collection's default (linear RTC)
         units = {str(b.get("unit") or "").lower() for _, _, asset, _ in assets for b in _bands(asset)}
         if units and all(u in ("db", "decibel", "decibels") for u in units):
             meta["s1_unit"] = "db"

@@ -247,6 +247,10 @@ def test_earth_search_and_planetary_computer_conventions(tmp_path: Path) -> None
     assert p.sensor == "s1" and p.metadata["s1_unit"] == "linear"
     assert p.metadata["product_id"] == "S1A_IW_GRDH_1SDV_20240105T052801_20240105T052826_051974_0647A3"
     assert {band: rec["nodata"] for band, rec, _ in p.files} == {"VH": -32768, "VV": -32768}
+    # an RTC item whose bands say dB (a re-published dB copy) is read as dB: the bands' unit wins
+    for asset in rtc["assets"].values():
+        asset["raster:bands"][0]["unit"] = "dB"
+    assert item_product(rtc, "rtc.json#x", str(tmp_path)).metadata["s1_unit"] == "db"
 
 
 def test_hrefs_relative_absolute_and_file_urls(tmp_path: Path) -> None:

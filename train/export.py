@@ -10,8 +10,8 @@ normalisation of the modalities that encoder reads. ``MODEL.json`` beside it say
      "timm_kwargs": {"in_chans": 13, "num_classes": 0, "img_size": 224},
      "in_chans": 13, "img_size": 224,
      "bands": ["B1", ..., "B12"],                # input channel order
-     "normalization": {"mode": "minmax2sigma", "bands": [...], "lo": [...], "hi": [...]}
-                                                 # or "mean"/"std" for "zscore"
+     "normalization": {"mode": "minmax2sigma", "bands": [...], "offset": [...], "scale": [...], "mean": [...], "std": [...],
+                       "lo": [...], "hi": [...], ...}  # no lo/hi for "zscore"
      "method": "pera", "branch": "main", "step": 1000, "config": {...the run's PretrainConfig...},
      "manifest_sha256": "…",                     # sha256 of the dataset's manifest.parquet bytes
      "data": "/path/to/DS", "run": "/path/to/RUN"}

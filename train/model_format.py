@@ -7,8 +7,14 @@ beside the weights (same name, ``.json``; a ``MODEL.json`` in the same folder is
 
     {"timm_model": "vit_small_patch16_224", "timm_kwargs": {"in_chans": 13, "num_classes": 0, "img_size": 224},
      "in_chans": 13, "img_size": 224, "bands": ["B1", ..., "B12"],
-     "normalization": {"mode": "minmax2sigma", "bands": [...], "offset": [...], "scale": [...]},
+     "normalization": {"mode": "minmax2sigma", "bands": [...], "offset": [...], "scale": [...], "mean": [...], "std": [...],
+                       "lo": [...], "hi": [...], ...},
      "method": "pera", "config": {...}, "manifest_sha256": "..."}
+
+``normalization`` is the record training writes (``describe_dataset`` in
+:mod:`eoforge.train.engine`: per band ``offset``/``scale`` and the ``mean``/``std`` they come
+from, ``lo``/``hi`` for ``minmax2sigma``, ``value_min``/``value_max`` where values are clipped);
+readers turn it into inputs with :func:`eoforge.shards.normalize.norm_from_record`.
 
 The model is rebuilt with ``timm.create_model(timm_model, pretrained=False, **timm_kwargs)``
 (without ``timm_kwargs``: ``in_chans``, ``num_classes=0`` and, for ViTs, ``img_size``) and the

@@ -59,7 +59,7 @@ STAMP := $(VENV)/.eoforge-installed
 BENCH_STAMP := $(VENV)/.eoforge-bench-installed
 INTEROP_STAMP := $(VENV)/.eoforge-interop-installed
 
-.PHONY: help install test demo demo-data ingest pretrain eval compare bench bench-gpu clean
+.PHONY: help install lint test demo demo-data ingest pretrain eval compare bench bench-gpu clean
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -82,7 +82,13 @@ $(INTEROP_STAMP): $(STAMP)
 
 install: $(STAMP)
 
-test: $(INTEROP_STAMP)
+# ruff over the tree, mypy over the packages the shard contract and ingest live in
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	@mkdir -p build/typecheck && ln -sfn $(CURDIR) build/typecheck/eoforge
+	cd build/typecheck && $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml -p eoforge.shards -p eoforge.ingest
+
+test: $(INTEROP_STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo-data: $(STAMP)

@@ -34,7 +34,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 from eoforge.shards.atomic import write_text_atomic
@@ -124,7 +125,7 @@ class CompareConfig:
                 raise ConfigError(message)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "CompareConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> CompareConfig:
         """From YAML-like values (``methods`` as a list of mappings or of method names).
 
         Raises:
@@ -153,11 +154,11 @@ class CompareConfig:
             raise ConfigError(f"{source}: {err}") from err
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CompareConfig":
+    def load(cls, path: str | os.PathLike[str]) -> CompareConfig:
         """A comparison recipe (YAML); the settings may sit at the top level or under ``compare:``."""
         return cls.from_dict(read_recipe(path, section="compare"), source=str(path))
 
-    def replace(self, **changes: Any) -> "CompareConfig":
+    def replace(self, **changes: Any) -> CompareConfig:
         """A copy with the non-None ``changes`` applied (command-line options over a recipe)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

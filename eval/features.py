@@ -19,7 +19,8 @@ Backbones run in eval mode under ``torch.no_grad``; nothing is trained here.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -251,7 +251,7 @@ class PeakRSS:
                     self.peaks[p.pid] = (cmd, hwm)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 
@@ -355,7 +355,11 @@ def measure(scene: Path, out: Path, repeats: int, fmt: str, chipper_min_valid_fr
     chip_settings = {"tile_px": cfg.tile_size_px, "samples_per_shard": cfg.samples_per_shard,
                      "gdal_cache_mb": cfg.gdal_cache_mb, "min_valid_fraction": chipper_min_valid_fraction}
     warm_page_cache(scene)
-    floors, twos, ones, chip2s, chip1s = [], [], [], [], []
+    floors: list[dict[str, float]] = []
+    twos: list[dict[str, Any]] = []
+    ones: list[dict[str, Any]] = []
+    chip2s: list[dict[str, Any]] = []
+    chip1s: list[dict[str, Any]] = []
     encode: dict[str, float] = {}
     planned: list[str] = []
 

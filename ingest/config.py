@@ -157,16 +157,16 @@ class IngestConfig:
     # ------------------------------------------------------------------ I/O
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "IngestConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> IngestConfig:
         """From a mapping of settings; :class:`ConfigError` names ``source`` and the key."""
         return build_section(cls, values, source, "ingest")
 
     @classmethod
-    def load(cls, path: str | Path) -> "IngestConfig":
+    def load(cls, path: str | Path) -> IngestConfig:
         """Read a YAML recipe; the settings may sit at the top level or under ``ingest:``."""
         return cls.from_dict(read_recipe(path, section="ingest"), source=str(path))
 
-    def replace(self, **overrides: Any) -> "IngestConfig":
+    def replace(self, **overrides: Any) -> IngestConfig:
         """A copy with the given fields changed (``None`` values are ignored)."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         return self.from_dict({**self.to_dict(), **changes}, source="options")

@@ -32,7 +32,8 @@ _MASK = (1 << _BITS) - 1
 
 # ---------------------------------------------------------------------------- integer tile keys
 
-def tile_keys(zone: np.ndarray | int, south: np.ndarray | bool, col: np.ndarray, row: np.ndarray) -> np.ndarray:
+def tile_keys(zone: np.ndarray | int, south: np.ndarray | bool, col: np.ndarray | int,
+              row: np.ndarray | int) -> np.ndarray:
     """int64 keys of tiles (``zone`` 1..60, ``south`` True for the southern grid, ``col``/``row``)."""
     zone_hemi = np.asarray(zone, dtype=np.int64) * 2 + np.asarray(south, dtype=np.int64)
     return (zone_hemi << (2 * _BITS)) | (np.asarray(col, dtype=np.int64) << _BITS) | np.asarray(row, dtype=np.int64)
@@ -46,7 +47,7 @@ def key_parts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def key_of(tile: TileId) -> int:
-    return int(tile_keys(tile.zone, tile.hemisphere == "s", np.int64(tile.col), np.int64(tile.row)))
+    return int(tile_keys(tile.zone, tile.hemisphere == "s", tile.col, tile.row))
 
 
 def tile_of(key: int) -> TileId:

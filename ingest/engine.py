@@ -68,12 +68,12 @@ class Engine:
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         self.start()
         self.client  # noqa: B018 - waits for the cluster, raises what its start raised
         return self
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Start the cluster (or connect) in a background thread and return at once; the first
         use of :attr:`client` waits for it. Work that runs on the client meanwhile
         (:meth:`map` with ``inline_below``) overlaps the ~0.6 s a LocalCluster takes to start."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import shapely
@@ -32,7 +33,8 @@ def utm_zone(lon: float) -> int:
     return min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
 
 
-def zone_central_meridian(zone: int) -> float:
+def zone_central_meridian(zone: Any) -> Any:
+    """Longitude (degrees) of a UTM zone's central meridian; ``zone`` an int or an int array."""
     return -183.0 + 6.0 * zone
 
 

@@ -153,22 +153,22 @@ class ScanInventory:
         """Record a header read at ``stat`` (not without a stat, nor one that would not round-trip)."""
         text = _encoded(header) if stat is not None else None
         if text is not None:
-            self.headers[path] = (stat, text)  # type: ignore[assignment] - stat is not None here
+            self.headers[path] = (stat, text)  # type: ignore[assignment]  # stat is not None here
 
     def keep_probe(self, key: str | None, result: dict[str, Any]) -> None:
         text = _encoded(result) if key is not None else None
         if text is not None:
-            self.probes[key] = text  # type: ignore[index] - key is not None here
+            self.probes[key] = text  # type: ignore[index]  # key is not None here
 
-    def carry_header(self, old: "ScanInventory", path: str) -> None:
+    def carry_header(self, old: ScanInventory, path: str) -> None:
         """Keep ``old``'s record of ``path`` (it was just used: the file is unchanged)."""
         self.headers[path] = old.headers[path]
 
-    def carry_probe(self, old: "ScanInventory", key: str) -> None:
+    def carry_probe(self, old: ScanInventory, key: str) -> None:
         self.probes[key] = old.probes[key]
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ScanInventory":
+    def load(cls, path: str | os.PathLike[str]) -> ScanInventory:
         """The inventory at ``path``; empty when there is none, it cannot be read, or another
         format or eoforge version wrote it (everything is then scanned again)."""
         try:

@@ -150,8 +150,8 @@ class ShardAssembler:
         for r in rows:
             scene = self.scenes[int(r["s2_scene"])]
             s2 = self.pieces.get(piece_key("s2", int(r["s2_scene"]), tile_id))
-            status = s2["status"] if s2 else "read_failed"
-            if status != "ok":
+            if s2 is None or s2["status"] != "ok":
+                status = s2["status"] if s2 else "read_failed"
                 self.counts[{"low_valid": "steps_dropped_low_valid_fraction", "cloudy": "steps_dropped_cloudy",
                              "read_failed": "steps_dropped_read_failed"}[status]] += 1
                 continue

@@ -130,6 +130,8 @@ def read_s1(cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> np
 def read_classes(cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> np.ndarray:
     """``[H, W]`` uint8 class codes (nearest), the taxonomy's nodata where the raster has none."""
     nodata = TAXONOMIES[scene["taxonomy"]].nodata
+    if nodata is None:  # the taxonomies ingest writes all have one; a tile's holes need it
+        raise ValueError(f"taxonomy {scene['taxonomy']!r} has no nodata value")
     b = scene["bands"]["class"]
     return read_band(cache, b["path"], b["index"], target, Resampling.nearest, "uint8",
                      b["nodata"] if b["nodata"] is not None else nodata, nodata)

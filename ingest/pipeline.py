@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -148,7 +149,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         t0 = time.perf_counter()
         plan = plan_ingest(scanned.scenes, config, engine=engine)
         errors += plan.errors
-        job = {"eoforge": __version__, "inputs": [str(i) for i in inputs], "landcover": landcover,
+        job: dict[str, Any] = {"eoforge": __version__, "inputs": [str(i) for i in inputs], "landcover": landcover,
                "config": config.to_dict(), "plan_sha256": plan_fingerprint(plan.rows)}
         _check_job(out, job)  # before plan.parquet: a refused run leaves the dataset's plan as it was
         write_plan(plan.rows, out / "plan.parquet")
@@ -159,10 +160,11 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             write_errors(out, errors)
             raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
         if dry_run:
-            written = sum(finished_shard(out, split, shard) is not None for split, shard, _ in shard_index(plan.rows))
+            shards_written = sum(finished_shard(out, split, shard) is not None
+                                 for split, shard, _ in shard_index(plan.rows))
             report = build_dry_run_report(
                 inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover], config=config,
-                scanned=scanned, plan=plan, errors=errors, plan_sha256=job["plan_sha256"], shards_written=written)
+                scanned=scanned, plan=plan, errors=errors, plan_sha256=job["plan_sha256"], shards_written=shards_written)
             report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
             write_dry_run(out, report)
             return IngestResult(out, 0, 0, errors, report)

@@ -43,7 +43,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -204,7 +205,7 @@ class Scenes:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: np.ndarray) -> "Scenes":
+    def take(self, rows: np.ndarray) -> Scenes:
         """The scenes of ``rows`` (ranks stay those of the whole inventory, so sorts agree)."""
         sub = object.__new__(Scenes)
         for name, value in vars(self).items():
@@ -258,7 +259,7 @@ class Region:
     size: int
 
     @classmethod
-    def of(cls, tile: TileId, size: int) -> "Region":
+    def of(cls, tile: TileId, size: int) -> Region:
         """The region of ``size`` x ``size`` tiles that holds ``tile``."""
         return cls(tile.zone, tile.hemisphere == "s", tile.col // size, tile.row // size, size)
 
@@ -317,7 +318,7 @@ class Pairs:
     scene: np.ndarray
     coverage: np.ndarray
 
-    def take(self, index: np.ndarray) -> "Pairs":
+    def take(self, index: np.ndarray) -> Pairs:
         return Pairs(self.tile[index], self.scene[index], self.coverage[index])
 
     def __len__(self) -> int:
@@ -676,7 +677,7 @@ def _region_payload(sc: Scenes, region: Region, s2: list[int], s1: list[int], lc
     return region, sc.take(rows), rows, remap(s2), remap(s1), remap(lcs), region.tiles_of(edge_drops), config
 
 
-def plan_region_task(payload: tuple[Any, ...]) -> "RegionPlan":
+def plan_region_task(payload: tuple[Any, ...]) -> RegionPlan:
     """Plan one region (a Dask task): :func:`plan_region`, scene rows mapped back to the inventory's."""
     region, sc, rows, s2, s1, lcs, edge_drops, config = payload
     rp = plan_region(config.grid, sc, region, s2, s1, lcs, edge_drops, config)

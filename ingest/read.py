@@ -80,7 +80,7 @@ class SourceCache:
             ds.close()
         self._open.clear()
 
-    def __enter__(self) -> "SourceCache":
+    def __enter__(self) -> SourceCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -58,7 +58,7 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
     written_steps = counts.get("time_steps_written", 0)
     labels: dict[str, Any] = {}
     samples = manifest_rows(manifest)
-    if samples:  # streamed from the manifest file: memory does not grow with the dataset
+    if samples and manifest is not None:  # streamed from the manifest file: memory does not grow with the dataset
         from eoforge.shards.inspect import LABEL_COLUMNS, label_distribution
         from eoforge.shards.manifest import iter_manifest
 

@@ -262,8 +262,31 @@ def orbit_from_solar_time(when: datetime, lon: float) -> str:
 # ------------------------------------------------------------------ grouping (driver)
 
 
-def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, str, str | None]:
-    """(name info, group key, error) for one readable file."""
+@dataclass(frozen=True, slots=True)
+class ProductKey:
+    """Which product a file belongs to: files with equal keys form one scene.
+
+    Attributes:
+        sensor: ``"s2"``, ``"s1"`` or ``"landcover"``.
+        location: the product's SAFE folder, multiband file, STAC item (``file#id``) or the
+            folder its band files share.
+        product: the product id within ``location`` (band files of several products may
+            share a folder); empty when ``location`` is the product.
+    """
+
+    sensor: str
+    location: str
+    product: str = ""
+
+    @property
+    def sort_key(self) -> str:
+        """Products are numbered in this order (as eoforge always has: plan fingerprints of
+        existing datasets stay valid)."""
+        return "|".join(p for p in (self.sensor, self.location, self.product) if p)
+
+
+def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, ProductKey | None, str | None]:
+    """(name info, the product the file belongs to (None: skip it), error) for one readable file."""
     path = header["path"]
     parts = PurePosixPath(path.replace("\\", "/")).parts
     stem = _stem(parts[-1])
@@ -273,20 +296,20 @@ def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, st
         info = parse_product_name(stem)
         info = NameInfo(sensor="landcover", product_id=stem, taxonomy=info.taxonomy, band="class",
                         datetime=info.datetime)
-        return info, f"landcover|{path}", None
+        return info, ProductKey("landcover", path), None
     info = parse_file_name(stem, folder=parts[safe] if safe is not None else folder)
     if info.band == "skip":
-        return info, "", None
+        return info, None, None
     if safe is not None and info.sensor == "s2":
         product = parse_product_name(parts[safe])
         if product.sensor == "s2":
             info = NameInfo(**{**product.__dict__, "band": info.band, "resolution_m": info.resolution_m})
-            return info, f"s2|{PurePosixPath(*parts[: safe + 1])}", None
+            return info, ProductKey("s2", str(PurePosixPath(*parts[: safe + 1]))), None
     bands = [canonical_band(d) for d in header["descriptions"]]
     if info.sensor in ("s1", "s2") and info.band is None and header["count"] > 1:
         if None in bands:
-            return info, "", f"multiband {info.sensor.upper()} file without band descriptions ({header['count']} bands)"
-        return info, f"{info.sensor}|{path}", None
+            return info, None, f"multiband {info.sensor.upper()} file without band descriptions ({header['count']} bands)"
+        return info, ProductKey(info.sensor, path), None
     if info.sensor is None:
         if header["count"] > 1 and None not in bands and set(bands) <= set(L1C_BANDS) | {"SCL"}:
             info = NameInfo(sensor="s2", product_id=stem, level="L1C" if "B10" in bands else "L2A")
@@ -296,29 +319,29 @@ def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, st
             info = NameInfo(sensor="s1", product_id=stem, band=bands[0])
         else:
             dtypes = ",".join(sorted(set(header["dtypes"])))
-            return info, "", (
+            return info, None, (
                 f"not recognised as Sentinel-1, Sentinel-2 or land cover ({header['count']} band(s) {dtypes}, "
                 f"descriptions {[d for d in header['descriptions'] if d] or 'none'}, no Sentinel product name); "
                 "pass class rasters with --landcover"
             )
         if info.sensor in ("s1", "s2") and header["count"] > 1:
-            return info, f"{info.sensor}|{path}", None
+            return info, ProductKey(info.sensor, path), None
     if info.sensor == "landcover":
-        return NameInfo(**{**info.__dict__, "band": "class"}), f"landcover|{path}", None
+        return NameInfo(**{**info.__dict__, "band": "class"}), ProductKey("landcover", path), None
     if info.band is None:
         if info.sensor == "s1" and header["count"] == 1 and bands[0] in ("VV", "VH"):
             info = NameInfo(**{**info.__dict__, "band": bands[0]})
         else:
-            return info, "", f"cannot tell which band this {str(info.sensor).upper()} file holds"
-    product = info.product_id or folder or stem
-    return info, f"{info.sensor}|{PurePosixPath(*parts[:-1]) if len(parts) > 1 else '.'}|{product}", None
+            return info, None, f"cannot tell which band this {str(info.sensor).upper()} file holds"
+    shared_folder = str(PurePosixPath(*parts[:-1])) if len(parts) > 1 else "."
+    return info, ProductKey(str(info.sensor), shared_folder, info.product_id or folder or stem), None
 
 
-def product_path(key: str, paths: list[str]) -> str:
+def product_path(key: ProductKey, paths: list[str]) -> str:
     """Where a product's error row points: its SAFE folder, its one file, or the folder its
     files share (an Earth Search item folder, a BigEarthNet patch). One row per product:
     a SAFE without B08 is one problem, not 13."""
-    location = key.split("|")[1]
+    location = key.location
     if location.endswith(".SAFE") or "#" in location:  # a SAFE folder; a STAC item (file#id)
         return location
     if len(paths) == 1:
@@ -350,7 +373,7 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
                  config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Group file headers into scene rows (without probe results) and error rows."""
     errors: list[dict[str, Any]] = []
-    groups: dict[str, list[tuple[NameInfo, dict[str, Any]]]] = defaultdict(list)
+    groups: dict[ProductKey, list[tuple[NameInfo, dict[str, Any]]]] = defaultdict(list)
     lc = set(landcover)
     for h in headers:
         if h["error"]:
@@ -360,10 +383,10 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
         info, key, err = _identify(h, lc)
         if err:
             errors.append(error_row(h["path"], "scan", err, info.product_id))
-        elif key:
+        elif key is not None:
             groups[key].append((info, h))
     scenes = []
-    for key in sorted(groups):
+    for key in sorted(groups, key=lambda k: k.sort_key):
         files = groups[key]
         row, err = _scene_row(key, files, config)
         if err:
@@ -374,7 +397,7 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
     return scenes, errors
 
 
-def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]], config: IngestConfig,
+def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], config: IngestConfig,
                side: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
     """The scene row of one product's files, or the reason it cannot be one. ``side``: the
     product's metadata when it came as a STAC item (:mod:`.stac`); else the SAFE or STAC
@@ -382,7 +405,7 @@ def _scene_row(key: str, files: list[tuple[NameInfo, dict[str, Any]]], config: I
     info = files[0][0]
     first = files[0][1]
     sensor = info.sensor or ""
-    location = key.split("|")[1]
+    location = key.location
     row: dict[str, Any] = {
         "sensor": sensor, "product_id": info.product_id or Path(first["path"]).stem, "location": location,
         "level": info.level, "datetime": None, "baseline": info.baseline, "dn_offset": 0, "offset_rule": None,
@@ -649,7 +672,7 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
     for scene, probe in zip(scenes, probes):
         if probe.get("error"):
             # a file's problem names the file; a product's (no valid pixel anywhere) the product
-            paths = probe.get("error_paths") or [product_path(f"{scene['sensor']}|{scene['location']}", scene["paths"])]
+            paths = probe.get("error_paths") or [product_path(ProductKey(scene["sensor"], scene["location"]), scene["paths"])]
             errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in paths)
             continue
         scene.update(probe)
@@ -707,7 +730,7 @@ def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
             files.append((dataclasses.replace(base, band=band), header))
         row: dict[str, Any] = {}
         if failed is None:
-            row, failed = _scene_row(f"{product.sensor}|{product.location}", files, config, side=meta)
+            row, failed = _scene_row(ProductKey(product.sensor, product.location), files, config, side=meta)
         if failed is not None:
             errors.append(error_row(product.location, "scan", f"STAC item {product.item_id}: {failed}",
                                     meta.get("product_id") or product.item_id))
@@ -755,7 +778,7 @@ def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory
         headers[i] = h
     for i in sorted(set(range(len(files))) - set(todo)):
         new.carry_header(old, files[i])
-    return headers, len(todo)  # type: ignore[return-value] - every None was filled
+    return headers, len(todo)  # type: ignore[return-value]  # every None was filled
 
 
 def _probes(scenes: list[dict[str, Any]], stats: dict[str, Stat | None], old: ScanInventory,
@@ -776,5 +799,5 @@ def _probes(scenes: list[dict[str, Any]], stats: dict[str, Stat | None], old: Sc
             new.keep_probe(keys[i], p)
         probes[i] = p
     for i in sorted(set(range(len(scenes))) - set(todo) - {i for i, t in enumerate(trusted) if t}):
-        new.carry_probe(old, keys[i])  # type: ignore[arg-type] - found under this key, so not None
-    return probes, len(todo)  # type: ignore[return-value] - every None was filled
+        new.carry_probe(old, keys[i])  # type: ignore[arg-type]  # found under this key, so not None
+    return probes, len(todo)  # type: ignore[return-value]  # every None was filled

@@ -24,7 +24,8 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 import numpy as np
@@ -45,7 +46,7 @@ def _real_s2_chips(real: Path) -> np.ndarray | None:
     if not safes:
         return None
     files = {p.name.split("_")[-2]: p for p in safes[0].glob("GRANULE/*/IMG_DATA/R60m/*_B*_60m.jp2")}
-    bands = []
+    bands: list[np.ndarray | None] = []
     for name in S2_BAND_NAMES:
         path = files.get(s2_file_label(name)) or (files.get("B8A") if name == "B8" else None)
         if name == "B10" or path is None:
@@ -134,7 +135,7 @@ def _decode(data: bytes, suffix: str) -> np.ndarray:
     return decode_array(data, suffix)
 
 
-def measure(samples: list[np.ndarray], min_seconds: float = 1.0) -> list[dict[str, float | str]]:
+def measure(samples: list[np.ndarray], min_seconds: float = 1.0) -> list[dict[str, Any]]:
     """Bytes/sample, encode and decode samples/s (one core) for every candidate codec."""
     raws = [npy_bytes(s) for s in samples]
     rows = []

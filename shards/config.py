@@ -150,7 +150,7 @@ def load_callable(spec: str, setting: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"{setting} {spec!r}: {module_name} has no function {attr}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 __all__ = ["ConfigError", "build_section", "check_keys", "load_callable", "read_recipe", "section_to_dict"]

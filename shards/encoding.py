@@ -96,10 +96,10 @@ def encode_entry(entry: np.ndarray, codec: str = DEFAULT_CODEC, level: int = DEF
     data = np.ascontiguousarray(entry)
     if codec == "npy":
         return data.tobytes()
-    return _compressor(level).compress(memoryview(data).cast("B") if data.nbytes else b"")
+    return _compressor(level).compress(data.data.cast("B") if data.nbytes else b"")
 
 
-def decode_entry_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], codec: str = DEFAULT_CODEC) -> np.ndarray:
+def decode_entry_bytes(data: bytes, dtype: np.dtype | str, shape: tuple[int, ...], codec: str = DEFAULT_CODEC) -> np.ndarray:
     """The inverse of :func:`encode_entry`: one entry of ``dtype`` and ``shape`` (a writable array)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -240,7 +240,7 @@ def _open_zstd_npy(data: bytes) -> tuple[Any, int, tuple[int, ...], bool, np.dty
 
 
 def _read_exactly(reader: Any, buffer: np.ndarray) -> None:
-    got = reader.readinto(memoryview(buffer).cast("B")) if buffer.nbytes else 0
+    got = reader.readinto(buffer.data.cast("B")) if buffer.nbytes else 0
     if got < buffer.nbytes:
         raise ValueError(f"truncated .npy payload: {got} of {buffer.nbytes} bytes")
 

@@ -81,7 +81,7 @@ class TileId:
         return f"{self.zone:02d}{self.hemisphere}_{self.col:05d}_{self.row:05d}"
 
     @classmethod
-    def parse(cls, tile_id: str) -> "TileId":
+    def parse(cls, tile_id: str) -> TileId:
         m = TILE_ID_RE.match(tile_id)
         if not m:
             raise KeyRuleError(f"tile id {tile_id!r} is not of the form 32n_00123_01234")

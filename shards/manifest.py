@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -127,13 +128,13 @@ def _timestamp(iso: str) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
-def sample_hash(members: "Iterable[MemberInfo]") -> str:
+def sample_hash(members: Iterable[MemberInfo]) -> str:
     """One hash for a sample's content: sha256 over ``name:sha256`` lines of its members."""
     text = "".join(f"{m.name}:{m.sha256}\n" for m in members)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def manifest_row(meta: SampleMeta, shard: str, members: "list[MemberInfo]") -> dict[str, Any]:
+def manifest_row(meta: SampleMeta, shard: str, members: list[MemberInfo]) -> dict[str, Any]:
     """The manifest row of one written sample."""
     poly = footprint_lonlat(meta)
     minx, miny, maxx, maxy = meta.bounds()
@@ -299,15 +300,15 @@ def merge_parts(root: str | os.PathLike[str], extra_metadata: dict[str, Any] | N
     with atomic_parquet_writer(out, schema, fsync=fsync) as writer:
         pending: list[pa.Table] = []
         rows = 0
-        for part in parts + [None]:
-            if part is not None:
+        for path in [*parts, None]:  # None: the end, flush what is pending
+            if path is not None:
                 try:
-                    t = pq.ParquetFile(part).read().select(SCHEMA.names).cast(SCHEMA)
+                    t = pq.ParquetFile(path).read().select(SCHEMA.names).cast(SCHEMA)
                 except (OSError, pa.ArrowInvalid) as err:
-                    raise ManifestError(f"{part}: unreadable manifest part: {err}") from err
+                    raise ManifestError(f"{path}: unreadable manifest part: {err}") from err
                 pending.append(t.replace_schema_metadata(meta))
                 rows += t.num_rows
-            if pending and (rows >= MERGE_ROW_GROUP or part is None):
+            if pending and (rows >= MERGE_ROW_GROUP or path is None):
                 writer.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
                 pending, rows = [], 0
         if not parts:

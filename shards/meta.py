@@ -155,7 +155,7 @@ class SampleMeta:
         return json_finite(out)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SampleMeta":
+    def from_dict(cls, d: dict[str, Any]) -> SampleMeta:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

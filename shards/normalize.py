@@ -31,6 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -244,7 +245,7 @@ def norm_from_record(record: dict[str, Any], modality: str, bands: tuple[str, ..
     columns = np.asarray([by_band[b] for b in bands], np.float32).reshape(len(bands), 4).T
     value_min, value_max = columns[2], columns[3]
     if not np.isfinite(np.concatenate([value_min, value_max])).any():
-        value_min = value_max = None  # type: ignore[assignment]
+        value_min = value_max = None
     mode = mode or "minmax2sigma"
     return BandNorm(modality, tuple(bands), columns[0], columns[1], mode, clip and mode == "minmax2sigma",
                     value_min, value_max)
@@ -253,6 +254,7 @@ def norm_from_record(record: dict[str, Any], modality: str, bands: tuple[str, ..
 def _section_affine(section: dict[str, Any], mode: str | None) -> tuple[list[str] | None, list[float], list[float]]:
     """(bands, offset, scale) of one record section; unusable bands get offset = scale = 0."""
     mode = section.get("mode", mode) or "minmax2sigma"
+    conv: Callable[[float, float], tuple[float, float] | None]
     if "lo" in section and "hi" in section:
         pairs, conv = zip(section["lo"], section["hi"]), _from_lo_hi
     elif "offset" in section and "scale" in section:

@@ -84,7 +84,7 @@ def meta_member(meta: SampleMeta) -> tuple[MemberInfo, tuple[bytes, ...]]:
 def encode_sample(sample: Sample, codec: str = DEFAULT_CODEC) -> EncodedSample:
     """Validate and serialise a sample into its members, in :data:`MEMBER_ORDER`."""
     sample.validate()
-    out: list[tuple[MemberInfo, bytes]] = []
+    out: list[tuple[MemberInfo, tuple[bytes, ...]]] = []
     for name in MEMBER_ORDER:
         if name == META_MEMBER:
             out.append(meta_member(sample.meta))

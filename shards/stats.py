@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ class BandAccumulator:
         self.total[band] += v.sum()
         self.total_sq[band] += np.square(v).sum()
 
-    def merge(self, other: "BandAccumulator") -> None:
+    def merge(self, other: BandAccumulator) -> None:
         self.hist += other.hist
         self.total += other.total
         self.total_sq += other.total_sq
@@ -151,7 +152,7 @@ class DatasetStats:
             idx = np.clip(((v - S1_DB_MIN) / S1_DB_STEP).astype(np.int64), 0, _S1_BINS - 1)
             self.s1.add(b, idx, v)
 
-    def merge(self, other: "DatasetStats") -> None:
+    def merge(self, other: DatasetStats) -> None:
         if other.pixel_stride != self.pixel_stride:
             raise ValueError(f"cannot merge statistics of pixel strides {self.pixel_stride} and {other.pixel_stride}")
         self._flush()
@@ -171,10 +172,10 @@ class DatasetStats:
             arrays.update({f"{name}_band": band, f"{name}_bin": bin_, f"{name}_count": acc.hist[band, bin_],
                            f"{name}_total": acc.total, f"{name}_total_sq": acc.total_sq})
         with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to other names
-            np.savez(tmp, **arrays)
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "DatasetStats":
+    def load(cls, path: str | os.PathLike[str]) -> DatasetStats:
         out = cls()
         with np.load(path) as z:
             out.num_samples = int(z["num_samples"])
@@ -229,6 +230,7 @@ def compute_stats(
     count = partial(_shard_stats, pixel_stride=pixel_stride)
     workers = max(1, min(workers or os.cpu_count() or 1, len(urls)))
     bar = tqdm(total=len(urls), unit="shard", desc="stats", disable=not progress)
+    parts: Iterator[DatasetStats]
     if workers == 1:
         parts = map(count, urls)
         pool = None

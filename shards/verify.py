@@ -21,7 +21,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -96,8 +97,8 @@ def _check_shard(root: str, shard: str, expected: _Expected) -> tuple[int, int, 
                 problems.extend(_check_decodes(shard, key, member, suffix, data, dtype, shape))
     except (tarfile.TarError, EOFError, OSError) as err:
         problems.append(Problem(shard, None, f"unreadable tar (truncated or corrupt): {err}"))
-    for key, want in expected.items():
-        missing = sorted(set(want) - seen.get(key, set()))
+    for key, wanted in expected.items():
+        missing = sorted(set(wanted) - seen.get(key, set()))
         if missing:
             problems.append(Problem(shard, key, f"missing member(s) {', '.join(missing)}"))
     return len(expected), members, problems

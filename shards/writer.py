@@ -22,7 +22,8 @@ import os
 import tarfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from eoforge.shards.atomic import publish
 from eoforge.shards.encoding import DEFAULT_CODEC
@@ -198,7 +199,7 @@ class ShardWriter:
         self._finish()
         return self.rows
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -92,7 +92,7 @@ def github_slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-@lru_cache(maxsize=None)
+@cache
 def anchors(path: Path) -> frozenset[str]:
     """Every anchor a Markdown file defines: heading slugs (repeats numbered) and HTML anchors."""
     seen: dict[str, int] = {}

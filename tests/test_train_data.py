@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import threading
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest

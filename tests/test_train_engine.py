@@ -126,7 +126,7 @@ def test_checkpoint_torn_write_leaves_previous(tmp_path) -> None:
         def __reduce__(self):
             raise RuntimeError("disk full")
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(folder, 6, {"step": 6, "bad": Unpicklable()})
     # the failed write left only a .tmp file, never a final name; latest still points at 5
     assert [p.name for p in list_checkpoints(folder)] == ["step-00000005.pt"]

@@ -31,7 +31,8 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 import torch
@@ -69,7 +70,7 @@ class FullViewDINO(nn.Module):
         self.dino_loss = DINOClsLoss(pera.cfg.head_prototypes, pera.cfg.student_temp, pera.cfg.center_momentum)
         self.teacher_temp = pera.cfg.teacher_temp_end
 
-    def train(self, mode: bool = True) -> "FullViewDINO":
+    def train(self, mode: bool = True) -> FullViewDINO:
         super().train(mode)
         self.teacher.eval()
         return self
@@ -337,7 +338,7 @@ def bench_pera_gpu(
     for name in ("pera", "dino"):
         step = _train_step_fn(name, pera, dino)
         if fixed is None:
-            batch_size = largest_batch(lambda b: _fits(step, pera, b, dev), max_batch)
+            batch_size = largest_batch(lambda b, step=step: _fits(step, pera, b, dev), max_batch)
         else:
             batch_size = fixed if _fits(step, pera, fixed, dev) else 0
         if batch_size == 0:
@@ -345,7 +346,7 @@ def bench_pera_gpu(
             continue
         batch = random_batch(pera, batch_size, dev, seed)
         forward = _forward_fn(name, pera, dino)
-        flops = step_flops(lambda: forward(batch, 0))
+        flops = step_flops(lambda forward=forward, batch=batch: forward(batch, 0))
         step(batch, 0)
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)

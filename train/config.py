@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -265,7 +266,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config",
-                  method: str | None = None) -> "PretrainConfig":
+                  method: str | None = None) -> PretrainConfig:
         """Build from a nested mapping (``{"data": {...}, "method": {"name": "pera", ...}, ...}``).
 
         Args:
@@ -300,13 +301,13 @@ class PretrainConfig:
         )
 
     @classmethod
-    def load(cls, path: str | Path, method: str | None = None) -> "PretrainConfig":
+    def load(cls, path: str | Path, method: str | None = None) -> PretrainConfig:
         """Read a YAML recipe (see ``train/recipes/``); errors name the file and the key."""
         return cls.from_dict(read_recipe(path), source=str(path), method=method)
 
     # -------------------------------------------------------------------- changing
 
-    def override(self, values: Mapping[str, Any], source: str = "options") -> "PretrainConfig":
+    def override(self, values: Mapping[str, Any], source: str = "options") -> PretrainConfig:
         """A copy with dotted keys changed: ``{"engine.steps": 10, "data.batch_size": 4}``.
 
         ``None`` values are ignored (an option that was not given). ``method.name`` cannot be
@@ -325,7 +326,7 @@ class PretrainConfig:
         return self.from_dict(tree, source=source)
 
     def replace(self, *, model: str | None = None, steps: int | None = None, batch_size: int | None = None,
-                workers: int | None = None, device: str | None = None) -> "PretrainConfig":
+                workers: int | None = None, device: str | None = None) -> PretrainConfig:
         """The common command-line options (``--model --steps --batch-size --workers --device``)."""
         return self.override({
             f"model.{MODEL_NAME_KEY}": model, "engine.steps": steps, "data.batch_size": batch_size,

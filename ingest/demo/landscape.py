@@ -104,14 +104,14 @@ def stable_key(*parts: object) -> int:
 
 def _hash01(*ints: np.ndarray | int) -> np.ndarray:
     """Uniform [0, 1) values from integer arrays (splitmix64 finaliser, vectorised)."""
-    h = np.uint64(0x9E3779B97F4A7C15)
+    h: np.ndarray = np.asarray(np.uint64(0x9E3779B97F4A7C15))
     with np.errstate(over="ignore"):
         for v in ints:
             z = (np.asarray(v).astype(np.int64).astype(np.uint64) + h) * np.uint64(0xBF58476D1CE4E5B9)
             z ^= z >> np.uint64(31)
             z *= np.uint64(0x94D049BB133111EB)
             h = z ^ (z >> np.uint64(29))
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.asarray((h >> np.uint64(11)).astype(np.float64) / float(1 << 53))
 
 
 class _Field:

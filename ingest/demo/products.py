@@ -20,9 +20,10 @@ import json
 import math
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ def wedge_mask(grid: RasterGrid, full: RasterGrid, corner: str) -> np.ndarray:
     x, y = grid.centres()
 
     def side(px: np.ndarray | float, py: np.ndarray | float) -> np.ndarray:
-        return (q[0] - p[0]) * (py - p[1]) - (q[1] - p[1]) * (px - p[0])
+        return np.asarray((q[0] - p[0]) * (py - p[1]) - (q[1] - p[1]) * (px - p[0]))
 
     return np.sign(side(x, y)) == np.sign(side(*c))
 
@@ -820,12 +821,12 @@ def generate_demo_data(out: str | os.PathLike[str], seed: int = 0, extent_km: fl
                         "class_codes": sorted({int(c) for c in (10, 20, 30, 40, 50, 60, 80, 90)})})
 
     for p in cat.s2:
-        steps.append((p.relpath, lambda p=p: s2_step(p)))
+        steps.append((p.relpath, partial(s2_step, p)))
     steps.append((f"mirror/{cat.mirror_of}", mirror_step))
     for q in cat.s1:
-        steps.append((q.relpath, lambda q=q: s1_step(q)))
+        steps.append((q.relpath, partial(s1_step, q)))
     for name in cat.worldcover:
-        steps.append((f"worldcover/{name}.tif", lambda name=name: wc_step(name)))
+        steps.append((f"worldcover/{name}.tif", partial(wc_step, name)))
 
     # The three ground samplings are shared by many products: compute them first, then
     # render and write products on a few threads (numpy and GDAL release the GIL; every

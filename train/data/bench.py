@@ -165,7 +165,7 @@ class TorchgeoNormalize:
     insert_b10: bool = False
 
     @classmethod
-    def of(cls, norm: BandNorm, insert_b10: bool = False) -> "TorchgeoNormalize":
+    def of(cls, norm: BandNorm, insert_b10: bool = False) -> TorchgeoNormalize:
         offset, scale = (torch.from_numpy(v)[:, None, None] for v in (norm.offset, norm.scale))
         return cls(offset, scale, insert_b10)
 

@@ -7,7 +7,8 @@ each class names its config dataclass in ``config_class``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from eoforge.shards.config import build_section
 from eoforge.train.methods.base import Method, MethodOutput

@@ -482,7 +482,7 @@ class Cmid(EmaTeacherMethod):
             raise ValueError(f"cmid enqueues 2 x data.batch_size x ranks = {keys} keys a step, more than "
                              f"method.queue_size={self.cfg.queue_size}")
 
-    def train(self, mode: bool = True) -> "Cmid":
+    def train(self, mode: bool = True) -> Cmid:
         super().train(mode)
         # the teacher never drops paths, but its BatchNorm layers normalise with the batch's
         # statistics, as the official momentum branch (which runs in training mode)

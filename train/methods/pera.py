@@ -318,7 +318,7 @@ class PerA(EmaTeacherMethod):
     def make_views(self) -> PeraViews:
         return PeraViews(self.cfg, self.patch_px, self.in_chans)
 
-    def train(self, mode: bool = True) -> "PerA":
+    def train(self, mode: bool = True) -> PerA:
         super().train(mode)
         self.teacher.eval()  # the EMA teacher never drops paths
         return self

@@ -259,7 +259,7 @@ class Softcon(EmaTeacherMethod):
             raise ValueError(f"softcon takes two views of one time step or of two: data.time_step must be one of "
                              f"{TIME_STEPS} (random_pair: two seasons, the SSL4EO convention), got {data.time_step!r}")
 
-    def train(self, mode: bool = True) -> "Softcon":
+    def train(self, mode: bool = True) -> Softcon:
         super().train(mode)
         # the EMA branch never drops paths, but its BatchNorm layers normalise with the batch's
         # statistics, as MoCo v3's momentum encoder (which runs in training mode)

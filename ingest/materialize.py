@@ -25,9 +25,9 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from eoforge.shards.sample import EncodedSample, MemberInfo, array_member, meta_
 from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
 from eoforge.shards.writer import part_path, shard_path, write_shard
+
+if TYPE_CHECKING:  # the record only; plan.py's imports are not a worker's business
+    from eoforge.ingest.plan import ShardJob
 
 TASK_REPORTS = "task-reports"
 
@@ -102,7 +105,7 @@ class _Staging:
 class ShardAssembler:
     """Builds the encoded samples of one shard job from pieces (see the module docstring)."""
 
-    def __init__(self, job: dict[str, Any], pieces: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]],
+    def __init__(self, job: ShardJob, pieces: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]],
                  config: IngestConfig, staging: _Staging) -> None:
         self.job = job
         self.pieces = pieces
@@ -131,12 +134,12 @@ class ShardAssembler:
 
     def samples(self) -> Iterator[EncodedSample]:
         """The shard's samples in plan order, one at a time."""
-        for rows in self.job["tiles"]:
+        for rows in self.job.tiles:
             sample = self._sample(rows)
             if sample is not None:
                 yield sample
 
-    def _sample(self, rows: list[dict[str, Any]]) -> EncodedSample | None:
+    def _sample(self, rows: Sequence[dict[str, Any]]) -> EncodedSample | None:
         cfg = self.config
         n = self.n
         tile_id = rows[0]["tile_id"]
@@ -266,11 +269,11 @@ def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, dict[str, 
     return pieces
 
 
-def materialize_shard(job: dict[str, Any], piece_tasks: dict[str, str], scenes: dict[int, dict[str, Any]],
+def materialize_shard(job: ShardJob, piece_tasks: dict[str, str], scenes: dict[int, dict[str, Any]],
                       config: dict[str, Any], out: str) -> dict[str, Any]:
     """Write one shard from the staged pieces of its tiles (``piece_tasks``: :func:`piece_key`
     -> the read task that staged it), skipped when already done; return its task report."""
-    split, shard = job["split"], int(job["shard"])
+    split, shard = job.split, job.shard
     if (done := finished_shard(out, split, shard)) is not None:
         return done
     pieces = staged_pieces(out, piece_tasks)

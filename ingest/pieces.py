@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -57,6 +57,10 @@ from eoforge.shards.encoding import encode_entry
 from eoforge.shards.keys import TileId
 from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
+
+if TYPE_CHECKING:  # the record only; plan.py's imports are not a worker's business
+    from eoforge.ingest.plan import ReadTask
+
 
 STAGING = "staging"
 #: The piece entries that are ``[offset, length]`` of a staged frame.
@@ -423,20 +427,20 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, Any], out: str) -> dict[str, Any]:
+def read_source(task: ReadTask, scene: dict[str, Any], config: dict[str, Any], out: str) -> dict[str, Any]:
     """Run one read task (or load its report when done); return the report: ``{"task", "kind",
     "scene", "errors", "counts", "tiles", "frames_bytes", "index_bytes", ...}``; the pieces are
     in the staged index (:func:`load_piece_index`). See the module docstring."""
-    name = task["task"]
-    if not task.get("redo") and (done := finished_read(out, name)) is not None:
+    name = task.name
+    if not task.redo and (done := finished_read(out, name)) is not None:
         return done
     started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)
     frames_path, index_path = staging_paths(out, name)
     report_path, stats_path = read_report_paths(out, name)
-    source = _KINDS[task["kind"]](scene, cfg)
-    tiles = [TileId.parse(t) for t in task["tiles"]]
-    train = dict(zip(task["tiles"], task["train"]))
+    source = _KINDS[task.kind](scene, cfg)
+    tiles = [TileId.parse(t) for t in task.tiles]
+    train = dict(zip(task.tiles, task.train))
     pieces: dict[str, dict[str, Any]] = {}
     errors: list[dict[str, Any]] = []
     frames = _Frames(frames_path)
@@ -463,12 +467,12 @@ def read_source(task: dict[str, Any], scene: dict[str, Any], config: dict[str, A
         errors.append({"path": broken[0], "stage": "materialize", "reason": broken[1], "product_id": scene["product_id"]})
         pieces = {}
         source.stats = DatasetStats(pixel_stride=cfg.stats_pixel_stride)
-    report = {"task": name, "kind": task["kind"], "scene": task["scene"], "errors": errors,
+    report = {"task": name, "kind": task.kind, "scene": task.scene, "errors": errors,
               "counts": dict(sorted(Counter(p["status"] for p in pieces.values()).items())),
               "tiles": len(tiles), "seconds": round(time.perf_counter() - started, 3)}
     index = _json_text(pieces)
     report.update(frames_bytes=frames.offset, index_bytes=len(index.encode()))
-    if task["kind"] == "s2":
+    if task.kind == "s2":
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         source.stats.save(stats_path)
     write_text_atomic(report_path, _json_text(report))

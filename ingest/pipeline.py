@@ -27,6 +27,7 @@ A different plan over existing shards is refused.
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import importlib
 import json
 import os
@@ -52,7 +53,9 @@ from eoforge.ingest.materialize import (
 from eoforge.ingest.pieces import (
     STAGING, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged, staging_paths,
 )
-from eoforge.ingest.plan import plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan
+from eoforge.ingest.plan import (
+    ReadTask, ShardJob, plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan,
+)
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
 from eoforge.shards.atomic import write_text_atomic
@@ -186,8 +189,8 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             rows = wave_rows(plan.rows, wave)
             wave_jobs, wave_reads = plan_shards(rows), plan_reads(rows, config, workers=engine.task_slots)
             del rows
-            stats_tasks += [r["task"] for r in wave_reads if r["kind"] == "s2" and any(r["train"])]
-            pending = [j for j in wave_jobs if finished[(j["split"], j["shard"])] is None]
+            stats_tasks += [r.name for r in wave_reads if r.kind == "s2" and any(r.train)]
+            pending = [j for j in wave_jobs if finished[(j.split, j.shard)] is None]
             t0 = time.perf_counter()
             results, failed_reads = _run_reads(engine, wave_reads, pending, by_scene, config, out, errors, strict)
             read_results.update(results)
@@ -203,7 +206,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             failed |= wave_failed
             if not wave_failed:  # every shard of the wave is written: its pieces are spent
                 for r in wave_reads:
-                    remove_staged(out, r["task"])
+                    remove_staged(out, r.name)
         reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
         if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
             background.run(engine.__exit__, None, None, None)
@@ -263,8 +266,8 @@ class WaveLog:
     staged_bytes: list[int] = field(default_factory=list)
     shard_bytes: int = 0
 
-    def staged(self, out: Path, reads: list[dict[str, Any]]) -> None:
-        self.staged_bytes.append(sum(file_size(p) for r in reads for p in staging_paths(out, r["task"])))
+    def staged(self, out: Path, reads: list[ReadTask]) -> None:
+        self.staged_bytes.append(sum(file_size(p) for r in reads for p in staging_paths(out, r.name)))
 
     def wrote(self, reports: list[dict[str, Any]]) -> None:
         self.shard_bytes += sum(r.get("tar_bytes", 0) + r.get("part_bytes", 0) for r in reports)
@@ -307,46 +310,46 @@ class _Background:
             raise failures[0]
 
 
-def _run_reads(engine: Engine, reads: list[dict[str, Any]], pending: list[dict[str, Any]],
+def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
                scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
                strict: bool) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """Run the read tasks that are not done and that a pending shard needs (or that left no
     report); load the others. Returns (task -> result, the tasks that failed: raised after
     their retries); the tasks' errors are appended to ``errors``."""
-    needed_tiles = {rows[0]["tile_id"] for j in pending for rows in j["tiles"]}
+    needed_tiles = {rows[0]["tile_id"] for j in pending for rows in j.tiles}
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for r in reads:
-        report_path = read_report_paths(out, r["task"])[0]
-        needed = needed_tiles.intersection(r["tiles"])
+        report_path = read_report_paths(out, r.name)[0]
+        needed = needed_tiles.intersection(r.tiles)
         if report_path.is_file() and not needed:
-            results[r["task"]] = json.loads(report_path.read_text())  # its pieces are in finished shards
-        elif (done := finished_read(out, r["task"])) is not None and not needed & released_tiles(out, r["task"]):
-            results[r["task"]] = done
+            results[r.name] = json.loads(report_path.read_text())  # its pieces are in finished shards
+        elif (done := finished_read(out, r.name)) is not None and not needed & released_tiles(out, r.name):
+            results[r.name] = done
         else:  # not read yet, or a pending shard needs frames released after its first writing
-            todo.append({**r, "redo": True})
+            todo.append(dataclasses.replace(r, redo=True))
     failed: set[str] = set()
     task_fn = partial(_read_payload, config=config.to_dict(), out=str(out.resolve()))
-    payloads = [(r, scenes[r["scene"]]) for r in todo]
+    payloads = [(r, scenes[r.scene]) for r in todo]
     for index, result in engine.as_completed(task_fn, payloads, desc="read", unit="task", key_prefix="read"):
         r = todo[index]
         if isinstance(result, BaseException):
-            failed.add(r["task"])
-            scene = scenes[r["scene"]]
-            result = {"task": r["task"], "errors": [{
+            failed.add(r.name)
+            scene = scenes[r.scene]
+            result = {"task": r.name, "errors": [{
                 "path": scene["paths"][0], "stage": "materialize", "product_id": scene["product_id"],
-                "reason": f"read task {r['task']} failed: {type(result).__name__}: {result}"}]}
-        results[r["task"]] = result
+                "reason": f"read task {r.name} failed: {type(result).__name__}: {result}"}]}
+        results[r.name] = result
         if strict and result["errors"]:
             write_errors(out, errors + result["errors"])
             e = result["errors"][0]
             raise IngestError(f"{e['path']}: {e['reason']} (--strict stops at the first error)")
     for r in reads:
-        errors += results.get(r["task"], {}).get("errors", [])
+        errors += results.get(r.name, {}).get("errors", [])
     return results, failed
 
 
-def _run_shards(engine: Engine, pending: list[dict[str, Any]], reads: list[dict[str, Any]], failed_reads: set[str],
+def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], failed_reads: set[str],
                 scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
                 strict: bool) -> tuple[list[dict[str, Any]], bool]:
     """Write the pending shards of a wave from its read tasks' staged pieces. Returns (the
@@ -357,7 +360,7 @@ def _run_shards(engine: Engine, pending: list[dict[str, Any]], reads: list[dict[
     data) is not written: a rerun retries the read and then writes it. A shard task gets
     which task staged each of its pieces and reads their indexes itself: no per-tile state
     passes through the client."""
-    piece_task = {(r["kind"], r["scene"], t): r["task"] for r in reads for t in r["tiles"]}
+    piece_task = {(r.kind, r.scene, t): r.name for r in reads for t in r.tiles}
     reports: list[dict[str, Any]] = []
     failed = False
     writable = []
@@ -365,7 +368,7 @@ def _run_shards(engine: Engine, pending: list[dict[str, Any]], reads: list[dict[
         blocked = sorted({piece_task[key] for key in _piece_sources(j) if piece_task[key] in failed_reads})
         if blocked:
             failed = True
-            errors.append({"path": str(shard_path(out, j["split"], j["shard"])), "stage": "materialize",
+            errors.append({"path": str(shard_path(out, j.split, j.shard)), "stage": "materialize",
                            "reason": f"shard not written: read task(s) {', '.join(blocked)} failed; rerun to retry",
                            "product_id": None})
         else:
@@ -377,7 +380,7 @@ def _run_shards(engine: Engine, pending: list[dict[str, Any]], reads: list[dict[
         j = writable[index]
         if isinstance(result, BaseException):
             failed = True
-            errors.append({"path": str(shard_path(out, j["split"], j["shard"])), "stage": "materialize",
+            errors.append({"path": str(shard_path(out, j.split, j.shard)), "stage": "materialize",
                            "reason": f"shard task failed: {type(result).__name__}: {result}", "product_id": None})
             if strict:
                 write_errors(out, errors)
@@ -387,9 +390,9 @@ def _run_shards(engine: Engine, pending: list[dict[str, Any]], reads: list[dict[
     return reports, failed
 
 
-def _piece_sources(job: dict[str, Any]) -> Iterator[tuple[str, int, str]]:
+def _piece_sources(job: ShardJob) -> Iterator[tuple[str, int, str]]:
     """(kind, scene, tile) of every piece the tiles of a shard job use."""
-    for rows in job["tiles"]:
+    for rows in job.tiles:
         tile = rows[0]["tile_id"]
         for r in rows:
             yield "s2", int(r["s2_scene"]), tile
@@ -399,12 +402,12 @@ def _piece_sources(job: dict[str, Any]) -> Iterator[tuple[str, int, str]]:
             yield "lc", int(i), tile
 
 
-def _read_payload(payload: tuple[dict[str, Any], dict[str, Any]], config: dict[str, Any], out: str) -> dict[str, Any]:
+def _read_payload(payload: tuple[ReadTask, dict[str, Any]], config: dict[str, Any], out: str) -> dict[str, Any]:
     task, scene = payload
     return read_source(task, scene, config, out)
 
 
-def _materialize_payload(payload: tuple[dict[str, Any], dict[str, str], dict[int, dict[str, Any]]],
+def _materialize_payload(payload: tuple[ShardJob, dict[str, str], dict[int, dict[str, Any]]],
                          config: dict[str, Any], out: str) -> dict[str, Any]:
     job, piece_tasks, scenes = payload
     return materialize_shard(job, piece_tasks, scenes, config, out)

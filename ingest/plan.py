@@ -821,8 +821,43 @@ def read_order(tile: TileId) -> tuple[int, int, int]:
     return tile.epsg, -tile.row, tile.col
 
 
-def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 1) -> list[dict[str, Any]]:
-    """The read tasks of a plan: ``{"task", "wave", "kind", "scene", "tiles", "train"}``.
+@dataclass(frozen=True, slots=True)
+class ReadTask:
+    """One source read for the tiles of one wave it serves (or a part of them).
+
+    Attributes:
+        name: ``<kind>-<scene:06d>-w<wave:03d>-<part:03d>of<parts:03d>``, the key of its staged
+            pieces and report.
+        wave: the wave it belongs to.
+        kind: ``"s2"``, ``"s1"`` or ``"lc"`` (land cover).
+        scene: the source's scene number.
+        tiles: tile ids, in :func:`read_order`.
+        train: per tile, whether it is in the train split (its S2 values go into ``stats.json``).
+        redo: read again even when a finished report is on disk (a pending shard needs frames
+            released after their first writing).
+    """
+
+    name: str
+    wave: int
+    kind: str
+    scene: int
+    tiles: tuple[str, ...]
+    train: tuple[bool, ...]
+    redo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShardJob:
+    """One shard to write: its plan rows, grouped per tile (the time steps of a tile)."""
+
+    split: str
+    shard: int
+    wave: int
+    tiles: tuple[tuple[dict[str, Any], ...], ...]
+
+
+def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 1) -> list[ReadTask]:
+    """The read tasks of a plan.
 
     One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles of one wave it serves, in
     :func:`read_order`, split into parts of about equal tile rows (so a scene's tasks take
@@ -844,7 +879,7 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 
                     users[(wave, kind, int(scene))][r["tile_id"]] = train
     order = {"s2": 0, "s1": 1, "lc": 2}
     scenes_of_kind = Counter((wave, kind) for wave, kind, _ in users)
-    tasks: list[dict[str, Any]] = []
+    tasks: list[ReadTask] = []
     for (wave, kind, scene), tiles in sorted(users.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2])):
         parsed = sorted((TileId.parse(t) for t in tiles), key=read_order)
         tile_rows: list[list[TileId]] = []
@@ -858,9 +893,9 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 
             parts = math.ceil(len(tile_rows) / config.read_task_rows)
         for part in range(parts):
             chunk = tile_rows[part * len(tile_rows) // parts:(part + 1) * len(tile_rows) // parts]
-            ids = [str(t) for row in chunk for t in row]
-            tasks.append({"task": f"{kind}-{scene:06d}-w{wave:03d}-{part:03d}of{parts:03d}", "wave": wave,
-                          "kind": kind, "scene": scene, "tiles": ids, "train": [tiles[t] for t in ids]})
+            ids = tuple(str(t) for row in chunk for t in row)
+            tasks.append(ReadTask(f"{kind}-{scene:06d}-w{wave:03d}-{part:03d}of{parts:03d}", wave, kind, scene, ids,
+                                  tuple(tiles[t] for t in ids)))
     return tasks
 
 
@@ -877,13 +912,16 @@ def wave_rows(rows: pa.Table, wave: int) -> list[dict[str, Any]]:
     return rows.filter(pc.equal(rows.column("wave"), wave)).to_pylist()
 
 
-def plan_shards(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group plan rows into shard jobs: ``{"split", "shard", "wave", "tiles": [[row, ...] per tile]}``."""
-    jobs: dict[tuple[str, int], dict[str, Any]] = {}
+def plan_shards(rows: list[dict[str, Any]]) -> list[ShardJob]:
+    """Group plan rows (in plan order) into shard jobs, train first, then by shard number."""
+    tiles: dict[tuple[str, int], list[list[dict[str, Any]]]] = {}
+    waves: dict[tuple[str, int], int] = {}
     for r in rows:
-        job = jobs.setdefault((r["split"], r["shard"]), {"split": r["split"], "shard": r["shard"],
-                                                        "wave": int(r.get("wave") or 0), "tiles": []})
-        if not job["tiles"] or job["tiles"][-1][0]["tile_id"] != r["tile_id"]:
-            job["tiles"].append([])
-        job["tiles"][-1].append(r)
-    return [jobs[k] for k in sorted(jobs, key=lambda k: (k[0] != "train", k[1]))]
+        key = (r["split"], int(r["shard"]))
+        job = tiles.setdefault(key, [])
+        waves.setdefault(key, int(r.get("wave") or 0))
+        if not job or job[-1][0]["tile_id"] != r["tile_id"]:
+            job.append([])
+        job[-1].append(r)
+    return [ShardJob(split, shard, waves[(split, shard)], tuple(tuple(t) for t in tiles[(split, shard)]))
+            for split, shard in sorted(tiles, key=lambda k: (k[0] != "train", k[1]))]

@@ -103,33 +103,33 @@ def test_read_tasks_walk_each_source_north_to_south_in_balanced_parts() -> None:
              "landcover_scenes": [5]} for t in tiles]
     config = IngestConfig(read_task_rows=3)
     tasks = plan_reads(rows, config)
-    s2 = [t for t in tasks if t["kind"] == "s2"]
-    assert [t["task"] for t in s2] == ["s2-000003-w000-000of003", "s2-000003-w000-001of003", "s2-000003-w000-002of003"]
-    assert [len(t["tiles"]) for t in s2] == [8, 8, 12]  # 7 rows in 3 parts: 2, 2, 3 rows
-    walked = [TileId.parse(t) for task in s2 for t in task["tiles"]]
+    s2 = [t for t in tasks if t.kind == "s2"]
+    assert [t.name for t in s2] == ["s2-000003-w000-000of003", "s2-000003-w000-001of003", "s2-000003-w000-002of003"]
+    assert [len(t.tiles) for t in s2] == [8, 8, 12]  # 7 rows in 3 parts: 2, 2, 3 rows
+    walked = [TileId.parse(t) for task in s2 for t in task.tiles]
     assert walked == sorted(tiles, key=read_order) and walked[0] == TileId(32, "n", 10, 106)
-    assert [t["task"] for t in tasks if t["kind"] == "lc"] == ["lc-000005-w000-000of003", "lc-000005-w000-001of003",
+    assert [t.name for t in tasks if t.kind == "lc"] == ["lc-000005-w000-000of003", "lc-000005-w000-001of003",
                                                                 "lc-000005-w000-002of003"]
     assert all(train == (not tile.endswith("00013_" + tile[-5:])) for task in s2
-               for tile, train in zip(task["tiles"], task["train"]))
+               for tile, train in zip(task.tiles, task.train))
     # automatic split (read_task_rows None): a scene is split only when its kind has fewer
     # scenes than there are workers, into ceil(workers / scenes) parts, at most one per row
     auto = IngestConfig()
-    assert [t["task"] for t in plan_reads(rows, auto, workers=1)] == ["s2-000003-w000-000of001", "lc-000005-w000-000of001"]
+    assert [t.name for t in plan_reads(rows, auto, workers=1)] == ["s2-000003-w000-000of001", "lc-000005-w000-000of001"]
     two_scenes = rows + [{**r, "s2_scene": 4} for r in rows]
-    assert [t["task"] for t in plan_reads(two_scenes, auto, workers=2) if t["kind"] == "s2"] == [
+    assert [t.name for t in plan_reads(two_scenes, auto, workers=2) if t.kind == "s2"] == [
         "s2-000003-w000-000of001", "s2-000004-w000-000of001"]
-    by_kind = Counter(t["kind"] for t in plan_reads(two_scenes, auto, workers=5))
+    by_kind = Counter(t.kind for t in plan_reads(two_scenes, auto, workers=5))
     assert by_kind == {"s2": 6, "lc": 5}  # ceil(5 / 2) = 3 parts per S2 scene; 5 of the one land-cover raster
     assert len(plan_reads(rows, auto, workers=64)) == 2 * 7  # never more parts than tile rows
     # waves: a source read in two waves is two tasks, each with its wave's tiles only
     waved = [{**r, "wave": int(TileId.parse(r["tile_id"]).row >= 104)} for r in rows]
-    by_wave = {t["task"]: t["tiles"] for t in plan_reads(waved, auto, workers=1) if t["kind"] == "s2"}
+    by_wave = {t.name: t.tiles for t in plan_reads(waved, auto, workers=1) if t.kind == "s2"}
     assert sorted(by_wave) == ["s2-000003-w000-000of001", "s2-000003-w001-000of001"]
     assert {TileId.parse(t).row for t in by_wave["s2-000003-w001-000of001"]} == {104, 105, 106}
     for workers in (1, 2, 5, 64):  # every (tile, source) is read by exactly one task, whatever the split
         tasks = plan_reads(two_scenes, auto, workers=workers)
-        pairs = [(t["kind"], t["scene"], tile) for t in tasks for tile in t["tiles"]]
+        pairs = [(t.kind, t.scene, tile) for t in tasks for tile in t.tiles]
         assert len(pairs) == len(set(pairs)) == 3 * len(tiles)
     # windows: one per tile row, split at gaps and at read_window_tiles
     gap = [TileId(32, "n", c, 100) for c in (1, 2, 3, 5, 6)]

@@ -30,7 +30,8 @@ class IngestConfig:
         max_dt_days: largest |S1 time - S2 time| for a pair, days.
         orbit_direction: ``"auto"`` (per tile, the direction that pairs most steps),
             ``"ascending"`` or ``"descending"``; a tile never mixes directions.
-        keep_unpaired_s2: keep S2 time steps without an S1 partner (S2-only steps).
+        keep_unpaired_s2: keep S2 time steps without an S1 partner (S2-only steps); False keeps
+            paired steps only (a planned partner whose pixels turn out too sparse drops the step).
         s2_level: ``"L2A"`` or ``"L1C"``; products of the other level are skipped.
         min_scene_coverage: smallest share of a tile inside a scene's footprint for the
             scene to be planned for that tile (0..1, from metadata).

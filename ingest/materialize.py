@@ -6,7 +6,8 @@ encoded by the read tasks (:mod:`.pieces`), each source once. Per tile and plann
 - the S2 piece decides the step: kept when its status is ``ok``, else dropped and counted
   (``steps_dropped_low_valid_fraction``, ``steps_dropped_cloudy``, ``steps_dropped_read_failed``);
 - the S1 piece pairs it when ``ok`` (else the step stays S2-only: ``s1_dropped_low_valid_fraction``,
-  ``s1_dropped_read_failed``);
+  ``s1_dropped_read_failed``; with ``keep_unpaired_s2: false`` the step is dropped instead,
+  ``steps_dropped_unpaired``, so such a dataset holds paired steps only);
 - the land-cover pieces give the labels: several rasters over one tile are mosaicked (the
   first in scan order wins where it has data; one taxonomy per tile, the first raster's);
   class fractions over valid label pixels, multi-hot at ``label_threshold``.
@@ -180,6 +181,9 @@ class ShardAssembler:
                     step.s1_valid_fraction = s1["valid_fraction"]
                     step.s1_source_unit = s1_scene.get("s1_unit")
                     step.dt_days = round(float(r["dt_days"]), 4)
+            if s1 is None and not cfg.keep_unpaired_s2:
+                self.counts["steps_dropped_unpaired"] += 1
+                continue
             steps.append(step)
             s2_frames.append(self._frame(s2, "s2"))
             scl_frames.append(self._frame(s2, "scl") if "scl" in s2 else None)

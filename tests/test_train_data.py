@@ -220,6 +220,22 @@ def test_remote_root_over_http_gives_the_same_batches(ds):
         server.server_close()
 
 
+def test_pipe_shard_urls_give_the_same_batches(ds, tmp_path):
+    """``pipe:`` URLs (webdataset's way to stream through a command: ``aws s3 cp ... -``,
+    ``gsutil cat``) read like the local shards; ``cat`` of a copy stands in for the download
+    tool. A command that fails is a failed shard, not a hang."""
+    moved = tmp_path / "moved"
+    shutil.copytree(ds, moved)
+    urls = [f"pipe:cat {moved / Path(u).relative_to(ds)}" for u in shard_urls(ds, "train")]
+    cfg = DataConfig(batch_size=3, workers=0, shuffle_buffer=6, shuffle_initial=3, stats=str(ds / "stats.json"))
+    assert same_batches(run(urls, cfg=cfg, num_steps=3), run(ds, num_steps=3))
+    broken = [f"pipe:cat {tmp_path / 'missing.tar'}"]
+    with pytest.raises(RuntimeError, match="failures in a row|missing.tar"):
+        run(broken, cfg=DataConfig(batch_size=3, workers=0, stats=str(ds / "stats.json"), max_consecutive_errors=2),
+            num_steps=1)
+
+
+
 # ---------------------------------------------------------------------- the loader
 
 

@@ -392,3 +392,26 @@ def test_train_in_process_then_export_loads_in_timm(stats_dataset: Path, tmp_pat
         assert torch.equal(v, ckpt["model"][f"teacher.backbone.{k}"]), k
     with torch.no_grad():
         assert net(torch.zeros(2, 13, 32, 32)).shape == (2, 64)
+
+
+def test_resume_warns_about_a_changed_configuration_only(stats_dataset: Path, tmp_path: Path) -> None:
+    """``--resume`` with settings that change the numbers warns, naming them; settings of how a
+    run goes (progress, threads, callbacks) do not."""
+    import warnings
+
+    from eoforge.train.engine import train
+
+    def cfg(*sets: str) -> PretrainConfig:
+        return pretrain_config(TINY, method="pera", steps=1, batch_size=2, workers=0, device="cpu", sets=(
+            "engine.checkpoint_every=1", "engine.progress=false", "method.n_local_crops=1", "method.head_prototypes=64",
+            "method.head_hidden_dim=32", "data.shuffle_buffer=4", "data.shuffle_initial=2", *sets))
+
+    run = tmp_path / "run"
+    train(cfg(), stats_dataset, run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning of ours fails here
+        train(cfg("engine.torch_threads=1", "engine.step_callbacks=[]"), stats_dataset, run, resume=True)
+    with pytest.warns(UserWarning, match=r"different configuration .*optim\.lr: 0\.001 -> 0\.002") as caught:
+        train(cfg("engine.steps=2", "optim.lr=0.002"), stats_dataset, run, resume=True)
+    message = str(caught[0].message)
+    assert "engine.steps: 1 -> 2" in message and "torch_threads" not in message

@@ -229,7 +229,8 @@ def plot_metrics(metrics_path: str | os.PathLike[str], png: str | os.PathLike[st
 #: config keys that may change on resume without changing the numbers (how it runs, not what)
 RESUME_HARMLESS = frozenset({
     "engine.progress", "engine.tensorboard", "engine.keep_checkpoints", "engine.dist_timeout_s",
-    "engine.torch_threads", "engine.log_every", "data.worker_timeout_s", "data.pin_memory", "data.prefetch_factor",
+    "engine.torch_threads", "engine.log_every", "engine.step_callbacks", "data.worker_timeout_s", "data.pin_memory",
+    "data.prefetch_factor",
 })
 
 

@@ -410,7 +410,7 @@ def test_resume_warns_about_a_changed_configuration_only(stats_dataset: Path, tm
     train(cfg(), stats_dataset, run)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning of ours fails here
-        train(cfg("engine.torch_threads=1", "engine.step_callbacks=[]"), stats_dataset, run, resume=True)
+        train(cfg("engine.torch_threads=2", "engine.step_callbacks=['builtins:abs']"), stats_dataset, run, resume=True)
     with pytest.warns(UserWarning, match=r"different configuration .*optim\.lr: 0\.001 -> 0\.002") as caught:
         train(cfg("engine.steps=2", "optim.lr=0.002"), stats_dataset, run, resume=True)
     message = str(caught[0].message)

@@ -415,3 +415,44 @@ def test_resume_warns_about_a_changed_configuration_only(stats_dataset: Path, tm
         train(cfg("engine.steps=2", "optim.lr=0.002"), stats_dataset, run, resume=True)
     message = str(caught[0].message)
     assert "engine.steps: 1 -> 2" in message and "torch_threads" not in message
+
+
+def _cpu_fp16_amp_works() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+        torch.amp.GradScaler("cpu")
+        return y.dtype == torch.float16
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+@pytest.mark.skipif(not _cpu_fp16_amp_works(), reason="this torch has no CPU fp16 autocast / GradScaler")
+def test_fp16_autocast_and_grad_scaler_on_cpu(stats_dataset: Path, tmp_path: Path) -> None:
+    """``engine.amp: fp16`` with ``cpu_amp``: the GradScaler path (scale, unscale before clipping,
+    step, update) runs on CPU, its state is checkpointed and comes back on resume."""
+    from eoforge.train.engine import read_metrics, train
+
+    def cfg(steps: int) -> PretrainConfig:
+        return pretrain_config(TINY, method="pera", steps=steps, batch_size=2, workers=0, device="cpu", sets=(
+            "engine.amp=fp16", "engine.cpu_amp=true", "engine.checkpoint_every=2", "engine.log_every=1",
+            "engine.progress=false", "method.n_local_crops=1", "method.head_prototypes=64",
+            "method.head_hidden_dim=32", "data.shuffle_buffer=4", "data.shuffle_initial=2"))
+
+    run = tmp_path / "run"
+    train(cfg(2), stats_dataset, run)
+    path = run / "checkpoints" / "step-00000002.pt"
+    state = torch.load(path, weights_only=False)
+    # an enabled scaler has state (a disabled one's is empty); it starts at 2**16 and halves on
+    # every step whose fp16 gradients overflowed (the step is then skipped)
+    assert state["scaler"]["scale"] in {2.0 ** k for k in range(14, 17)}
+    state["scaler"]["scale"] = 8.0  # small enough that no gradient overflows: the resumed steps apply
+    torch.save(state, path)
+    train(cfg(4), stats_dataset, run, resume=True)
+    resumed = torch.load(run / "checkpoints" / "step-00000004.pt", weights_only=False)["scaler"]
+    assert resumed["scale"] == 8.0 and resumed["_growth_tracker"] == 2  # restored, then two finite steps
+    lines = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in lines] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in lines)
+    assert all(m["grad_norm"] is not None and np.isfinite(m["grad_norm"]) for m in lines[2:])  # unscaled before clipping
+    fp32 = pretrain_config(TINY, method="pera", steps=2, device="cpu", sets=("engine.amp=fp16",))
+    assert fp32.engine.cpu_amp is False  # off unless asked: CPU trains in fp32

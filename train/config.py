@@ -129,7 +129,9 @@ class EngineConfig:
         seed: seeds Python, NumPy and torch (plus the rank) and the data stream.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
         amp: autocast dtype on CUDA: ``"bf16"`` (default), ``"fp16"`` (with a GradScaler)
-            or ``"fp32"`` (off). CPU always trains in fp32.
+            or ``"fp32"`` (off). CPU trains in fp32 unless ``cpu_amp``.
+        cpu_amp: autocast on CPU too, with ``amp``'s dtype (bf16 pays off on CPUs with bf16
+            matrix units, e.g. AMX; fp16 goes with torch's CPU GradScaler). Off by default.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (and cuDNN determinism):
             bit-exact reruns and resumes, slower on GPU.
         tensorboard: also write TensorBoard events to ``RUN/tensorboard`` (needs the
@@ -166,6 +168,7 @@ class EngineConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "bf16"
+    cpu_amp: bool = False
     deterministic: bool = False
     tensorboard: bool = False
     progress: bool = True

@@ -464,7 +464,7 @@ class _Run:
         self.momentum = cosine_schedule(o.ema_momentum, o.ema_momentum_end, steps)
 
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.engine.amp]
-        self.amp_dtype = amp if info.device.type == "cuda" else None  # CPU: fp32 always
+        self.amp_dtype = amp if info.device.type == "cuda" or cfg.engine.cpu_amp else None  # CPU: fp32 by default
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.amp_dtype is torch.float16)
 
         self.start_step = 0

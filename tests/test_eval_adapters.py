@@ -161,6 +161,35 @@ def test_real_bigearthnet_pair(real_data, tmp_path):
 
 
 @pytest.mark.real_data
+def test_real_bigearthnet_cli_no_s1_and_bilinear_resampling(real_data, tmp_path):
+    """``eoforge adapt bigearthnet --no-s1 --resampling bilinear``: no S1 members though the S1
+    patch is there; the 10 m bands stay the source values, the 20/60 m bands are interpolated
+    (not the nearest-neighbour repeats) and keep their band means."""
+    from click.testing import CliRunner
+
+    from eoforge.cli import main
+
+    src = real_data / "ben_pair_29UPU_4_55"
+    args = ["adapt", "bigearthnet", str(src), "--out", str(tmp_path / "ds"), "--val-fraction", "0",
+            "--no-s1", "--resampling", "bilinear", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (s,) = list(iter_dataset(tmp_path / "ds"))
+    assert "s1" not in s and "s1valid" not in s and not s["meta"]["time_steps"][0].get("s1_product_id")
+    patch = "S2A_MSIL2A_20170617T113321_4_55"
+    for band in ("B2", "B5", "B1"):
+        with rasterio.open(src / f"{patch}_B{band[1:].zfill(2)}.tif") as f:
+            native = f.read(1).astype(np.float64)
+        stored = s["s2"][0, S2_BAND_NAMES.index(band)].astype(np.float64)
+        factor = 120 // native.shape[0]
+        if factor == 1:
+            assert np.array_equal(stored, native), band
+        else:
+            assert not np.array_equal(stored, native.repeat(factor, 0).repeat(factor, 1)), band
+            assert abs(stored.mean() - native.mean()) < 0.02 * native.mean(), band
+
+
+@pytest.mark.real_data
 def test_real_sen1floods11_chip(real_data, tmp_path):
     src = real_data / "sen1floods11_spain"
     result = adapt_sen1floods11(src, tmp_path / "ds", val_fraction=0.0)

@@ -67,10 +67,26 @@ def _arrays(t=2, h=8, w=8):
 
 
 def test_check_arrays_accepts_valid_and_static_landcover():
-    check_arrays("k", _arrays())
+    """A static land-cover map (T = 1) and one per time step (T = 2) are both valid, and such a
+    sample survives encode -> decode unchanged; any other T of ``lc`` is refused."""
+    from conftest import make_sample
+
+    from eoforge.shards.reader import decode_sample
+    from eoforge.shards.sample import Sample, encode_sample
+
+    for lc_steps in (1, 2):
+        sample = make_sample(0, steps=2)
+        sample.arrays["lc"] = np.repeat(sample.arrays["lc"][:1], lc_steps, axis=0)
+        assert check_arrays("k", sample.arrays) is None
+        encoded = encode_sample(Sample(sample.arrays, sample.meta))
+        raw = {"__key__": sample.meta.key, **{info.name: b"".join(parts) for info, parts in encoded.members}}
+        decoded = decode_sample(raw)
+        for name, arr in sample.arrays.items():
+            assert decoded[name].dtype == arr.dtype and np.array_equal(decoded[name], arr, equal_nan=True), name
     a = _arrays()
-    a["lc"] = np.ones((2, 8, 8), np.uint8)
-    check_arrays("k", a)
+    a["lc"] = np.ones((3, 8, 8), np.uint8)
+    with pytest.raises(SchemaError, match=r"k\.lc: .*3"):
+        check_arrays("k", a)
 
 
 @pytest.mark.parametrize(

@@ -439,3 +439,29 @@ def test_largest_batch_search() -> None:
     assert largest_batch(lambda b: b <= 5000, 1024) == 1024
     assert largest_batch(lambda b: b <= 7, 1024) == 0
     assert largest_batch(lambda b: b <= 300, 200) == 200
+
+
+def test_the_dino_branch_alone_learns() -> None:
+    """Without the pixel and KoLeo terms (weights 0) the DINO self-distillation loss itself falls
+    (the "loss falls" test above could pass on the pixel term alone): with the teacher and its
+    centre held still (momentum 1) and the same masks every step, the targets are fixed and the
+    student must move towards them.
+    The pixel head then gets no gradient at all."""
+    method = tiny_method(tiny_cfg(pixel_weight=0.0, koleo_weight=0.0, teacher_temp_start=0.04, teacher_temp_end=0.04,
+                                  center_momentum=1.0), seed=1).train()
+    batch = tiny_batch(method, n=6, seed=1)
+    opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": 0.0} for g in method.param_groups()], lr=1e-3)
+    dino = []
+    for step in range(12):
+        torch.manual_seed(0)  # the same masks and drop-outs every step
+        out = method(batch, step=step)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        method.update_teacher(1.0)  # momentum 1: the teacher stays where it is
+        assert torch.equal(out.loss.detach(), out.logs["dino"])  # the loss is the DINO term only
+        dino.append(float(out.logs["dino"]))
+    assert np.isfinite(dino).all()
+    assert np.mean(dino[-3:]) < 0.8 * np.mean(dino[:3]), dino
+    pixel_grads = [p.grad for n, p in method.named_parameters() if "pixel" in n and p.requires_grad]
+    assert pixel_grads and all(g is None or not g.any() for g in pixel_grads)

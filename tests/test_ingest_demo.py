@@ -214,6 +214,29 @@ def test_statistics_taken_while_reading_equal_a_recount_of_the_shards(demo_inges
     for b, mean in enumerate(exact["s2"]["mean"]):
         if mean is not None:
             assert abs(ingested["s2"]["mean"][b] - mean) < 0.01 * exact["s2"]["std"][b]
+    # and against plain numpy over the decoded shards, no accumulator of ours involved: per band
+    # mean and std of the non-zero S2 DN (every 2nd pixel, as ingest counts) and of the valid,
+    # finite S1 dB
+    s2 = [[] for _ in range(13)]
+    s1 = [[], []]
+    for sample in iter_dataset(copy, "train"):
+        x = sample["s2"][:, :, ::2, ::2]
+        for b in range(13):
+            v = x[:, b]
+            s2[b].append(v[v != 0].astype(np.float64))
+        if "s1" in sample:
+            valid = sample["s1valid"][:, ::2, ::2]
+            for b in range(2):
+                v = sample["s1"][:, b, ::2, ::2][valid].astype(np.float64)
+                s1[b].append(v[np.isfinite(v)])
+    for name, per_band in (("s2", s2), ("s1", s1)):
+        for b, parts in enumerate(per_band):
+            v = np.concatenate(parts)
+            if not v.size:
+                assert ingested[name]["mean"][b] is None, (name, b)
+                continue
+            assert ingested[name]["mean"][b] == pytest.approx(v.mean(), rel=1e-6, abs=1e-6), (name, b)
+            assert ingested[name]["std"][b] == pytest.approx(v.std(), rel=1e-4, abs=1e-4), (name, b)
 
 
 def test_each_source_is_read_once_and_every_shard_mixes_the_area(demo_ingest) -> None:

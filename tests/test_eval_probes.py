@@ -270,6 +270,47 @@ def test_evaluate_reports_random_init_beside_pretrained(built_dataset, tmp_path)
     assert result.json_path.is_file() and "random-init" in result.markdown_path.read_text()
 
 
+def _two_class_dataset(root: Path) -> Path:
+    """Tiles whose one land-cover class shows in the pixels: tree cover dark (DN ~600), cropland
+    bright (DN ~3000), noisy; 16 train and 8 val samples, alternating."""
+    from conftest import make_sample
+
+    from eoforge.shards.manifest import merge_parts
+    from eoforge.shards.meta import Labels
+    from eoforge.shards.schema import WORLDCOVER
+    from eoforge.shards.writer import ShardWriter
+
+    rng = np.random.default_rng(0)
+    for split, indices in (("train", range(16)), ("val", range(16, 24))):
+        with ShardWriter(root, split, max_samples=8) as writer:
+            for i in indices:
+                sample = make_sample(i, split, steps=1)
+                crop = i % 2 == 1
+                level = 3000 if crop else 600
+                sample.arrays["s2"][:] = rng.normal(level, 150, sample.arrays["s2"].shape).clip(1, 20000).astype(np.uint16)
+                code = 40 if crop else 10  # WorldCover cropland / tree cover
+                sample.arrays["lc"][:] = code
+                hot = [int(c == code) for c in WORLDCOVER.codes]
+                sample.meta.labels = Labels(taxonomy="worldcover", names=list(WORLDCOVER.names), multi_hot=hot,
+                                            fractions=[float(h) for h in hot], threshold=0.01, source="synthetic")
+                writer.write(sample)
+    merge_parts(root)
+    return root
+
+
+def test_probes_beat_a_constant_predictor_where_the_pixels_tell_the_class(tmp_path):
+    """On data whose class is visible (dark tree cover, bright cropland) both probes of a frozen
+    random ViT beat the majority class (val: 4 of each, top-1 0.5) by a margin, and agree with
+    the class the pixels say: a probe that predicted one class for everything would fail."""
+    data = _two_class_dataset(tmp_path / "ds")
+    weights = export_tiny_vit(tmp_path / "m.safetensors")
+    cfg = EvalConfig(label_mode="single", linear=LinearConfig(epochs=30, min_steps=100))
+    result = evaluate(weights, data, ("knn", "linear"), cfg)
+    assert result.report["settings"]["labels"]["single_label"]
+    for row in result.report["results"]:
+        assert row["metrics"]["top1"] >= 0.875, row  # at most one of the 8 wrong; constant: 0.5
+
+
 def test_evaluate_segmentation_with_an_s1_model(built_dataset, tmp_path):
     weights = export_tiny_vit(tmp_path / "s1.safetensors", in_chans=2)
     cfg = EvalConfig(features="mean", label_fraction=0.5, segmentation=SegmentationConfig(epochs=3))

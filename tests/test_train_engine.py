@@ -448,7 +448,8 @@ def test_fp16_autocast_and_grad_scaler_on_cpu(stats_dataset: Path, tmp_path: Pat
     assert state["scaler"]["scale"] in {2.0 ** k for k in range(14, 17)}
     state["scaler"]["scale"] = 8.0  # small enough that no gradient overflows: the resumed steps apply
     torch.save(state, path)
-    train(cfg(4), stats_dataset, run, resume=True)
+    with pytest.warns(UserWarning, match=r"engine\.steps: 2 -> 4"):  # a longer run: another schedule
+        train(cfg(4), stats_dataset, run, resume=True)
     resumed = torch.load(run / "checkpoints" / "step-00000004.pt", weights_only=False)["scaler"]
     assert resumed["scale"] == 8.0 and resumed["_growth_tracker"] == 2  # restored, then two finite steps
     lines = read_metrics(run / "metrics.jsonl")

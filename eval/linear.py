@@ -16,9 +16,9 @@ as they need to converge), seeded initialisation and shuffling. Losses: softmax 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import Any
 
 import torch

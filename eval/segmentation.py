@@ -13,8 +13,8 @@ Metrics: IoU per class, mIoU, pixel accuracy, and the IoU of a class named ``"wa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch

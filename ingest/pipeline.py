@@ -34,10 +34,10 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa

@@ -40,10 +40,10 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np

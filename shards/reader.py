@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import webdataset as wds

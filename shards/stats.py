@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np

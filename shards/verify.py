@@ -18,10 +18,10 @@ import hashlib
 import os
 import tarfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 from tqdm.auto import tqdm

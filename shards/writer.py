@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from collections.abc import Iterable
 from typing import Any
 
 from eoforge.shards.atomic import publish

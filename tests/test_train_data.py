@@ -11,8 +11,8 @@ import random
 import shutil
 import tarfile
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest

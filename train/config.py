@@ -21,9 +21,9 @@ An "epoch" is a step count here: the data stream is an infinite resampled stream
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import yaml

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urljoin, uses_relative
 

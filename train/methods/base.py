@@ -17,8 +17,8 @@ Every trainable parameter must receive a gradient every step (DDP runs with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch

@@ -100,23 +100,7 @@ class InputSpec:
         """
         if "time_step" in sample:  # decoded by :meth:`decode`: it holds that step only
             return int(sample["time_step"])
-        key = sample.get("__key__")
-        present = {name.partition(".")[0] for name in sample}
-        for m in self.modalities:
-            if m not in present:
-                raise MissingInput(f"{key}: no {m} member (the model reads {', '.join(self.bands)})")
-        if "s1" not in self.modalities:
-            return 0
-        valid = sample.get("s1valid")
-        if valid is None:
-            ext = next((n for n in sample if n.partition(".")[0] == "s1valid"), None)
-            if ext is None:
-                raise MissingInput(f"{key}: no s1valid member")
-            valid = decode_array(sample[ext], ext.partition(".")[2])
-        with_s1 = np.flatnonzero(valid.reshape(len(valid), -1).any(axis=1))
-        if not len(with_s1):
-            raise MissingInput(f"{key}: no time step with S1 data")
-        return int(with_s1[0])
+        return self._step(sample, self._s1_mask(sample))
 
     def decode(self, raw: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
         """A raw shard sample decoded for a probe: ``meta`` and, at :meth:`time_step` only, the
@@ -126,10 +110,42 @@ class InputSpec:
             MissingInput: as :meth:`time_step`.
             DecodeError: a member does not decode.
         """
-        step = self.time_step(raw)
-        sample = decode_sample(raw, members=self.members | set(extra), step=step)
+        valid = self._s1_mask(raw)
+        step = self._step(raw, valid)
+        members = self.members | set(extra)
+        if valid is not None:  # decoded whole to find the step: not decoded again
+            members -= {"s1valid"}
+        sample = decode_sample(raw, members=members, step=step)
+        if valid is not None:
+            sample["s1valid"] = valid[step:step + 1]
         sample["time_step"] = step
         return sample
+
+    def _s1_mask(self, sample: dict[str, Any]) -> np.ndarray | None:
+        """The whole ``s1valid`` ``[T, H, W]`` of a decoded or raw sample, for a model that reads
+        S1 (None for one that does not); checks the members the model reads are there."""
+        key = sample.get("__key__")
+        present = {name.partition(".")[0] for name in sample}
+        for m in self.modalities:
+            if m not in present:
+                raise MissingInput(f"{key}: no {m} member (the model reads {', '.join(self.bands)})")
+        if "s1" not in self.modalities:
+            return None
+        if "s1valid" in sample:
+            return np.asarray(sample["s1valid"])
+        ext = next((n for n in sample if n.partition(".")[0] == "s1valid"), None)
+        if ext is None:
+            raise MissingInput(f"{key}: no s1valid member")
+        return decode_array(sample[ext], ext.partition(".")[2])
+
+    @staticmethod
+    def _step(sample: dict[str, Any], valid: np.ndarray | None) -> int:
+        if valid is None:
+            return 0
+        with_s1 = np.flatnonzero(valid.reshape(len(valid), -1).any(axis=1))
+        if not len(with_s1):
+            raise MissingInput(f"{sample.get('__key__')}: no time step with S1 data")
+        return int(with_s1[0])
 
     def prepare(self, sample: dict[str, Any], t: int | None = None) -> torch.Tensor:
         """The model input of a decoded sample: float32 ``[C, S, S]`` (``S = img_size``).

@@ -44,9 +44,8 @@ from eoforge.eval.linear import LinearConfig, linear_probe
 from eoforge.eval.report import to_markdown, write_report
 from eoforge.eval.segmentation import SegmentationConfig, segmentation_probe
 from eoforge.shards.digest import file_sha256
-from eoforge.shards.encoding import DecodeError, decode_json
-from eoforge.shards.reader import iter_dataset, shard_urls
-from eoforge.shards.schema import ALL_TAXONOMIES, META_MEMBER
+from eoforge.shards.reader import decode_sample, iter_dataset, shard_urls
+from eoforge.shards.schema import ALL_TAXONOMIES
 from eoforge.train.model_format import ModelInfo, load_backbone, random_init_backbone
 
 PROBES = ("knn", "linear", "segmentation")
@@ -179,9 +178,7 @@ def evaluate(
     def items(split: str, counter: Counter[str]) -> Iterator[tuple[torch.Tensor, tuple[str, Any, Any]]]:
         for raw in iter_dataset(data, split, decode=None):
             counter["samples"] += 1
-            if META_MEMBER not in raw:
-                raise DecodeError(f"{raw.get('__url__')}: {raw.get('__key__')}: no .json member")
-            meta = decode_json(raw[META_MEMBER])  # labels first: an unlabelled sample's pixels are never decoded
+            meta = decode_sample(raw, members=())["meta"]  # labels first: an unlabelled sample's pixels stay undecoded
             labels = meta.get("labels")
             if not labels:
                 skipped[f"{split}: no labels"] += 1

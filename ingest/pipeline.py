@@ -167,7 +167,8 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                                  for split, shard, _ in shard_index(plan.rows))
             report = build_dry_run_report(
                 inputs=[str(i) for i in inputs] + [f"--landcover {p}" for p in landcover], config=config,
-                scanned=scanned, plan=plan, errors=errors, plan_sha256=job["plan_sha256"], shards_written=shards_written)
+                scanned=scanned, plan=plan, errors=errors, plan_sha256=job["plan_sha256"],
+                shards_written=shards_written)
             report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
             write_dry_run(out, report)
             return IngestResult(out, 0, 0, errors, report)

@@ -308,7 +308,8 @@ def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, Pr
     bands = [canonical_band(d) for d in header["descriptions"]]
     if info.sensor in ("s1", "s2") and info.band is None and header["count"] > 1:
         if None in bands:
-            return info, None, f"multiband {info.sensor.upper()} file without band descriptions ({header['count']} bands)"
+            return info, None, (f"multiband {info.sensor.upper()} file without band descriptions "
+                                f"({header['count']} bands)")
         return info, ProductKey(info.sensor, path), None
     if info.sensor is None:
         if header["count"] > 1 and None not in bands and set(bands) <= set(L1C_BANDS) | {"SCL"}:
@@ -672,7 +673,8 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
     for scene, probe in zip(scenes, probes):
         if probe.get("error"):
             # a file's problem names the file; a product's (no valid pixel anywhere) the product
-            paths = probe.get("error_paths") or [product_path(ProductKey(scene["sensor"], scene["location"]), scene["paths"])]
+            key = ProductKey(scene["sensor"], scene["location"])
+            paths = probe.get("error_paths") or [product_path(key, scene["paths"])]
             errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in paths)
             continue
         scene.update(probe)

@@ -5,7 +5,8 @@ target's folder and ``os.replace`` swaps it in atomically (POSIX, one file syste
 ``fsync=True`` also puts the data and the folder entry on disk before returning, for files
 whose loss a power cut must not cause (training checkpoints; ``ShardWriter``'s shards by
 default); ingest's outputs skip it, as its resume checks the sizes of what is on disk rather
-than trusting that it was flushed (ingest/README.md). Every writer of eoforge that replaces a file goes through here.
+than trusting that it was flushed (ingest/README.md). Every writer of eoforge that replaces a
+file goes through here.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ def shards() -> None:
 
 @shards.command()
 @_DS
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes checking shards in parallel [CPU count].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes checking shards in parallel [CPU count].")
 @click.option("--max-problems", type=int, default=50, show_default=True, help="Problems to print before summarising.")
 def verify(dataset: Path, workers: int | None, max_problems: int) -> None:
     """Check that every manifest row is in its tar with the recorded hash and shape.
@@ -80,7 +81,8 @@ def inspect(dataset: Path, plot: bool, plot_dir: Path | None, as_json: bool) -> 
 @shards.command()
 @_DS
 @click.option("--split", default="train", show_default=True, help="Split to compute statistics on.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes reading shards in parallel [CPU count].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes reading shards in parallel [CPU count].")
 @click.option("--pixel-stride", type=click.IntRange(min=1), default=1, show_default=True,
               help="Count every N-th pixel of every N-th row (1: all pixels, exact; ingest uses 2).")
 def stats(dataset: Path, split: str, workers: int | None, pixel_stride: int) -> None:

@@ -125,9 +125,9 @@ def ingest(raw: tuple[str, ...], out: str, landcover: tuple[str, ...], config_fi
         where = result.out / ("dry-run.json" if dry_run else "errors.parquet")
         click.echo(f"{len(result.errors)} input error(s), see {where}:", err=True)
         for e in result.errors[:10]:
-            pid = e.get("product_id")
-            which = f" ({pid})" if pid and pid not in e["path"] else ""  # a folder shared by several products
-            click.echo(f"  {e['path']}{which}: {e['reason']}", err=True)
+            pid = e.product_id
+            which = f" ({pid})" if pid and pid not in e.path else ""  # a folder shared by several products
+            click.echo(f"  {e.path}{which}: {e.reason}", err=True)
         if len(result.errors) > 10:
             click.echo(f"  ... and {len(result.errors) - 10} more", err=True)
         raise SystemExit(1)

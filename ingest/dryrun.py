@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.plan import Region
 from eoforge.ingest.sizes import JSON_BYTES, TAR_SHARD_BYTES, ZSTD_RATIO, estimate_tile_bytes
 from eoforge.shards.atomic import write_text_atomic
@@ -123,7 +124,7 @@ def summarize_plan(plan_rows: pa.Table | list[dict[str, Any]], config: IngestCon
 
 
 def build_dry_run_report(*, inputs: list[str], config: IngestConfig, scanned: Any, plan: Any,
-                         errors: list[dict[str, Any]], plan_sha256: str, shards_written: int) -> dict[str, Any]:
+                         errors: list[ErrorRow], plan_sha256: str, shards_written: int) -> dict[str, Any]:
     """Everything ``dry-run.json`` holds: the inputs, the scan's counts, the plan's summary
     (:func:`summarize_plan`), what planning removed, the estimate's rule and the errors."""
     from eoforge.ingest.report import error_reason_class
@@ -133,9 +134,9 @@ def build_dry_run_report(*, inputs: list[str], config: IngestConfig, scanned: An
         "inputs": inputs,
         "plan_sha256": plan_sha256,
         "scan": {"files": scanned.files_seen, "headers_read": scanned.headers_read, "probes_run": scanned.probes_run,
-                 "scenes": dict(sorted(Counter(s["sensor"] for s in scanned.scenes).items())),
-                 "errors": sum(e["stage"] == "scan" for e in errors), "stac_items": scanned.items,
-                 "warnings": scanned.warnings},
+                 "scenes": dict(sorted(Counter(s.sensor for s in scanned.scenes).items())),
+                 "errors": sum(e.stage == "scan" for e in errors), "stac_items": scanned.items,
+                 "warnings": [w.to_dict() for w in scanned.warnings]},
         "plan": summary["total"],
         "splits": summary["splits"],
         "regions": summary["regions"],
@@ -145,8 +146,8 @@ def build_dry_run_report(*, inputs: list[str], config: IngestConfig, scanned: An
                      "rule": "planned steps; raw member bytes x zstd ratio (S2, S1 measured; SCL, s1valid, lc 1.0) "
                              "+ sample JSON + npy headers + tar framing (ingest/sizes.py)"},
         "errors": {"count": len(errors),
-                   "by_reason": dict(sorted(Counter(error_reason_class(e["reason"]) for e in errors).items())),
-                   "rows": sorted(errors, key=lambda e: (e["path"], e["stage"], e["reason"]))},
+                   "by_reason": dict(sorted(Counter(error_reason_class(e.reason) for e in errors).items())),
+                   "rows": [e.to_dict() for e in sorted(errors, key=lambda e: (e.path, e.stage, e.reason))]},
         "config": config.to_dict(),
     }
 

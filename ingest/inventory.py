@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eoforge import __version__
+from eoforge.ingest.scene import Scene
 from eoforge.shards.manifest import write_parquet_atomic
 
 INVENTORY_NAME = "scan-inventory.parquet"
@@ -67,19 +68,19 @@ def file_stat(path: str) -> Stat | None:
     return st.st_size, st.st_mtime_ns
 
 
-def probe_key(scene: dict[str, Any], stats: dict[str, Stat | None]) -> str | None:
+def probe_key(scene: Scene, stats: dict[str, Stat | None]) -> str | None:
     """What a probe result depends on, hashed: every file of the scene with its size and
     mtime, and the scene fields :func:`.scan.probe_scene` reads (sensor, product id for its
     messages, the band table, the S1 unit from tags). None when a file has no stat (a URL)."""
     files = []
-    for path in scene["paths"]:
+    for path in scene.paths:
         stat = stats.get(path)
         if stat is None:
             return None
         files.append([path, *stat])
-    basis = {"files": files, "sensor": scene["sensor"], "product_id": scene["product_id"],
-             "bands": scene.get("bands"), "s1_unit": scene.get("s1_unit")}
-    if scene.get("from_item"):  # probed for its S1 unit only (:func:`.scan.probe_scene`)
+    basis: dict[str, Any] = {"files": files, "sensor": scene.sensor, "product_id": scene.product_id,
+             "bands": {b: f.to_dict() for b, f in scene.bands.items()}, "s1_unit": scene.s1_unit}
+    if scene.from_item:  # probed for its S1 unit only (:func:`.scan.probe_scene`)
         basis["from_item"] = True
     return hashlib.sha256(encode_record(basis).encode()).hexdigest()
 

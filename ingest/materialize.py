@@ -26,7 +26,8 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pieces import (
-    class_counts, complete_report, file_size, load_piece_index, release_pieces, staging_paths,
+    Piece, class_counts, complete_report, file_size, load_piece_index, release_pieces, staging_paths,
 )
 from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
@@ -45,10 +46,43 @@ from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
 from eoforge.shards.writer import part_path, shard_path, write_shard
 
-if TYPE_CHECKING:  # the record only; plan.py's imports are not a worker's business
-    from eoforge.ingest.plan import ShardJob
+if TYPE_CHECKING:  # the records only; plan.py's and scan.py's imports are not a worker's business
+    from eoforge.ingest.plan import PlanRow, ShardJob
+    from eoforge.ingest.scene import Scene
 
 TASK_REPORTS = "task-reports"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReport:
+    """What a shard task wrote: ``DS/task-reports/<split>/shard-<shard:06d>.json``.
+
+    Attributes:
+        split, shard: the shard.
+        samples: samples written.
+        counts: what happened to the planned tiles and steps (``samples_written``,
+            ``steps_dropped_cloudy``, ...; see the module docstring).
+        tar_bytes, part_bytes: the sizes of the shard tar and its manifest part (how a
+            resumed run tells that both are complete).
+        seconds: its run time.
+    """
+
+    split: str
+    shard: int
+    samples: int
+    counts: Mapping[str, int] = field(default_factory=dict)
+    tar_bytes: int = 0
+    part_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "shard": self.shard, "samples": self.samples, "counts": dict(self.counts),
+                "tar_bytes": self.tar_bytes, "part_bytes": self.part_bytes, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, report: Mapping[str, Any]) -> ShardReport:
+        return cls(report["split"], int(report["shard"]), int(report["samples"]), dict(report["counts"]),
+                   int(report["tar_bytes"]), int(report["part_bytes"]), float(report["seconds"]))
 
 
 def task_report_path(out: str | os.PathLike[str], split: str, shard: int) -> Path:
@@ -70,13 +104,14 @@ def _shard_files(out: str | os.PathLike[str], split: str, shard: int) -> dict[st
     return {"tar_bytes": shard_path(out, split, shard), "part_bytes": part_path(out, split, shard)}
 
 
-def finished_shard(out: str | os.PathLike[str], split: str, shard: int) -> dict[str, Any] | None:
+def finished_shard(out: str | os.PathLike[str], split: str, shard: int) -> ShardReport | None:
     """The task report of a finished shard, or None when it is to be (re)written: a shard is
     done when its statistics and task report exist (written, in that order, after the tar
     and its manifest part) and the tar and the part have the sizes the report recorded."""
     if not task_stats_path(out, split, shard).is_file():
         return None
-    return complete_report(task_report_path(out, split, shard), _shard_files(out, split, shard))
+    report = complete_report(task_report_path(out, split, shard), _shard_files(out, split, shard))
+    return None if report is None else ShardReport.from_json(report)
 
 
 class _Staging:
@@ -87,7 +122,7 @@ class _Staging:
         self.out = out
         self._fds: dict[str, int] = {}
 
-    def frame(self, task: str, ref: list[int]) -> bytes:
+    def frame(self, task: str, ref: tuple[int, int]) -> bytes:
         if task not in self._fds:
             self._fds[task] = os.open(staging_paths(self.out, task)[0], os.O_RDONLY)
         offset, length = ref
@@ -106,7 +141,7 @@ class _Staging:
 class ShardAssembler:
     """Builds the encoded samples of one shard job from pieces (see the module docstring)."""
 
-    def __init__(self, job: ShardJob, pieces: dict[str, dict[str, Any]], scenes: dict[int, dict[str, Any]],
+    def __init__(self, job: ShardJob, pieces: dict[str, Piece], scenes: dict[int, Scene],
                  config: IngestConfig, staging: _Staging) -> None:
         self.job = job
         self.pieces = pieces
@@ -122,8 +157,8 @@ class ShardAssembler:
         self._no_s1 = encode_entry(np.full((len(S1_BAND_NAMES), n, n), np.nan, config.s1_dtype), codec)
         self._no_s1valid = encode_entry(np.zeros((n, n), bool), codec)
 
-    def _frame(self, piece: dict[str, Any], member: str) -> bytes:
-        return self.staging.frame(piece["task"], piece[member])
+    def _frame(self, piece: Piece, member: str) -> bytes:
+        return self.staging.frame(piece.task, piece.frames[member])
 
     def _member(self, name: str, dtype: str, entry_shape: tuple[int, ...],
                 frames: list[bytes]) -> tuple[MemberInfo, tuple[bytes, ...]]:
@@ -140,53 +175,53 @@ class ShardAssembler:
             if sample is not None:
                 yield sample
 
-    def _sample(self, rows: Sequence[dict[str, Any]]) -> EncodedSample | None:
+    def _sample(self, rows: Sequence[PlanRow]) -> EncodedSample | None:
         cfg = self.config
         n = self.n
-        tile_id = rows[0]["tile_id"]
+        tile_id = rows[0].tile_id
         tile = TileId.parse(tile_id)
-        train = rows[0]["split"] == "train"
+        train = rows[0].split == "train"
         self.counts["tiles_planned"] += 1
         steps: list[TimeStep] = []
         s2_frames: list[bytes] = []
         scl_frames: list[bytes | None] = []
-        s1_pieces: list[dict[str, Any] | None] = []
+        s1_pieces: list[Piece | None] = []
         for r in rows:
-            scene = self.scenes[int(r["s2_scene"])]
-            s2 = self.pieces.get(piece_key("s2", int(r["s2_scene"]), tile_id))
-            if s2 is None or s2["status"] != "ok":
-                status = s2["status"] if s2 else "read_failed"
+            scene = self.scenes[r.s2_scene]
+            s2 = self.pieces.get(piece_key("s2", r.s2_scene, tile_id))
+            if s2 is None or s2.status != "ok":
+                status = s2.status if s2 else "read_failed"
                 self.counts[{"low_valid": "steps_dropped_low_valid_fraction", "cloudy": "steps_dropped_cloudy",
                              "read_failed": "steps_dropped_read_failed"}[status]] += 1
                 continue
             step = TimeStep(
-                datetime=scene["datetime"], s2_product_id=scene["product_id"], s2_level=scene["level"],
-                s2_processing_baseline=scene.get("baseline"), s2_offset_removed=int(scene.get("dn_offset") or 0),
-                s2_b10_zero="B10" not in scene["bands"], s2_valid_fraction=s2["valid_fraction"],
-                cloud_fraction=s2["cloud_fraction"], relative_orbit=scene.get("relative_orbit"),
+                datetime=str(scene.datetime), s2_product_id=scene.product_id, s2_level=str(scene.level),
+                s2_processing_baseline=scene.baseline, s2_offset_removed=scene.dn_offset,
+                s2_b10_zero="B10" not in scene.bands, s2_valid_fraction=float(s2.valid_fraction or 0.0),
+                cloud_fraction=s2.cloud_fraction, relative_orbit=scene.relative_orbit,
             )
             s1 = None
-            if r["s1_scene"] is not None:
-                s1 = self.pieces.get(piece_key("s1", int(r["s1_scene"]), tile_id))
+            if r.s1_scene is not None:
+                s1 = self.pieces.get(piece_key("s1", r.s1_scene, tile_id))
                 if s1 is None:
                     self.counts["s1_dropped_read_failed"] += 1
-                elif s1["status"] != "ok":
+                elif s1.status != "ok":
                     self.counts["s1_dropped_low_valid_fraction"] += 1
                     s1 = None
                 else:
-                    s1_scene = self.scenes[int(r["s1_scene"])]
-                    step.s1_product_id = s1_scene["product_id"]
-                    step.s1_datetime = s1_scene["datetime"]
-                    step.s1_orbit_direction = s1_scene["orbit_direction"]
-                    step.s1_valid_fraction = s1["valid_fraction"]
-                    step.s1_source_unit = s1_scene.get("s1_unit")
-                    step.dt_days = round(float(r["dt_days"]), 4)
+                    s1_scene = self.scenes[r.s1_scene]
+                    step.s1_product_id = s1_scene.product_id
+                    step.s1_datetime = s1_scene.datetime
+                    step.s1_orbit_direction = s1_scene.orbit_direction
+                    step.s1_valid_fraction = s1.valid_fraction
+                    step.s1_source_unit = s1_scene.s1_unit
+                    step.dt_days = round(float(r.dt_days or 0.0), 4)
             if s1 is None and not cfg.keep_unpaired_s2:
                 self.counts["steps_dropped_unpaired"] += 1
                 continue
             steps.append(step)
             s2_frames.append(self._frame(s2, "s2"))
-            scl_frames.append(self._frame(s2, "scl") if "scl" in s2 else None)
+            scl_frames.append(self._frame(s2, "scl") if "scl" in s2.frames else None)
             s1_pieces.append(s1)
         if not steps:
             self.counts["tiles_dropped_no_valid_step"] += 1
@@ -205,8 +240,8 @@ class ShardAssembler:
         if all(f is not None for f in scl_frames):
             members.append(self._member("scl", "uint8", (n, n), scl_frames))  # type: ignore[arg-type]
         labels = None
-        if rows[0]["landcover_scenes"]:
-            lc = self._landcover(tile_id, rows[0]["landcover_scenes"])
+        if rows[0].landcover_scenes:
+            lc = self._landcover(tile_id, rows[0].landcover_scenes)
             if lc is None:
                 self.counts["tiles_without_label_pixels"] += 1
             else:
@@ -215,7 +250,7 @@ class ShardAssembler:
         grid = cfg.grid
         meta = SampleMeta(
             key=tile_id, tile_id=tile_id, epsg=tile.epsg, transform=tuple(grid.transform(tile))[:6],
-            width=n, height=n, split=rows[0]["split"], time_steps=steps, labels=labels, grid=grid.as_dict(),
+            width=n, height=n, split=rows[0].split, time_steps=steps, labels=labels, grid=grid.as_dict(),
         )
         members.append(meta_member(meta))
         if train:
@@ -225,17 +260,17 @@ class ShardAssembler:
         self.counts["paired_steps_written"] += sum(s.s1_product_id is not None for s in steps)
         return EncodedSample(meta, members)
 
-    def _landcover(self, tile_id: str, sources: list[int]) -> tuple[bytes, Labels] | None:
+    def _landcover(self, tile_id: str, sources: Sequence[int]) -> tuple[bytes, Labels] | None:
         """The tile's class map frame and labels from its land-cover pieces; None when no
         raster has a label pixel there."""
-        taxonomy = self.scenes[sources[0]]["taxonomy"]
+        taxonomy = str(self.scenes[sources[0]].taxonomy)
         tax = TAXONOMIES[taxonomy]
-        pieces = [p for i in sources if self.scenes[i]["taxonomy"] == taxonomy
-                  and (p := self.pieces.get(piece_key("lc", i, tile_id))) and p["status"] == "ok"]
+        pieces = [p for i in sources if self.scenes[i].taxonomy == taxonomy
+                  and (p := self.pieces.get(piece_key("lc", i, tile_id))) and p.status == "ok"]
         if not pieces:
             return None
         if len(pieces) == 1:
-            frame, counts = self._frame(pieces[0], "lc"), np.asarray(pieces[0]["counts"])
+            frame, counts = self._frame(pieces[0], "lc"), np.asarray(pieces[0].counts)
         else:  # several rasters: the first fills the tile, the next ones its holes
             n, codec = self.n, self.config.codec
             mosaic = np.full((n, n), tax.nodata, dtype=np.uint8)
@@ -252,16 +287,15 @@ class ShardAssembler:
             taxonomy=taxonomy, names=list(tax.names), fractions=[round(float(f), 6) for f in fractions],
             multi_hot=[int(f >= self.config.label_threshold and f > 0) for f in fractions],
             threshold=self.config.label_threshold,
-            source=",".join(sorted({self.scenes[i]["product_id"] for i in sources})),
+            source=",".join(sorted({self.scenes[i].product_id for i in sources})),
         )
         return frame, labels
 
 
-def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The pieces a shard needs (:func:`piece_key` -> read task), each with its ``task``, from
-    the tasks' staged indexes; a key without a piece (the read met bad data before that tile)
-    is left out."""
-    indexes: dict[str, dict[str, dict[str, Any]]] = {}
+def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, Piece]:
+    """The pieces a shard needs (:func:`piece_key` -> read task), from the tasks' staged
+    indexes; a key without a piece (the read met bad data before that tile) is left out."""
+    indexes: dict[str, dict[str, Piece]] = {}
     pieces = {}
     for key, task in piece_tasks.items():
         if task not in indexes:
@@ -269,12 +303,12 @@ def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, dict[str, 
         tile = key.rsplit(":", 1)[1]
         piece = indexes[task].get(tile)
         if piece is not None:
-            pieces[key] = {**piece, "task": task, "tile": tile}
+            pieces[key] = piece
     return pieces
 
 
-def materialize_shard(job: ShardJob, piece_tasks: dict[str, str], scenes: dict[int, dict[str, Any]],
-                      config: dict[str, Any], out: str) -> dict[str, Any]:
+def materialize_shard(job: ShardJob, piece_tasks: dict[str, str], scenes: dict[int, Scene],
+                      config: dict[str, Any], out: str) -> ShardReport:
     """Write one shard from the staged pieces of its tiles (``piece_tasks``: :func:`piece_key`
     -> the read task that staged it), skipped when already done; return its task report."""
     split, shard = job.split, job.shard
@@ -293,9 +327,9 @@ def materialize_shard(job: ShardJob, piece_tasks: dict[str, str], scenes: dict[i
         staging.close()
     report_path.parent.mkdir(parents=True, exist_ok=True)
     assembler.stats.save(task_stats_path(out, split, shard))
-    report = {"split": split, "shard": shard, "samples": len(rows), "counts": dict(sorted(assembler.counts.items())),
-              "errors": [], **{key: file_size(path) for key, path in _shard_files(out, split, shard).items()},
-              "seconds": round(time.perf_counter() - started, 3)}
-    write_text_atomic(report_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
+    sizes = {key: file_size(path) for key, path in _shard_files(out, split, shard).items()}
+    report = ShardReport(split, shard, len(rows), dict(sorted(assembler.counts.items())), sizes["tar_bytes"],
+                         sizes["part_bytes"], round(time.perf_counter() - started, 3))
+    write_text_atomic(report_path, json.dumps(report.to_json(), indent=1, sort_keys=True) + "\n")
     release_pieces(out, pieces.values())  # the shard is done: its frames are never read again
     return report

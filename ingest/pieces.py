@@ -39,7 +39,8 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.read import GDAL_READ_ENV, SourceCache, TargetGrid, read_band
 from eoforge.shards.atomic import publish, write_text_atomic
 from eoforge.shards.encoding import encode_entry
@@ -58,14 +60,93 @@ from eoforge.shards.keys import TileId
 from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
 from eoforge.shards.stats import DatasetStats
 
-if TYPE_CHECKING:  # the record only; plan.py's imports are not a worker's business
+if TYPE_CHECKING:  # the records only; plan.py's and scan.py's imports are not a worker's business
     from eoforge.ingest.plan import ReadTask
+    from eoforge.ingest.scene import Scene
 
 
 STAGING = "staging"
-#: The piece entries that are ``[offset, length]`` of a staged frame.
+#: The members a piece may have frames of.
 FRAME_MEMBERS = ("s2", "scl", "s1", "s1valid", "lc")
 READ_REPORTS = Path("task-reports") / "read"
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """What a read task made of one (tile, source).
+
+    Attributes:
+        status: ``"ok"``; ``"low_valid"`` / ``"cloudy"`` (S2 and S1 under the QA thresholds)
+            or ``"empty"`` (land cover without a class pixel): no frames then.
+        valid_fraction: the tile's fraction of pixels with data in every band (S2, S1).
+        cloud_fraction: S2 only: the fraction of valid pixels whose SCL class counts as cloud
+            (None without SCL).
+        frames: member (:data:`FRAME_MEMBERS`) -> (offset, length) of its encoded entry in the
+            task's frame file.
+        counts: land cover only: pixels per taxonomy class.
+        task, tile: the read task that staged it and its tile (set when loaded for a shard).
+    """
+
+    status: str
+    valid_fraction: float | None = None
+    cloud_fraction: float | None = None
+    frames: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    counts: tuple[int, ...] | None = None
+    task: str = ""
+    tile: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The piece as its entry in the staged index (flat: a member's frame is ``[offset, length]``)."""
+        out: dict[str, Any] = {"status": self.status}
+        for name in ("valid_fraction", "cloud_fraction", "counts"):
+            if getattr(self, name) is not None:
+                out[name] = list(self.counts or ()) if name == "counts" else getattr(self, name)
+        out.update({member: list(ref) for member, ref in self.frames.items()})
+        return out
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], task: str = "", tile: str = "") -> Piece:
+        counts = entry.get("counts")
+        return cls(entry["status"], entry.get("valid_fraction"), entry.get("cloud_fraction"),
+                   {m: (int(entry[m][0]), int(entry[m][1])) for m in FRAME_MEMBERS if m in entry},
+                   None if counts is None else tuple(counts), task, tile)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReport:
+    """What a read task did: ``DS/task-reports/read/<task>.json``.
+
+    Attributes:
+        task, kind, scene: the :class:`~eoforge.ingest.plan.ReadTask` it reports on.
+        errors: the problems it met (a window it could not read, a band without data).
+        counts: pieces per status.
+        tiles: tiles it was asked for.
+        seconds: its run time.
+        frames_bytes, index_bytes: the sizes of its staged frame file and piece index (how a
+            resumed run tells that both are complete).
+    """
+
+    task: str
+    kind: str
+    scene: int
+    errors: tuple[ErrorRow, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+    tiles: int = 0
+    seconds: float = 0.0
+    frames_bytes: int = 0
+    index_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "kind": self.kind, "scene": self.scene, "errors": [e.to_dict() for e in self.errors],
+                "counts": dict(self.counts), "tiles": self.tiles, "seconds": self.seconds,
+                "frames_bytes": self.frames_bytes, "index_bytes": self.index_bytes}
+
+    @classmethod
+    def from_json(cls, report: Mapping[str, Any]) -> ReadReport:
+        return cls(report["task"], report["kind"], int(report["scene"]),
+                   tuple(ErrorRow.from_dict(e) for e in report["errors"]), dict(report["counts"]),
+                   int(report["tiles"]), float(report["seconds"]), int(report["frames_bytes"]),
+                   int(report["index_bytes"]))
 
 
 def staging_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Path]:
@@ -83,7 +164,7 @@ def read_report_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Pat
 # ------------------------------------------------------------------ sources onto a window
 
 
-def read_s2(cache: SourceCache, scene: dict[str, Any], target: TargetGrid, filled: np.ndarray,
+def read_s2(cache: SourceCache, scene: Scene, target: TargetGrid, filled: np.ndarray,
             stack: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """``[13, H, W]`` uint16 harmonised DN (0 = nodata in every band wherever one band lacks
     data) and SCL ``[H, W]`` (0 where not valid) or None; adds pixels with data per band to
@@ -91,15 +172,15 @@ def read_s2(cache: SourceCache, scene: dict[str, Any], target: TargetGrid, fille
     if stack is None:
         stack = np.empty((len(S2_BAND_NAMES), target.height, target.width), dtype=np.uint16)
     valid = np.ones((target.height, target.width), dtype=bool)
-    bands = scene["bands"]
-    offset = int(scene.get("dn_offset") or 0)
+    bands = scene.bands
+    offset = scene.dn_offset
     for i, name in enumerate(S2_BAND_NAMES):
         if name not in bands:
             stack[i] = 0  # B10 of L2A
             continue
         b = bands[name]
-        band = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "uint16",
-                         b["nodata"] if b["nodata"] is not None else 0, 0, out=stack[i])
+        band = read_band(cache, b.path, b.index, target, Resampling.bilinear, "uint16",
+                         b.nodata if b.nodata is not None else 0, 0, out=stack[i])
         filled[i] += int(np.count_nonzero(band))
         np.logical_and(valid, band, out=valid)
         if offset:
@@ -111,34 +192,34 @@ def read_s2(cache: SourceCache, scene: dict[str, Any], target: TargetGrid, fille
     scl = None
     if "SCL" in bands:
         b = bands["SCL"]
-        scl = read_band(cache, b["path"], b["index"], target, Resampling.nearest, "uint8", 0, 0)
+        scl = read_band(cache, b.path, b.index, target, Resampling.nearest, "uint8", 0, 0)
         scl *= valid
     return stack, scl
 
 
-def read_s1(cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> np.ndarray:
+def read_s1(cache: SourceCache, scene: Scene, target: TargetGrid) -> np.ndarray:
     """``[2, H, W]`` float32 dB, NaN where VV or VH has no data (NaN, nodata or 0)."""
     out = np.empty((2, target.height, target.width), dtype=np.float32)
     for i, pol in enumerate(("VV", "VH")):
-        b = scene["bands"][pol]
-        nodata = b["nodata"] if b["nodata"] is not None else 0.0
-        v = read_band(cache, b["path"], b["index"], target, Resampling.bilinear, "float32", nodata, np.nan, out=out[i])
+        b = scene.bands[pol]
+        nodata = b.nodata if b.nodata is not None else 0.0
+        v = read_band(cache, b.path, b.index, target, Resampling.bilinear, "float32", nodata, np.nan, out=out[i])
         v[v == 0] = np.nan  # 0 is nodata in linear power and in 0-filled dB exports
-        if scene.get("s1_unit") == "linear":
+        if scene.s1_unit == "linear":
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[i] = np.where(v > 0, 10.0 * np.log10(v), np.nan)
     out[:, ~np.isfinite(out).all(axis=0)] = np.nan
     return out
 
 
-def read_classes(cache: SourceCache, scene: dict[str, Any], target: TargetGrid) -> np.ndarray:
+def read_classes(cache: SourceCache, scene: Scene, target: TargetGrid) -> np.ndarray:
     """``[H, W]`` uint8 class codes (nearest), the taxonomy's nodata where the raster has none."""
-    nodata = TAXONOMIES[scene["taxonomy"]].nodata
+    nodata = TAXONOMIES[str(scene.taxonomy)].nodata
     if nodata is None:  # the taxonomies ingest writes all have one; a tile's holes need it
-        raise ValueError(f"taxonomy {scene['taxonomy']!r} has no nodata value")
-    b = scene["bands"]["class"]
-    return read_band(cache, b["path"], b["index"], target, Resampling.nearest, "uint8",
-                     b["nodata"] if b["nodata"] is not None else nodata, nodata)
+        raise ValueError(f"taxonomy {scene.taxonomy!r} has no nodata value")
+    b = scene.bands["class"]
+    return read_band(cache, b.path, b.index, target, Resampling.nearest, "uint8",
+                     b.nodata if b.nodata is not None else nodata, nodata)
 
 
 # ------------------------------------------------------------------ the task
@@ -177,10 +258,10 @@ class _Frames:
         self._file = open(self.tmp, "wb")
         self.offset = 0
 
-    def put(self, data: bytes) -> list[int]:
-        """Append one frame; its ``[offset, length]`` in the file."""
+    def put(self, data: bytes) -> tuple[int, int]:
+        """Append one frame; its (offset, length) in the file."""
         self._file.write(data)
-        ref = [self.offset, len(data)]
+        ref = (self.offset, len(data))
         self.offset += len(data)
         return ref
 
@@ -196,7 +277,7 @@ class _Frames:
 class _Pieces(ABC):
     """What one kind of source makes of a window and of each tile in it."""
 
-    def __init__(self, scene: dict[str, Any], config: IngestConfig) -> None:
+    def __init__(self, scene: Scene, config: IngestConfig) -> None:
         self.scene = scene
         self.config = config
         self.pixels = float(config.tile_size_px ** 2)
@@ -207,7 +288,7 @@ class _Pieces(ABC):
         """The source's pixels on the window ``target``."""
 
     @abstractmethod
-    def piece(self, data: Any, cols: slice, train: bool, frames: _Frames) -> dict[str, Any]:
+    def piece(self, data: Any, cols: slice, train: bool, frames: _Frames) -> Piece:
         """The piece of the tile at columns ``cols`` of the window (its frames put in ``frames``)."""
 
     def check(self) -> tuple[str, str] | None:
@@ -217,12 +298,12 @@ class _Pieces(ABC):
 
 
 class _S2Pieces(_Pieces):
-    def __init__(self, scene: dict[str, Any], config: IngestConfig) -> None:
+    def __init__(self, scene: Scene, config: IngestConfig) -> None:
         super().__init__(scene, config)
         self.filled = np.zeros(len(S2_BAND_NAMES), dtype=np.int64)
         self.read_pixels = 0
         # read_s2 zeroed every band where any band lacks data, so one band tells validity
-        self.ref_band = next(i for i, b in enumerate(S2_BAND_NAMES) if b in scene["bands"])
+        self.ref_band = next(i for i, b in enumerate(S2_BAND_NAMES) if b in scene.bands)
         self.cloud_lut = np.zeros(256, bool)  # SCL class -> counts as cloud
         self.cloud_lut[list(config.cloud_classes)] = True
         self._buffer = np.empty(0, dtype=np.uint16)
@@ -238,7 +319,7 @@ class _S2Pieces(_Pieces):
         return read_s2(cache, self.scene, target, self.filled, stack)
 
     def piece(self, data: tuple[np.ndarray, np.ndarray | None], cols: slice, train: bool,
-              frames: _Frames) -> dict[str, Any]:
+              frames: _Frames) -> Piece:
         stack, scl = data
         cfg = self.config
         s2 = stack[:, :, cols]
@@ -247,26 +328,26 @@ class _S2Pieces(_Pieces):
         cloud = None
         if scl is not None and n_valid:
             cloud = round(float(np.count_nonzero(self.cloud_lut[scl[:, cols]][valid])) / n_valid, 6)
-        out: dict[str, Any] = {"valid_fraction": round(n_valid / self.pixels, 6), "cloud_fraction": cloud}
+        fraction = round(n_valid / self.pixels, 6)
         if n_valid / self.pixels < cfg.min_valid_fraction:
-            return {**out, "status": "low_valid"}
+            return Piece("low_valid", fraction, cloud)
         if cloud is not None and cloud > cfg.max_cloud_fraction:
-            return {**out, "status": "cloudy"}
+            return Piece("cloudy", fraction, cloud)
         s2 = np.ascontiguousarray(s2)
-        out.update(status="ok", s2=frames.put(encode_entry(s2, cfg.codec)))
+        refs = {"s2": frames.put(encode_entry(s2, cfg.codec))}
         if scl is not None:
-            out["scl"] = frames.put(encode_entry(scl[:, cols], cfg.codec))
+            refs["scl"] = frames.put(encode_entry(scl[:, cols], cfg.codec))
         if train:
             self.stats.add_s2(s2)
-        return out
+        return Piece("ok", fraction, cloud, frames=refs)
 
     def check(self) -> tuple[str, str] | None:
         # A band without any data where the others are well covered is a broken product
         # (a band written as all zeros), not a swath edge.
-        bands = [i for i, b in enumerate(S2_BAND_NAMES) if b in self.scene["bands"]]
+        bands = [i for i, b in enumerate(S2_BAND_NAMES) if b in self.scene.bands]
         empty = [S2_BAND_NAMES[i] for i in bands if self.filled[i] == 0]
         if empty and len(empty) < len(bands) and self.filled.max() > 0.01 * self.read_pixels:
-            return self.scene["bands"][empty[0]]["path"], (
+            return self.scene.bands[empty[0]].path, (
                 f"no valid pixels: band(s) {', '.join(empty)} all nodata (0) where the other bands "
                 "have data; product skipped")
         return None
@@ -276,34 +357,33 @@ class _S1Pieces(_Pieces):
     def read(self, cache: SourceCache, target: TargetGrid) -> np.ndarray:
         return read_s1(cache, self.scene, target)
 
-    def piece(self, data: np.ndarray, cols: slice, train: bool, frames: _Frames) -> dict[str, Any]:
+    def piece(self, data: np.ndarray, cols: slice, train: bool, frames: _Frames) -> Piece:
         s1 = data[:, :, cols]
         ok = np.isfinite(s1[0])
         fraction = float(np.count_nonzero(ok)) / self.pixels
-        out: dict[str, Any] = {"valid_fraction": round(fraction, 6)}
         if fraction < self.config.min_valid_fraction:
-            return {**out, "status": "low_valid"}
+            return Piece("low_valid", round(fraction, 6))
         codec = self.config.codec
-        out.update(status="ok", s1=frames.put(encode_entry(s1.astype(self.config.s1_dtype), codec)),
-                   s1valid=frames.put(encode_entry(ok, codec)))
-        return out
+        return Piece("ok", round(fraction, 6), frames={
+            "s1": frames.put(encode_entry(s1.astype(self.config.s1_dtype), codec)),
+            "s1valid": frames.put(encode_entry(ok, codec))})
 
 
 class _LandcoverPieces(_Pieces):
-    def __init__(self, scene: dict[str, Any], config: IngestConfig) -> None:
+    def __init__(self, scene: Scene, config: IngestConfig) -> None:
         super().__init__(scene, config)
-        self.taxonomy = TAXONOMIES[scene["taxonomy"]]
+        self.taxonomy = TAXONOMIES[str(scene.taxonomy)]
         self.lookup = self.taxonomy.lookup()
 
     def read(self, cache: SourceCache, target: TargetGrid) -> np.ndarray:
         return read_classes(cache, self.scene, target)
 
-    def piece(self, data: np.ndarray, cols: slice, train: bool, frames: _Frames) -> dict[str, Any]:
+    def piece(self, data: np.ndarray, cols: slice, train: bool, frames: _Frames) -> Piece:
         classes = np.ascontiguousarray(data[:, cols])
         if not np.any(classes != self.taxonomy.nodata):
-            return {"status": "empty"}
-        return {"status": "ok", "lc": frames.put(encode_entry(classes, self.config.codec)),
-                "counts": class_counts(classes, self.lookup, self.taxonomy.num_classes).tolist()}
+            return Piece("empty")
+        return Piece("ok", frames={"lc": frames.put(encode_entry(classes, self.config.codec))},
+                     counts=tuple(class_counts(classes, self.lookup, self.taxonomy.num_classes).tolist()))
 
 
 def class_counts(classes: np.ndarray, lookup: np.ndarray, num_classes: int) -> np.ndarray:
@@ -321,9 +401,9 @@ def file_size(path: Path) -> int:
 
 
 def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any] | None:
-    """A task's report when it parses and each of ``files`` has the size the report recorded
-    under its key; else None: the task is to be (re)done. Nothing is fsynced, so a machine
-    crash may leave any of these files short or empty."""
+    """A task's report (its JSON) when it parses and each of ``files`` has the size the report
+    recorded under its key; else None: the task is to be (re)done. Nothing is fsynced, so a
+    machine crash may leave any of these files short or empty."""
     try:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError):
@@ -331,12 +411,13 @@ def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any]
     return report if all(report.get(key) == file_size(path) for key, path in files.items()) else None
 
 
-def finished_read(out: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
+def finished_read(out: str | os.PathLike[str], task: str) -> ReadReport | None:
     """The report of a finished read task whose pieces are staged, or None when its frame
     file or index (written last) is missing or not the recorded size. Some of its frames may
     have been released since (:func:`released_tiles`)."""
     frames_path, index_path = staging_paths(out, task)
-    return complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
+    report = complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
+    return None if report is None else ReadReport.from_json(report)
 
 
 def released_marker(out: str | os.PathLike[str], task: str) -> Path:
@@ -368,8 +449,8 @@ def _fallocate() -> Any:
     return fn
 
 
-def release_pieces(out: str | os.PathLike[str], pieces: Iterable[dict[str, Any]]) -> int:
-    """Free the staged frames of ``pieces`` (each with its ``task``) once their shard is
+def release_pieces(out: str | os.PathLike[str], pieces: Iterable[Piece]) -> int:
+    """Free the staged frames of ``pieces`` (each with its ``task`` and ``tile``) once their shard is
     written; returns the bytes freed.
 
     Every staged frame belongs to one tile, so to one shard: once that shard is on disk the
@@ -387,11 +468,11 @@ def release_pieces(out: str | os.PathLike[str], pieces: Iterable[dict[str, Any]]
     spans: dict[str, list[tuple[int, int]]] = {}
     tiles: dict[str, list[str]] = {}
     for piece in pieces:
-        refs = [v for k, v in piece.items() if k in FRAME_MEMBERS and isinstance(v, list)]
+        refs = piece.frames.values()
         if refs:  # a tile's frames were appended one after the other
             start = min(off for off, _ in refs)
-            spans.setdefault(piece["task"], []).append((start, max(off + n for off, n in refs) - start))
-            tiles.setdefault(piece["task"], []).append(piece["tile"])
+            spans.setdefault(piece.task, []).append((start, max(off + n for off, n in refs) - start))
+            tiles.setdefault(piece.task, []).append(piece.tile)
     freed = 0
     for task, ranges in spans.items():
         fd = os.open(released_marker(out, task), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -410,10 +491,11 @@ def release_pieces(out: str | os.PathLike[str], pieces: Iterable[dict[str, Any]]
     return freed
 
 
-def load_piece_index(out: str | os.PathLike[str], task: str) -> dict[str, dict[str, Any]]:
+def load_piece_index(out: str | os.PathLike[str], task: str) -> dict[str, Piece]:
     """A finished read task's pieces, tile id -> piece (read by the shard tasks that need
     them, so no piece index passes through the client)."""
-    return json.loads(staging_paths(out, task)[1].read_text())
+    index = json.loads(staging_paths(out, task)[1].read_text())
+    return {tile: Piece.from_json(entry, task, tile) for tile, entry in index.items()}
 
 
 def remove_staged(out: str | os.PathLike[str], task: str) -> None:
@@ -427,9 +509,8 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def read_source(task: ReadTask, scene: dict[str, Any], config: dict[str, Any], out: str) -> dict[str, Any]:
-    """Run one read task (or load its report when done); return the report: ``{"task", "kind",
-    "scene", "errors", "counts", "tiles", "frames_bytes", "index_bytes", ...}``; the pieces are
+def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) -> ReadReport:
+    """Run one read task (or load its report when done); return its report. The pieces are
     in the staged index (:func:`load_piece_index`). See the module docstring."""
     name = task.name
     if not task.redo and (done := finished_read(out, name)) is not None:
@@ -441,8 +522,8 @@ def read_source(task: ReadTask, scene: dict[str, Any], config: dict[str, Any], o
     source = _KINDS[task.kind](scene, cfg)
     tiles = [TileId.parse(t) for t in task.tiles]
     train = dict(zip(task.tiles, task.train))
-    pieces: dict[str, dict[str, Any]] = {}
-    errors: list[dict[str, Any]] = []
+    pieces: dict[str, Piece] = {}
+    errors: list[ErrorRow] = []
     frames = _Frames(frames_path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), GDAL_NUM_THREADS=str(cfg.gdal_threads),
@@ -452,8 +533,8 @@ def read_source(task: ReadTask, scene: dict[str, Any], config: dict[str, Any], o
                     data = source.read(cache, target)
                 except RasterioError as err:
                     cause = f": {err.__cause__}" if err.__cause__ else ""
-                    errors.append({"path": scene["paths"][0], "stage": "materialize", "product_id": scene["product_id"],
-                                   "reason": f"read failed (truncated or corrupt file?): {err}{cause}"})
+                    errors.append(ErrorRow(scene.paths[0], "materialize",
+                                           f"read failed (truncated or corrupt file?): {err}{cause}", scene.product_id))
                     break  # the tiles after this window get no piece (counted when shards are written)
                 for tile, cols in cut:
                     pieces[str(tile)] = source.piece(data, cols, train[str(tile)], frames)
@@ -464,18 +545,17 @@ def read_source(task: ReadTask, scene: dict[str, Any], config: dict[str, Any], o
         raise
     broken = source.check()
     if broken:
-        errors.append({"path": broken[0], "stage": "materialize", "reason": broken[1], "product_id": scene["product_id"]})
+        errors.append(ErrorRow(broken[0], "materialize", broken[1], scene.product_id))
         pieces = {}
         source.stats = DatasetStats(pixel_stride=cfg.stats_pixel_stride)
-    report = {"task": name, "kind": task.kind, "scene": task.scene, "errors": errors,
-              "counts": dict(sorted(Counter(p["status"] for p in pieces.values()).items())),
-              "tiles": len(tiles), "seconds": round(time.perf_counter() - started, 3)}
-    index = _json_text(pieces)
-    report.update(frames_bytes=frames.offset, index_bytes=len(index.encode()))
+    index = _json_text({tile: p.to_json() for tile, p in pieces.items()})
+    report = ReadReport(name, task.kind, task.scene, tuple(errors),
+                        dict(sorted(Counter(p.status for p in pieces.values()).items())), len(tiles),
+                        round(time.perf_counter() - started, 3), frames.offset, len(index.encode()))
     if task.kind == "s2":
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         source.stats.save(stats_path)
-    write_text_atomic(report_path, _json_text(report))
+    write_text_atomic(report_path, _json_text(report.to_json()))
     write_text_atomic(index_path, index)
     released_marker(out, name).unlink(missing_ok=True)  # every frame is back (last: a crash before leaves it)
     return report

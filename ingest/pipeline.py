@@ -46,18 +46,20 @@ from eoforge import __version__
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.dryrun import build_dry_run_report, write_dry_run
 from eoforge.ingest.engine import Engine
+from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.inventory import INVENTORY_NAME
 from eoforge.ingest.materialize import (
-    TASK_REPORTS, finished_shard, materialize_shard, piece_key, task_stats_path,
+    TASK_REPORTS, ShardReport, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
 from eoforge.ingest.pieces import (
-    STAGING, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged, staging_paths,
+    STAGING, ReadReport, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged, staging_paths,
 )
 from eoforge.ingest.plan import (
     ReadTask, ShardJob, plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan,
 )
 from eoforge.ingest.report import build_report, write_errors, write_report
 from eoforge.ingest.scan import scan
+from eoforge.ingest.scene import Scene, scenes_table
 from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.manifest import manifest_rows, merge_parts, write_parquet_atomic
 from eoforge.shards.stats import DatasetStats, write_stats
@@ -75,22 +77,12 @@ class IngestResult:
     out: Path
     samples: int
     shards: int
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[ErrorRow] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
         return 1 if self.errors else 0
-
-
-def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    # working tables, rewritten by every run: no fsync
-    write_parquet_atomic(pa.Table.from_pylist([_flat(r) for r in rows]) if rows else pa.table({}), path, fsync=False)
-
-
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """Nested values (band tables) as JSON text so the table stays flat and queryable."""
-    return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
 
 
 def plan_fingerprint(rows: pa.Table) -> str:
@@ -143,14 +135,16 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         t0 = time.perf_counter()
         scanned = scan(inputs, landcover, config, engine, inventory=out / INVENTORY_NAME)
         errors = list(scanned.errors)
-        _write_table(scanned.scenes, out / "scenes.parquet")
+        scenes = scenes_table(scanned.scenes)
+        write_parquet_atomic(scenes, out / "scenes.parquet", fsync=False)  # rewritten by every run: no fsync
         timings["scan"] = time.perf_counter() - t0
         if strict and errors:
             write_errors(out, errors)
-            raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
+            raise IngestError(f"{errors[0].path}: {errors[0].reason} (--strict stops at the first error)")
 
         t0 = time.perf_counter()
-        plan = plan_ingest(scanned.scenes, config, engine=engine)
+        plan = plan_ingest(scenes, config, engine=engine)
+        del scenes
         errors += plan.errors
         job: dict[str, Any] = {"eoforge": __version__, "inputs": [str(i) for i in inputs], "landcover": landcover,
                "config": config.to_dict(), "plan_sha256": plan_fingerprint(plan.rows)}
@@ -161,7 +155,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
         timings["plan"] = time.perf_counter() - t0
         if strict and errors:
             write_errors(out, errors)
-            raise IngestError(f"{errors[0]['path']}: {errors[0]['reason']} (--strict stops at the first error)")
+            raise IngestError(f"{errors[0].path}: {errors[0].reason} (--strict stops at the first error)")
         if dry_run:
             shards_written = sum(finished_shard(out, split, shard) is not None
                                  for split, shard, _ in shard_index(plan.rows))
@@ -175,11 +169,11 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
 
         # matplotlib takes ~0.3 s to import: the client does it while the workers read
         background.run(importlib.import_module, "eoforge.shards.plots")
-        by_scene = {s["scene"]: s for s in scanned.scenes}
+        by_scene = {s.number: s for s in scanned.scenes}
         shards = shard_index(plan.rows)
         finished = {(split, shard): finished_shard(out, split, shard) for split, shard, _ in shards}
         reports = [r for r in finished.values() if r is not None]
-        read_results: dict[str, dict[str, Any]] = {}
+        read_results: dict[str, ReadReport] = {}
         stats_tasks: list[str] = []  # read tasks whose S2 statistics go into stats.json
         waves = WaveLog(budget_bytes=round(config.staging_budget_gb * 1e9))
         failed = False
@@ -208,7 +202,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             if not wave_failed:  # every shard of the wave is written: its pieces are spent
                 for r in wave_reads:
                     remove_staged(out, r.name)
-        reports.sort(key=lambda r: (r["split"] != "train", r["shard"]))
+        reports.sort(key=lambda r: (r.split != "train", r.shard))
         if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
             background.run(engine.__exit__, None, None, None)
             own_engine = False
@@ -228,7 +222,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
                               warnings=scanned.warnings)
         write_report(out, report, manifest)
         background.join()
-        return IngestResult(out, manifest_rows(manifest), sum(1 for r in reports if r["samples"]), errors, report)
+        return IngestResult(out, manifest_rows(manifest), sum(1 for r in reports if r.samples), errors, report)
     finally:
         background.join(raise_errors=False)
         if own_engine:
@@ -236,7 +230,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
 
 
 def _finalize(out: Path, job: dict[str, Any], config: IngestConfig, stats_tasks: list[str],
-              reports: list[dict[str, Any]], errors: list[dict[str, Any]]) -> Path:
+              reports: list[ShardReport], errors: list[ErrorRow]) -> Path:
     """Merge the manifest parts (streaming), write ``stats.json`` (S2 from the read tasks
     ``stats_tasks``, S1 and sample counts from the shard tasks) and ``errors.parquet``;
     return the manifest's path."""
@@ -246,8 +240,8 @@ def _finalize(out: Path, job: dict[str, Any], config: IngestConfig, stats_tasks:
                 fsync=False)
     train_stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
     for r in reports:
-        if r["split"] == "train":
-            train_stats.merge(DatasetStats.load(task_stats_path(out, r["split"], r["shard"])))
+        if r.split == "train":
+            train_stats.merge(DatasetStats.load(task_stats_path(out, r.split, r.shard)))
     for task in stats_tasks:
         stats_path = read_report_paths(out, task)[1]
         if stats_path.is_file():
@@ -270,8 +264,8 @@ class WaveLog:
     def staged(self, out: Path, reads: list[ReadTask]) -> None:
         self.staged_bytes.append(sum(file_size(p) for r in reads for p in staging_paths(out, r.name)))
 
-    def wrote(self, reports: list[dict[str, Any]]) -> None:
-        self.shard_bytes += sum(r.get("tar_bytes", 0) + r.get("part_bytes", 0) for r in reports)
+    def wrote(self, reports: list[ShardReport]) -> None:
+        self.shard_bytes += sum(r.tar_bytes + r.part_bytes for r in reports)
 
     def summary(self) -> dict[str, Any]:
         staged = sum(self.staged_bytes)
@@ -312,19 +306,19 @@ class _Background:
 
 
 def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
-               scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
-               strict: bool) -> tuple[dict[str, dict[str, Any]], set[str]]:
+               scenes: dict[int, Scene], config: IngestConfig, out: Path, errors: list[ErrorRow],
+               strict: bool) -> tuple[dict[str, ReadReport], set[str]]:
     """Run the read tasks that are not done and that a pending shard needs (or that left no
     report); load the others. Returns (task -> result, the tasks that failed: raised after
     their retries); the tasks' errors are appended to ``errors``."""
-    needed_tiles = {rows[0]["tile_id"] for j in pending for rows in j.tiles}
-    results: dict[str, dict[str, Any]] = {}
+    needed_tiles = {rows[0].tile_id for j in pending for rows in j.tiles}
+    results: dict[str, ReadReport] = {}
     todo = []
     for r in reads:
         report_path = read_report_paths(out, r.name)[0]
         needed = needed_tiles.intersection(r.tiles)
         if report_path.is_file() and not needed:
-            results[r.name] = json.loads(report_path.read_text())  # its pieces are in finished shards
+            results[r.name] = ReadReport.from_json(json.loads(report_path.read_text()))  # its pieces are in finished shards
         elif (done := finished_read(out, r.name)) is not None and not needed & released_tiles(out, r.name):
             results[r.name] = done
         else:  # not read yet, or a pending shard needs frames released after its first writing
@@ -337,22 +331,23 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
         if isinstance(result, BaseException):
             failed.add(r.name)
             scene = scenes[r.scene]
-            result = {"task": r.name, "errors": [{
-                "path": scene["paths"][0], "stage": "materialize", "product_id": scene["product_id"],
-                "reason": f"read task {r.name} failed: {type(result).__name__}: {result}"}]}
+            result = ReadReport(r.name, r.kind, r.scene, (ErrorRow(
+                scene.paths[0], "materialize", f"read task {r.name} failed: {type(result).__name__}: {result}",
+                scene.product_id),), tiles=len(r.tiles))
         results[r.name] = result
-        if strict and result["errors"]:
-            write_errors(out, errors + result["errors"])
-            e = result["errors"][0]
-            raise IngestError(f"{e['path']}: {e['reason']} (--strict stops at the first error)")
+        if strict and result.errors:
+            write_errors(out, errors + list(result.errors))
+            e = result.errors[0]
+            raise IngestError(f"{e.path}: {e.reason} (--strict stops at the first error)")
     for r in reads:
-        errors += results.get(r.name, {}).get("errors", [])
+        if r.name in results:
+            errors += results[r.name].errors
     return results, failed
 
 
 def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], failed_reads: set[str],
-                scenes: dict[int, dict[str, Any]], config: IngestConfig, out: Path, errors: list[dict[str, Any]],
-                strict: bool) -> tuple[list[dict[str, Any]], bool]:
+                scenes: dict[int, Scene], config: IngestConfig, out: Path, errors: list[ErrorRow],
+                strict: bool) -> tuple[list[ShardReport], bool]:
     """Write the pending shards of a wave from its read tasks' staged pieces. Returns (the
     reports of the shards written, whether any shard is left unwritten); failures are
     appended to ``errors``.
@@ -362,16 +357,15 @@ def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], 
     which task staged each of its pieces and reads their indexes itself: no per-tile state
     passes through the client."""
     piece_task = {(r.kind, r.scene, t): r.name for r in reads for t in r.tiles}
-    reports: list[dict[str, Any]] = []
+    reports: list[ShardReport] = []
     failed = False
     writable = []
     for j in pending:
         blocked = sorted({piece_task[key] for key in _piece_sources(j) if piece_task[key] in failed_reads})
         if blocked:
             failed = True
-            errors.append({"path": str(shard_path(out, j.split, j.shard)), "stage": "materialize",
-                           "reason": f"shard not written: read task(s) {', '.join(blocked)} failed; rerun to retry",
-                           "product_id": None})
+            errors.append(ErrorRow(str(shard_path(out, j.split, j.shard)), "materialize",
+                                   f"shard not written: read task(s) {', '.join(blocked)} failed; rerun to retry"))
         else:
             writable.append(j)
     payloads = [(j, {piece_key(*key): piece_task[key] for key in _piece_sources(j)},
@@ -381,11 +375,11 @@ def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], 
         j = writable[index]
         if isinstance(result, BaseException):
             failed = True
-            errors.append({"path": str(shard_path(out, j.split, j.shard)), "stage": "materialize",
-                           "reason": f"shard task failed: {type(result).__name__}: {result}", "product_id": None})
+            errors.append(ErrorRow(str(shard_path(out, j.split, j.shard)), "materialize",
+                                   f"shard task failed: {type(result).__name__}: {result}"))
             if strict:
                 write_errors(out, errors)
-                raise IngestError(f"{errors[-1]['path']}: {errors[-1]['reason']}")
+                raise IngestError(f"{errors[-1].path}: {errors[-1].reason}")
             continue
         reports.append(result)
     return reports, failed
@@ -394,21 +388,21 @@ def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], 
 def _piece_sources(job: ShardJob) -> Iterator[tuple[str, int, str]]:
     """(kind, scene, tile) of every piece the tiles of a shard job use."""
     for rows in job.tiles:
-        tile = rows[0]["tile_id"]
+        tile = rows[0].tile_id
         for r in rows:
-            yield "s2", int(r["s2_scene"]), tile
-            if r["s1_scene"] is not None:
-                yield "s1", int(r["s1_scene"]), tile
-        for i in rows[0]["landcover_scenes"]:
-            yield "lc", int(i), tile
+            yield "s2", r.s2_scene, tile
+            if r.s1_scene is not None:
+                yield "s1", r.s1_scene, tile
+        for i in rows[0].landcover_scenes:
+            yield "lc", i, tile
 
 
-def _read_payload(payload: tuple[ReadTask, dict[str, Any]], config: dict[str, Any], out: str) -> dict[str, Any]:
+def _read_payload(payload: tuple[ReadTask, Scene], config: dict[str, Any], out: str) -> ReadReport:
     task, scene = payload
     return read_source(task, scene, config, out)
 
 
-def _materialize_payload(payload: tuple[ShardJob, dict[str, str], dict[int, dict[str, Any]]],
-                         config: dict[str, Any], out: str) -> dict[str, Any]:
+def _materialize_payload(payload: tuple[ShardJob, dict[str, str], dict[int, Scene]],
+                         config: dict[str, Any], out: str) -> ShardReport:
     job, piece_tasks, scenes = payload
     return materialize_shard(job, piece_tasks, scenes, config, out)

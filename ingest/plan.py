@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -53,13 +53,14 @@ import pyarrow.parquet as pq
 import shapely
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.coverage import (
     Window, footprint_cells, key_parts, lonlat_to_utm, tile_centres_lonlat, tile_id_strings, tile_of,
     zone_band, zone_epsg, zones_touched,
 )
 from eoforge.ingest.grid import Grid, zone_central_meridian
 from eoforge.ingest.names import parse_time
-from eoforge.ingest.scan import error_row
+from eoforge.ingest.scene import Scene, scenes_table
 from eoforge.ingest.sizes import estimate_tile_bytes
 from eoforge.shards.digest import stable_hash
 from eoforge.shards.keys import TileId
@@ -121,7 +122,7 @@ class Plan:
 
     rows: pa.Table
     removed: dict[str, Removed] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[ErrorRow] = field(default_factory=list)
     pairing: dict[str, Any] = field(default_factory=dict)
     regions: int = 0
 
@@ -166,14 +167,16 @@ def _group_starts(*sorted_keys: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- scenes as columns
 
 class Scenes:
-    """The scan's scene rows as columns (list of dicts or a ``scenes.parquet`` table), with the
-    derived keys planning sorts and joins on. Row ``k`` is scene ``ids[k]``."""
+    """The scan's scenes as columns (:class:`~eoforge.ingest.scene.Scene` s or a
+    ``scenes.parquet`` table), with the derived keys planning sorts and joins on. Row ``k``
+    is scene ``ids[k]``."""
 
-    def __init__(self, scenes: list[dict[str, Any]] | pa.Table) -> None:
+    def __init__(self, scenes: Sequence[Scene] | pa.Table) -> None:
+        if not isinstance(scenes, pa.Table):
+            scenes = scenes_table(scenes)
+
         def col(name: str) -> list[Any]:
-            if isinstance(scenes, pa.Table):
-                return scenes.column(name).to_pylist() if name in scenes.column_names else [None] * scenes.num_rows
-            return [s.get(name) for s in scenes]
+            return scenes.column(name).to_pylist() if name in scenes.column_names else [None] * scenes.num_rows
 
         self.ids = np.asarray(col("scene"), dtype=np.int64)
         self.sensor = np.asarray(col("sensor"), dtype=object)
@@ -189,7 +192,7 @@ class Scenes:
         self.baseline = np.asarray([float(b or 0) for b in col("baseline")])
         self.cloud = np.asarray([np.nan if c is None else float(c) for c in col("cloud_percentage")])
         self.footprint_wkb: list[bytes] = col("footprint")
-        self.first_path = col("first_path") if isinstance(scenes, pa.Table) and "first_path" in scenes.column_names \
+        self.first_path = col("first_path") if "first_path" in scenes.column_names \
             else [p[0] if p else "" for p in col("paths")]
         self.pid_rank = _ranks(self.product_id)
         self.datetime_rank = _ranks([d or "" for d in self.datetime])
@@ -586,9 +589,9 @@ def plan_region(grid: Grid, sc: Scenes, region: Region, s2: list[int], s1: list[
 
 # ---------------------------------------------------------------------------- the whole plan
 
-def plan_ingest(scenes: list[dict[str, Any]] | pa.Table, config: IngestConfig, *,
+def plan_ingest(scenes: Sequence[Scene] | pa.Table, config: IngestConfig, *,
                 region_tiles: int | None = None, engine: Any = None) -> Plan:
-    """Plan samples from scene rows (``scan`` output or ``scenes.parquet``); see the module
+    """Plan samples from scenes (``scan`` output or ``scenes.parquet``); see the module
     docstring. ``region_tiles`` overrides ``config.plan_region_tiles``; ``engine`` (an
     :class:`~eoforge.ingest.engine.Engine`) plans the regions as Dask tasks, else they run
     here one after another. The result is the same for every region size and worker count."""
@@ -596,7 +599,7 @@ def plan_ingest(scenes: list[dict[str, Any]] | pa.Table, config: IngestConfig, *
     size = region_tiles or config.plan_region_tiles
     sc = Scenes(scenes)
     removed: dict[str, Removed] = defaultdict(Removed)
-    errors: list[dict[str, Any]] = []
+    errors: list[ErrorRow] = []
     kept = _one_delivery_per_product(sc, config, removed)
     s2_rows = kept[sc.sensor[kept] == "s2"]
     s1_rows = kept[sc.sensor[kept] == "s1"]
@@ -636,8 +639,8 @@ def plan_ingest(scenes: list[dict[str, Any]] | pa.Table, config: IngestConfig, *
                                              "why": S1_WHY[status].format(max_dt=config.max_dt_days)}])
     for k in lc_rows.tolist():
         if not lc_used[k]:
-            errors.append(error_row(sc.first_path[k], "plan", "land-cover raster overlaps no planned tile "
-                                    "(check its extent and CRS against the S2 scenes)", sc.product_id[k]))
+            errors.append(ErrorRow(sc.first_path[k], "plan", "land-cover raster overlaps no planned tile "
+                                   "(check its extent and CRS against the S2 scenes)", sc.product_id[k]))
 
     columns = {name: np.concatenate([p.pop(name) for p in parts]) if parts else np.empty(0, np.int64)
                for name in ("tile", "step", "season", "s2_row", "s2_coverage", "s1_row", "dt_days")}
@@ -846,6 +849,50 @@ class ReadTask:
     redo: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRow:
+    """One planned (tile, time step): a row of ``plan.parquet`` as Python values, with the
+    names and order of :data:`PLAN_SCHEMA`.
+
+    Attributes:
+        tile_id: the grid tile (:class:`~eoforge.shards.keys.TileId` text); epsg: its UTM zone.
+        step: the time step's index within the tile; season: :func:`season_of` its S2 date.
+        s2_scene, s2_product_id, s2_datetime: the S2 scene of the step (number, name, ISO time).
+        s2_coverage: the fraction of the tile the S2 footprint covers (0-1).
+        cloud_percentage: the S2 product's cloud cover in percent, when known.
+        s1_scene, s1_product_id, s1_datetime: the paired S1 scene, None when unpaired.
+        dt_days: S1 time minus S2 time in days (None when unpaired); orbit_direction: the S1's.
+        split: ``"train"`` or ``"val"``; wave, shard, position: where the sample is written
+            (wave of pixels, shard number within the split, index in the shard).
+        landcover_scenes: the land-cover rasters that cover the tile, in mosaic order.
+    """
+
+    tile_id: str
+    epsg: int
+    step: int
+    season: int
+    s2_scene: int
+    s2_product_id: str
+    s2_datetime: str
+    s2_coverage: float
+    cloud_percentage: float | None
+    s1_scene: int | None
+    s1_product_id: str | None
+    s1_datetime: str | None
+    dt_days: float | None
+    orbit_direction: str | None
+    split: str
+    wave: int
+    shard: int
+    position: int
+    landcover_scenes: tuple[int, ...]
+
+
+def plan_rows(rows: pa.Table) -> list[PlanRow]:
+    """Plan rows (:data:`PLAN_SCHEMA`) as :class:`PlanRow` s, in table order."""
+    return [PlanRow(**{**r, "landcover_scenes": tuple(r["landcover_scenes"] or ())}) for r in rows.to_pylist()]
+
+
 @dataclass(frozen=True, slots=True)
 class ShardJob:
     """One shard to write: its plan rows, grouped per tile (the time steps of a tile)."""
@@ -853,10 +900,10 @@ class ShardJob:
     split: str
     shard: int
     wave: int
-    tiles: tuple[tuple[dict[str, Any], ...], ...]
+    tiles: tuple[tuple[PlanRow, ...], ...]
 
 
-def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 1) -> list[ReadTask]:
+def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1) -> list[ReadTask]:
     """The read tasks of a plan.
 
     One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles of one wave it serves, in
@@ -871,12 +918,11 @@ def plan_reads(rows: list[dict[str, Any]], config: IngestConfig, workers: int = 
     """
     users: dict[tuple[int, str, int], dict[str, bool]] = defaultdict(dict)
     for r in rows:
-        train = r["split"] == "train"
-        wave = int(r.get("wave") or 0)
-        for kind, scenes in (("s2", [r["s2_scene"]]), ("s1", [r["s1_scene"]]), ("lc", r["landcover_scenes"])):
+        train = r.split == "train"
+        for kind, scenes in (("s2", (r.s2_scene,)), ("s1", (r.s1_scene,)), ("lc", r.landcover_scenes)):
             for scene in scenes:
                 if scene is not None:
-                    users[(wave, kind, int(scene))][r["tile_id"]] = train
+                    users[(r.wave, kind, int(scene))][r.tile_id] = train
     order = {"s2": 0, "s1": 1, "lc": 2}
     scenes_of_kind = Counter((wave, kind) for wave, kind, _ in users)
     tasks: list[ReadTask] = []
@@ -907,20 +953,20 @@ def shard_index(rows: pa.Table) -> list[tuple[str, int, int]]:
                   key=lambda k: (k[0] != "train", k[1]))
 
 
-def wave_rows(rows: pa.Table, wave: int) -> list[dict[str, Any]]:
-    """The plan rows of one wave as dicts (in plan order)."""
-    return rows.filter(pc.equal(rows.column("wave"), wave)).to_pylist()
+def wave_rows(rows: pa.Table, wave: int) -> list[PlanRow]:
+    """The plan rows of one wave (in plan order)."""
+    return plan_rows(rows.filter(pc.equal(rows.column("wave"), wave)))
 
 
-def plan_shards(rows: list[dict[str, Any]]) -> list[ShardJob]:
+def plan_shards(rows: Sequence[PlanRow]) -> list[ShardJob]:
     """Group plan rows (in plan order) into shard jobs, train first, then by shard number."""
-    tiles: dict[tuple[str, int], list[list[dict[str, Any]]]] = {}
+    tiles: dict[tuple[str, int], list[list[PlanRow]]] = {}
     waves: dict[tuple[str, int], int] = {}
     for r in rows:
-        key = (r["split"], int(r["shard"]))
+        key = (r.split, r.shard)
         job = tiles.setdefault(key, [])
-        waves.setdefault(key, int(r.get("wave") or 0))
-        if not job or job[-1][0]["tile_id"] != r["tile_id"]:
+        waves.setdefault(key, r.wave)
+        if not job or job[-1][0].tile_id != r.tile_id:
             job.append([])
         job[-1].append(r)
     return [ShardJob(split, shard, waves[(split, shard)], tuple(tuple(t) for t in tiles[(split, shard)]))

@@ -11,23 +11,27 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from eoforge.ingest.errors import ERRORS_SCHEMA, ErrorRow
 from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.manifest import manifest_rows, write_parquet_atomic
 
+if TYPE_CHECKING:
+    from eoforge.ingest.materialize import ShardReport
+    from eoforge.ingest.pieces import ReadReport
+    from eoforge.ingest.scene import Scene
+
 ERRORS_NAME = "errors.parquet"
-ERRORS_SCHEMA = pa.schema([
-    ("path", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("product_id", pa.string()),
-])
 
 
-def write_errors(out: Path, errors: list[dict[str, Any]]) -> Path:
-    rows = sorted({(e["path"], e["stage"], e["reason"], e.get("product_id")) for e in errors})
-    table = pa.Table.from_pylist([dict(zip(ERRORS_SCHEMA.names, r)) for r in rows], schema=ERRORS_SCHEMA)
+def write_errors(out: Path, errors: list[ErrorRow]) -> Path:
+    """``DS/errors.parquet``: the distinct error rows, sorted."""
+    rows = sorted(set(errors), key=lambda e: (e.path, e.stage, e.reason, e.product_id or ""))
+    table = pa.Table.from_pylist([e.to_dict() for e in rows], schema=ERRORS_SCHEMA)
     write_parquet_atomic(table, out / ERRORS_NAME, fsync=False)  # rewritten by every run, as the manifest
     return out / ERRORS_NAME
 
@@ -38,20 +42,20 @@ def error_reason_class(reason: str) -> str:
 
 
 def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], files_seen: int,
-                 scenes: list[dict[str, Any]], plan: Any, task_reports: list[dict[str, Any]],
-                 read_reports: list[dict[str, Any]], errors: list[dict[str, Any]], manifest: Path | None,
+                 scenes: list[Scene], plan: Any, task_reports: list[ShardReport],
+                 read_reports: list[ReadReport], errors: list[ErrorRow], manifest: Path | None,
                  timings_s: dict[str, float], scan_counts: dict[str, int] | None = None,
-                 waves: dict[str, Any] | None = None, warnings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 waves: dict[str, Any] | None = None, warnings: list[ErrorRow] | None = None) -> dict[str, Any]:
     """``report.json``. ``scan_counts``: what the scan read rather than took from its
     inventory (``headers_read``, ``probes_run``, ``stac_items``); ``waves``: the staging record
     of the waves (:class:`~eoforge.ingest.pipeline.WaveLog`); ``warnings``: the scan's warning
     rows (used inputs worth a look: a band coarser than its native pixel size)."""
     pieces: Counter[str] = Counter()
     for r in read_reports:
-        pieces.update({f"{r.get('kind', '?')}_{k}": v for k, v in r.get("counts", {}).items()})
+        pieces.update({f"{r.kind}_{k}": v for k, v in r.counts.items()})
     counts: Counter[str] = Counter()
-    for r in task_reports:
-        counts.update(r["counts"])
+    for shard in task_reports:
+        counts.update(shard.counts)
     dts = np.asarray(plan.pairing.get("dt_days", []), dtype=float)
     edges = np.arange(-np.ceil(config["max_dt_days"]) - 0.5, np.ceil(config["max_dt_days"]) + 1.0, 1.0)
     hist, _ = np.histogram(dts, bins=edges) if dts.size else (np.zeros(len(edges) - 1, int), edges)
@@ -63,13 +67,13 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
         from eoforge.shards.manifest import iter_manifest
 
         labels = label_distribution(iter_manifest(manifest, LABEL_COLUMNS)) or {}
-    sensors = Counter(s["sensor"] for s in scenes)
+    sensors = Counter(s.sensor for s in scenes)
     return {
         "inputs": inputs,
         "engine": engine,
         "stages": {
             "scan": {"files": files_seen, "scenes": dict(sorted(sensors.items())),
-                     "errors": sum(e["stage"] == "scan" for e in errors), **(scan_counts or {})},
+                     "errors": sum(e.stage == "scan" for e in errors), **(scan_counts or {})},
             "plan": {"tiles": plan.num_tiles, "time_steps": len(plan.rows),
                      "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
             "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items())), **(waves or {})},
@@ -89,10 +93,10 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
             "s1_scenes": plan.pairing.get("s1_scenes", 0), "s1_scenes_used": plan.pairing.get("s1_used", 0),
         },
         "labels": labels,
-        "warnings": {"count": len(warnings or []), "rows": (warnings or [])[:1000]},
+        "warnings": {"count": len(warnings or []), "rows": [w.to_dict() for w in (warnings or [])[:1000]]},
         "errors": {"count": len(errors),
-                   "by_reason": dict(sorted(Counter(error_reason_class(e["reason"]) for e in errors).items())),
-                   "by_stage": dict(sorted(Counter(e["stage"] for e in errors).items()))},
+                   "by_reason": dict(sorted(Counter(error_reason_class(e.reason) for e in errors).items())),
+                   "by_stage": dict(sorted(Counter(e.stage for e in errors).items()))},
         "timings_s": {k: round(v, 3) for k, v in timings_s.items()},
         "config": config,
     }

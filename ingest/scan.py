@@ -38,8 +38,10 @@ import shapely
 from pyproj import CRS, Transformer
 
 from eoforge.ingest.config import IngestConfig
+from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.inventory import ScanInventory, Stat, file_stat, probe_key
 from eoforge.ingest.names import NameInfo, canonical_band, iso, parse_file_name, parse_product_name, parse_time
+from eoforge.ingest.scene import BandFile, Scene
 from eoforge.ingest.stac import ItemError, ItemProduct, is_item_source, item_product, iter_items, signed
 from eoforge.shards.schema import S2_BANDS
 
@@ -64,17 +66,13 @@ class ScanResult:
     STAC items, from the items); warnings: rows like error rows for what is used but
     worth a look (a band delivered coarser than its native pixel size)."""
 
-    scenes: list[dict[str, Any]]
-    errors: list[dict[str, Any]]
+    scenes: list[Scene]
+    errors: list[ErrorRow]
     files_seen: int
     headers_read: int = 0
     probes_run: int = 0
     items: int = 0
-    warnings: list[dict[str, Any]] = field(default_factory=list)
-
-
-def error_row(path: str, stage: str, reason: str, product_id: str | None = None) -> dict[str, Any]:
-    return {"path": path, "stage": stage, "reason": reason, "product_id": product_id}
+    warnings: list[ErrorRow] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ discovery
@@ -99,11 +97,11 @@ def _stem(name: str) -> str:
     return re.sub(r"\.(tif|tiff|jp2|vrt)$", "", name, flags=re.I)
 
 
-def discover(inputs: Iterable[str]) -> tuple[list[str], list[dict[str, Any]]]:
+def discover(inputs: Iterable[str]) -> tuple[list[str], list[ErrorRow]]:
     """Raster files under the given folders, files and URLs (sorted, unique), and error rows
     for inputs that do not exist or cannot be listed."""
     found: set[str] = set()
-    errors: list[dict[str, Any]] = []
+    errors: list[ErrorRow] = []
     for item in inputs:
         item = str(item)
         if "://" in item:
@@ -117,7 +115,7 @@ def discover(inputs: Iterable[str]) -> tuple[list[str], list[dict[str, Any]]]:
                 protocol = item.split("://", 1)[0]
                 found.update(f"{protocol}://{p}" for p in fs.find(root) if _is_raster(p))
             except Exception as err:  # noqa: BLE001 - any listing failure is an input error
-                errors.append(error_row(item, "scan", f"cannot list {item}: {err}"))
+                errors.append(ErrorRow(item, "scan", f"cannot list {item}: {err}"))
             continue
         path = Path(item)
         if path.is_file():
@@ -125,7 +123,7 @@ def discover(inputs: Iterable[str]) -> tuple[list[str], list[dict[str, Any]]]:
         elif path.is_dir():
             found.update(str(p) for p in path.rglob("*") if p.is_file() and _is_raster(p.name))
         else:
-            errors.append(error_row(item, "scan", "no such file or folder"))
+            errors.append(ErrorRow(item, "scan", "no such file or folder"))
     return sorted(found), errors
 
 
@@ -352,38 +350,38 @@ def product_path(key: ProductKey, paths: list[str]) -> str:
     return os.path.commonpath(paths)
 
 
-def _pick_bands(files: list[tuple[NameInfo, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Band -> {path, index, res_m, nodata, dtype}; per band the file at its native GSD,
-    else the finest resolution delivered."""
-    bands: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+def _pick_bands(files: list[tuple[NameInfo, dict[str, Any]]]) -> dict[str, BandFile]:
+    """Band -> where it is read from; per band the file at its native GSD, else the finest
+    resolution delivered."""
+    bands: dict[str, list[tuple[float, BandFile]]] = defaultdict(list)
     for info, h in files:
         names = [info.band] if info.band else [canonical_band(d) for d in h["descriptions"]]
         for i, band in enumerate(names):
             if band is None:
                 continue
             res = float(abs(h["res"][0]))
-            entry = {"path": h["path"], "index": i + 1, "res": [float(h["res"][0]), float(h["res"][1])],
-                     "nodata": h["nodata"], "dtype": h["dtypes"][i]}
+            nodata = None if h["nodata"] is None else float(h["nodata"])  # a STAC record may say 0, GDAL 0.0
+            entry = BandFile(h["path"], i + 1, (float(h["res"][0]), float(h["res"][1])), nodata, h["dtypes"][i])
             native = S2_GSD.get(band)
             rank = 0.0 if native is not None and math.isclose(res, native) else 1.0 + res
             bands[band].append((rank, entry))
-    return {b: min(c, key=lambda x: (x[0], x[1]["path"]))[1] for b, c in sorted(bands.items())}
+    return {b: min(c, key=lambda x: (x[0], x[1].path))[1] for b, c in sorted(bands.items())}
 
 
 def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
-                 config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Group file headers into scene rows (without probe results) and error rows."""
-    errors: list[dict[str, Any]] = []
+                 config: IngestConfig) -> tuple[list[Scene], list[ErrorRow]]:
+    """Group file headers into scenes (without probe results) and error rows."""
+    errors: list[ErrorRow] = []
     groups: dict[ProductKey, list[tuple[NameInfo, dict[str, Any]]]] = defaultdict(list)
     lc = set(landcover)
     for h in headers:
         if h["error"]:
             product_id = parse_file_name(_stem(PurePosixPath(h["path"]).name)).product_id
-            errors.append(error_row(h["path"], "scan", h["error"], product_id))
+            errors.append(ErrorRow(h["path"], "scan", h["error"], product_id))
             continue
         info, key, err = _identify(h, lc)
         if err:
-            errors.append(error_row(h["path"], "scan", err, info.product_id))
+            errors.append(ErrorRow(h["path"], "scan", err, info.product_id))
         elif key is not None:
             groups[key].append((info, h))
     scenes = []
@@ -391,18 +389,18 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
         files = groups[key]
         row, err = _scene_row(key, files, config)
         if err:
-            errors.append(error_row(product_path(key, [h["path"] for _, h in files]), "scan", err,
-                                    row.get("product_id")))
+            errors.append(ErrorRow(product_path(key, [h["path"] for _, h in files]), "scan", err,
+                                   row.get("product_id")))
         else:
-            scenes.append(row)
+            scenes.append(Scene.from_row(row))
     return scenes, errors
 
 
 def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], config: IngestConfig,
                side: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
-    """The scene row of one product's files, or the reason it cannot be one. ``side``: the
-    product's metadata when it came as a STAC item (:mod:`.stac`); else the SAFE or STAC
-    sidecar beside the files is looked up."""
+    """The scene of one product's files, as a :meth:`.Scene.from_row` row still being built,
+    or the reason it cannot be one. ``side``: the product's metadata when it came as a STAC
+    item (:mod:`.stac`); else the SAFE or STAC sidecar beside the files is looked up."""
     info = files[0][0]
     first = files[0][1]
     sensor = info.sensor or ""
@@ -414,7 +412,7 @@ def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], co
         "mgrs_tile": info.mgrs_tile, "cloud_percentage": None, "s1_unit": None, "taxonomy": None,
         "crs_wkt": first["crs_wkt"], "epsg": first["epsg"], "bounds": list(first["bounds"]),
         "footprint": first["footprint"], "paths": sorted({h["path"] for _, h in files}),
-        "nbytes": sum(h["size"] or 0 for _, h in files), "sidecar": None, "from_item": False,
+        "nbytes": sum(h["size"] or 0 for _, h in files), "sidecar": None, "from_item": False, "source_id": None,
     }
     wkts = {h["crs_wkt"] for _, h in files}  # parse only when the texts differ (13 bands: one CRS)
     crss = {CRS.from_wkt(w) for w in wkts} if len(wkts) > 1 else wkts
@@ -423,7 +421,7 @@ def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], co
     bands = _pick_bands(files)
     row["bands"] = bands
     # The scene's extent: the 10 m bands define it when present (20/60 m files may pad).
-    ref = next((h for _, h in files if h["path"] == bands.get("B2", {}).get("path")), first)
+    ref = next((h for _, h in files if "B2" in bands and h["path"] == bands["B2"].path), first)
     row["bounds"], row["footprint"] = list(ref["bounds"]), ref["footprint"]
     when = info.datetime
     if sensor == "landcover":
@@ -500,11 +498,11 @@ def _gdal_reason(err: BaseException) -> str:
     return f"{err}: {cause}" if cause is not None and str(cause) not in str(err) else str(err)
 
 
-def probe_scene(scene: dict[str, Any], signer: str | None = None) -> dict[str, Any]:
+def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     """A few pixel reads per scene: truncation, all-nodata, S1 unit. Returns updates, or
     ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used.
 
-    A scene made from a STAC item that gave every file's grid (``scene["from_item"]``)
+    A scene made from a STAC item that gave every file's grid (``scene.from_item``)
     is only probed for its S1 unit when the item did not state it: the item is trusted for
     the rest, and a damaged file shows when its pixels are read."""
     import rasterio
@@ -512,7 +510,7 @@ def probe_scene(scene: dict[str, Any], signer: str | None = None) -> dict[str, A
     from rasterio.windows import Window
 
     out: dict[str, Any] = {}
-    for path in [] if scene.get("from_item") else scene["paths"]:
+    for path in [] if scene.from_item else scene.paths:
         try:
             with rasterio.open(gdal_path(signed(path, signer))) as src:
                 reason = missing_bytes(src, path)
@@ -521,26 +519,26 @@ def probe_scene(scene: dict[str, Any], signer: str | None = None) -> dict[str, A
                     win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
                     src.read(1, window=win)
                 elif reason:
-                    return {"error": f"truncated file: {reason}; product {scene['product_id']} skipped",
+                    return {"error": f"truncated file: {reason}; product {scene.product_id} skipped",
                             "error_paths": [path]}
         except (RasterioError, OSError) as err:
             return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}; "
-                             f"product {scene['product_id']} skipped", "error_paths": [path]}
+                             f"product {scene.product_id} skipped", "error_paths": [path]}
     try:
-        if scene["sensor"] == "s2":
-            b = scene["bands"]["B1"]
-            with rasterio.open(gdal_path(signed(b["path"], signer))) as src:
+        if scene.sensor == "s2":
+            b = scene.bands["B1"]
+            with rasterio.open(gdal_path(signed(b.path, signer))) as src:
                 scale = max(1, max(src.width, src.height) // 256)
-                data = src.read(b["index"], out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
+                data = src.read(b.index, out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
             if not (data != 0).any():
                 return {"error": "no valid pixels: every S2 value is nodata (0)"}
-        elif scene["sensor"] == "s1":
-            values = {pol: _s1_probe(scene["bands"][pol], signer) for pol in ("VV", "VH")}
+        elif scene.sensor == "s1":
+            values = {pol: _s1_probe(scene.bands[pol], signer) for pol in ("VV", "VH")}
             empty = [pol for pol, v in values.items() if v.size == 0]
             if empty:
                 return {"error": f"no valid pixels: every S1 {' and '.join(empty)} value is NaN or 0 (nodata)",
-                        "error_paths": sorted({scene["bands"][pol]["path"] for pol in empty})}
-            if scene["s1_unit"] is None:
+                        "error_paths": sorted({scene.bands[pol].path for pol in empty})}
+            if scene.s1_unit is None:
                 out["s1_unit"] = "db" if (values["VV"] < 0).any() else "linear"
     except (RasterioError, OSError) as err:
         return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}"}
@@ -608,25 +606,25 @@ def _jp2_missing_bytes(path: str, size: int) -> str:
     return "no codestream box (jp2c)"
 
 
-def _s1_probe(band: dict[str, Any], signer: str | None = None) -> np.ndarray:
+def _s1_probe(band: BandFile, signer: str | None = None) -> np.ndarray:
     """Finite, non-zero values from an 8 x 8 grid of small windows (then the whole band,
     decimated, if the grid found nothing)."""
     import rasterio
     from rasterio.windows import Window
 
-    with rasterio.open(gdal_path(signed(band["path"], signer))) as src:
+    with rasterio.open(gdal_path(signed(band.path, signer))) as src:
         chunks = []
         for fy in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
             for fx in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
                 w = Window(int(fx * src.width), int(fy * src.height), min(16, src.width), min(16, src.height))
-                chunks.append(src.read(band["index"], window=w).ravel())
+                chunks.append(src.read(band.index, window=w).ravel())
         values = np.concatenate(chunks).astype(np.float64)
         values = values[np.isfinite(values) & (values != 0)]
-        if band.get("nodata") is not None:  # e.g. -32768 in Planetary Computer's RTC
-            values = values[values != band["nodata"]]
+        if band.nodata is not None:  # e.g. -32768 in Planetary Computer's RTC
+            values = values[values != band.nodata]
         if values.size == 0:
             scale = max(1, max(src.width, src.height) // 512)
-            data = src.read(band["index"], out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
+            data = src.read(band.index, out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
             values = data[np.isfinite(data) & (data != 0)].astype(np.float64)
     return values
 
@@ -667,20 +665,17 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
     errors += group_errors
     item_scenes, item_group_errors = group_items(products, dict(zip(all_files, headers)), config)
     errors += item_group_errors
-    scenes += sorted(item_scenes, key=lambda r: (r["sensor"], r["location"]))
+    scenes += sorted(item_scenes, key=lambda s: (s.sensor, s.location))
     probes, probes_run = _probes(scenes, stats, old, new, engine, config.href_signer)
-    kept = []
+    kept: list[Scene] = []
     for scene, probe in zip(scenes, probes):
         if probe.get("error"):
             # a file's problem names the file; a product's (no valid pixel anywhere) the product
-            key = ProductKey(scene["sensor"], scene["location"])
-            paths = probe.get("error_paths") or [product_path(key, scene["paths"])]
-            errors.extend(error_row(p, "scan", probe["error"], scene["product_id"]) for p in paths)
+            key = ProductKey(scene.sensor, scene.location)
+            paths = probe.get("error_paths") or [product_path(key, list(scene.paths))]
+            errors.extend(ErrorRow(p, "scan", probe["error"], scene.product_id) for p in paths)
             continue
-        scene.update(probe)
-        kept.append(scene)
-    for i, scene in enumerate(kept):
-        scene["scene"] = i
+        kept.append(scene.replace(**probe, number=len(kept)))
     if inventory is not None:
         new.save(inventory)
     n_files = len(listed | {href for p in products for _, _, href in p.files})
@@ -689,16 +684,16 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
 
 
 def read_items(inputs: list[str], landcover: list[str],
-               config: IngestConfig) -> tuple[list[ItemProduct], list[dict[str, Any]]]:
+               config: IngestConfig) -> tuple[list[ItemProduct], list[ErrorRow]]:
     """The products of the STAC items in ``inputs`` (and ``landcover``: items of class
     rasters), and one error row per item or source that cannot be one."""
     products: list[ItemProduct] = []
-    errors: list[dict[str, Any]] = []
+    errors: list[ErrorRow] = []
     seen: set[str] = set()
     for source, is_landcover in [(i, False) for i in inputs] + [(i, True) for i in landcover]:
         for item, location, base in iter_items(source):
             if item is None:
-                errors.append(error_row(location, "scan", base))
+                errors.append(ErrorRow(location, "scan", base))
                 continue
             if location in seen:
                 continue
@@ -707,15 +702,16 @@ def read_items(inputs: list[str], landcover: list[str],
                 products.append(item_product(item, location, base, landcover=is_landcover,
                                              label_taxonomy=config.label_taxonomy))
             except ItemError as err:
-                errors.append(error_row(location, "scan", f"STAC item {item['id']}: {err}", str(item["id"])))
+                errors.append(ErrorRow(location, "scan", f"STAC item {item['id']}: {err}", str(item["id"])))
     return products, errors
 
 
 def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
-                config: IngestConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Scene rows of STAC products (``headers``: the records of asset files the items did
+                config: IngestConfig) -> tuple[list[Scene], list[ErrorRow]]:
+    """Scenes of STAC products (``headers``: the records of asset files the items did
     not describe, by path), and one error row per product that cannot be a scene."""
-    scenes, errors = [], []
+    scenes: list[Scene] = []
+    errors: list[ErrorRow] = []
     for product in products:
         meta = product.metadata
         base = NameInfo(sensor=product.sensor, product_id=product.item_id, level=meta.get("level"),
@@ -734,32 +730,32 @@ def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
         if failed is None:
             row, failed = _scene_row(ProductKey(product.sensor, product.location), files, config, side=meta)
         if failed is not None:
-            errors.append(error_row(product.location, "scan", f"STAC item {product.item_id}: {failed}",
-                                    meta.get("product_id") or product.item_id))
+            errors.append(ErrorRow(product.location, "scan", f"STAC item {product.item_id}: {failed}",
+                                   meta.get("product_id") or product.item_id))
             continue
         if product.footprint:  # the provider's valid-data outline, finer than the raster's box
             row["footprint"] = shapely.to_wkb(shapely.make_valid(shapely.geometry.shape(product.footprint)))
         elif row["footprint"] is None:
             row["footprint"] = footprint_wkb(row["crs_wkt"], tuple(row["bounds"]))
         row["from_item"] = all(record is not None for _, record, _ in product.files)
-        scenes.append(row)
+        scenes.append(Scene.from_row(row))
     return scenes, errors
 
 
-def coarse_band_warnings(scenes: list[dict[str, Any]], config: IngestConfig) -> list[dict[str, Any]]:
+def coarse_band_warnings(scenes: list[Scene], config: IngestConfig) -> list[ErrorRow]:
     """A warning row per S2 band delivered coarser than its native pixel size (a decimated
     or overview copy: B02 at 100 m), which ingest upsamples to the grid."""
     warnings = []
     for scene in scenes:
-        if scene["sensor"] != "s2":
+        if scene.sensor != "s2":
             continue
-        for band, entry in scene["bands"].items():
+        for band, entry in scene.bands.items():
             native = S2_GSD.get(band)
-            res = max(abs(entry["res"][0]), abs(entry["res"][1]))
+            res = max(abs(entry.res[0]), abs(entry.res[1]))
             if native is not None and res > native * 1.01 and res > config.resolution_m * 1.01:
-                warnings.append(error_row(
-                    entry["path"], "scan", f"band {band} at {res:g} m, native {native:g} m (a decimated or "
-                    f"overview copy?): upsampled to the {config.resolution_m:g} m grid", scene["product_id"]))
+                warnings.append(ErrorRow(
+                    entry.path, "scan", f"band {band} at {res:g} m, native {native:g} m (a decimated or "
+                    f"overview copy?): upsampled to the {config.resolution_m:g} m grid", scene.product_id))
     return warnings
 
 
@@ -783,14 +779,14 @@ def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory
     return headers, len(todo)  # type: ignore[return-value]  # every None was filled
 
 
-def _probes(scenes: list[dict[str, Any]], stats: dict[str, Stat | None], old: ScanInventory,
+def _probes(scenes: list[Scene], stats: dict[str, Stat | None], old: ScanInventory,
             new: ScanInventory, engine: Any, signer: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Probe results of ``scenes`` in order: from ``old`` where the scene's :func:`probe_key`
     is unchanged, else probed on ``engine``; every result that can be kept goes into ``new``.
     Returns (results, probes run)."""
     keys = [probe_key(scene, stats) for scene in scenes]
     # a STAC scene whose item described every file is not probed, unless its S1 unit is unknown
-    trusted = [bool(s.get("from_item")) and not (s["sensor"] == "s1" and s.get("s1_unit") is None) for s in scenes]
+    trusted = [s.from_item and not (s.sensor == "s1" and s.s1_unit is None) for s in scenes]
     probes = [{} if t else old.probe(key) for t, key in zip(trusted, keys)]
     todo = [i for i, p in enumerate(probes) if p is None]
     for i, p in zip(todo, engine.map(partial(probe_scene, signer=signer), [scenes[i] for i in todo],

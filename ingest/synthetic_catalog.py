@@ -49,6 +49,7 @@ from pyproj import Transformer
 
 from eoforge.ingest.demo.catalog import mgrs_tile
 from eoforge.ingest.scan import L2A_BANDS, S2_GSD
+from eoforge.ingest.scene import SCENES_SCHEMA
 from eoforge.shards.manifest import write_parquet_atomic
 
 #: Centre of the continent: the UTM 32/33 boundary at the demo's latitude (T32TQR/T33TTL).
@@ -362,18 +363,6 @@ def _iso(t: np.ndarray) -> list[str]:
     return [s + "Z" for s in np.datetime_as_string(t, unit="s").tolist()]
 
 
-#: scan's scene columns, in its order, with the types ``pa.Table.from_pylist`` gives them.
-SCHEMA = pa.schema([
-    ("sensor", pa.string()), ("product_id", pa.string()), ("location", pa.string()), ("level", pa.string()),
-    ("datetime", pa.string()), ("baseline", pa.string()), ("dn_offset", pa.int64()), ("offset_rule", pa.string()),
-    ("relative_orbit", pa.int64()), ("orbit_direction", pa.string()), ("orbit_rule", pa.string()),
-    ("mgrs_tile", pa.string()), ("cloud_percentage", pa.float64()), ("s1_unit", pa.string()),
-    ("taxonomy", pa.string()), ("crs_wkt", pa.string()), ("epsg", pa.int64()), ("bounds", pa.list_(pa.float64())),
-    ("footprint", pa.binary()), ("paths", pa.list_(pa.string())), ("nbytes", pa.int64()), ("sidecar", pa.string()),
-    ("from_item", pa.bool_()), ("bands", pa.string()), ("scene", pa.int64()),
-])
-
-
 def _column(values: object, n: int, type_: pa.DataType) -> pa.Array:
     if values is None:
         return pa.nulls(n, type_)
@@ -389,10 +378,10 @@ def _table(parts: dict[str, Any], n: int) -> pa.Table:
     wkts = {int(e): _crs_wkt(int(e)) for e in np.unique(epsg)}
     codes = np.array(sorted(wkts))
     crs = pa.array([wkts[int(e)] for e in codes]).take(pa.array(np.searchsorted(codes, epsg)))
-    cols = {f.name: _column(parts.get(f.name), n, f.type) for f in SCHEMA if f.name not in ("crs_wkt", "scene")}
+    cols = {f.name: _column(parts.get(f.name), n, f.type) for f in SCENES_SCHEMA if f.name not in ("crs_wkt", "scene")}
     cols["crs_wkt"] = crs
     cols["from_item"] = pa.array(np.zeros(n, dtype=bool))  # scene headers, as scan makes them from files
-    return pa.table({f.name: cols[f.name] for f in SCHEMA if f.name != "scene"})
+    return pa.table({f.name: cols[f.name] for f in SCENES_SCHEMA if f.name != "scene"})
 
 
 def synthetic_scenes(n_s2: int, seed: int = 0, *, root: str = "/archive") -> pa.Table:
@@ -405,7 +394,7 @@ def synthetic_scenes(n_s2: int, seed: int = 0, *, root: str = "/archive") -> pa.
         root: folder the fake paths start with (``ROOT/s2/<product>.SAFE/…``, ``ROOT/s1/<product>.tif``).
 
     Returns:
-        One row per scene with scan's columns (:data:`SCHEMA`), S1 first then S2, each
+        One row per scene with scan's columns (:data:`~eoforge.ingest.scene.SCENES_SCHEMA`), S1 first then S2, each
         sorted by location as scan's grouping sorts them; ``scene`` = row number.
         ``footprint``: WKB lon/lat polygon (EPSG:4326 degrees); ``bounds``: in the scene's
         CRS (``epsg``; UTM metres for S2, degrees for S1); ``datetime``: UTC ISO ``…Z``.

@@ -168,7 +168,7 @@ def bad_run(bad_inputs: BadInputs, scheduler: str, tmp_path_factory: pytest.Temp
 
 
 def _rows(result: IngestResult, path: Path) -> list[dict]:
-    return [e for e in result.errors if e["path"] == str(path)]
+    return [e.to_dict() for e in result.errors if e.path == str(path)]
 
 
 def _one_row(result: IngestResult, path: Path) -> dict:
@@ -209,20 +209,20 @@ def test_errors_parquet_lists_exactly_the_bad_inputs(bad_run: IngestResult, bad_
     assert table.column_names == ERROR_COLUMNS
     on_disk = table.to_pylist()
     assert sorted(on_disk, key=lambda r: (r["path"], r["stage"])) == \
-        sorted(bad_run.errors, key=lambda r: (r["path"], r["stage"]))
+        sorted((e.to_dict() for e in bad_run.errors), key=lambda r: (r["path"], r["stage"]))
     report = json.loads((bad_run.out / "report.json").read_text())
     assert report["errors"]["count"] == len(bad_run.errors)
     # a product-level problem is one row naming the product (its SAFE folder), a file's the file
     expected = {bad_inputs.truncated_s1, bad_inputs.text_tif, bad_inputs.no_crs, bad_inputs.far_landcover,
                 bad_inputs.truncated_s2_band, bad_inputs.zero_s2_files[0].parents[4], *bad_inputs.nan_s1_files,
                 bad_inputs.missing_band_files[0].parents[4]}
-    got = {Path(e["path"]) for e in bad_run.errors}
+    got = {Path(e.path) for e in bad_run.errors}
     # Every bad input has a row; no good file does (the truncated scene's other bands may be listed too).
     assert expected <= got
     assert not got & set(bad_inputs.good_files)
     truncated_safe = bad_inputs.truncated_s2_band.parents[4]
     assert all(p in expected or truncated_safe in p.parents for p in got), got - expected
-    assert all(e["reason"] and len(e["reason"]) > 15 for e in bad_run.errors)
+    assert all(e.reason and len(e.reason) > 15 for e in bad_run.errors)
 
 
 # ---------------------------------------------------------------- one test per bad input
@@ -236,10 +236,10 @@ def test_truncated_s2_band_is_reported(bad_run: IngestResult, bad_inputs: BadInp
 
 
 def test_truncated_s2_band_is_singled_out(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
-    blamed = [e for e in bad_run.errors if e["product_id"] == TRUNCATED_S2 and "truncated" in e["reason"]]
+    blamed = [e for e in bad_run.errors if e.product_id == TRUNCATED_S2 and "truncated" in e.reason]
     name = bad_inputs.truncated_s2_band.name
-    only_the_file = [e["path"] for e in blamed] == [str(bad_inputs.truncated_s2_band)]
-    assert only_the_file or all(name in e["reason"] for e in blamed), blamed[:2]
+    only_the_file = [e.path for e in blamed] == [str(bad_inputs.truncated_s2_band)]
+    assert only_the_file or all(name in e.reason for e in blamed), blamed[:2]
 
 
 def test_truncated_s1_file_is_reported(bad_run: IngestResult, bad_inputs: BadInputs) -> None:
@@ -319,7 +319,7 @@ def test_s2_with_one_all_nodata_band_is_reported(bad_inputs: BadInputs, schedule
     result = run_ingest([str(safe)], tmp_path / "ds", config=CONFIG, scheduler=scheduler, progress=False)
     assert result.samples == 0
     assert result.exit_code == 1
-    assert any(e["path"] == str(b02) and "no valid pixels" in e["reason"] for e in result.errors), result.errors
+    assert any(e.path == str(b02) and "no valid pixels" in e.reason for e in result.errors), result.errors
 
 
 def test_good_scene_values_survive_next_to_bad_inputs(bad_run: IngestResult, bad_inputs: BadInputs) -> None:

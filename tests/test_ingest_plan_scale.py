@@ -3,11 +3,14 @@ plan whatever the region size or worker count (same ``plan.parquet`` bytes)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import shapely
 
@@ -17,7 +20,7 @@ from eoforge.ingest.coverage import (
 )
 from eoforge.ingest.engine import Engine
 from eoforge.ingest.grid import Grid
-from eoforge.ingest.plan import plan_ingest, read_scenes, write_plan
+from eoforge.ingest.plan import PLAN_SCHEMA, PlanRow, plan_ingest, plan_rows, read_scenes, write_plan
 from eoforge.shards.keys import TileId
 
 TILE_M = 2640.0
@@ -111,3 +114,15 @@ def test_demo_plan_is_one_plan_whatever_the_regions_and_workers(demo_ingest, tmp
         digests["dask"] = _plan_bytes(plan_ingest(scenes, config, region_tiles=5, engine=engine), tmp_path)
     assert len(set(digests.values())) == 1, digests
     assert plan_ingest(scenes, config, region_tiles=3).regions > plan_ingest(scenes, config, region_tiles=64).regions
+
+
+def test_plan_rows_are_the_plan_schema_as_records(demo_ingest) -> None:
+    """:class:`PlanRow` has :data:`PLAN_SCHEMA`'s names in its order, and the records of the
+    demo plan hold every value of ``plan.parquet``."""
+    assert [f.name for f in dataclasses.fields(PlanRow)] == PLAN_SCHEMA.names
+    table = pq.read_table(Path(demo_ingest.out) / "plan.parquet")
+    rows = plan_rows(table)
+    assert len(rows) == table.num_rows > 100
+    back = pa.Table.from_pylist([{**dataclasses.asdict(r), "landcover_scenes": list(r.landcover_scenes)} for r in rows],
+                                schema=PLAN_SCHEMA)
+    assert back.equals(table.cast(PLAN_SCHEMA))

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
+import dataclasses
 import math
+from collections import Counter
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from rasterio.windows import Window
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pieces import row_windows
-from eoforge.ingest.plan import plan_reads, read_order
+from eoforge.ingest.plan import PlanRow, plan_reads, read_order
 from eoforge.ingest.read import SourceCache, TargetGrid, read_band, upsample
 from eoforge.shards.keys import TileId
 
@@ -97,10 +98,18 @@ def test_aligned_read_equals_rasterio_at_the_same_coordinates(tmp_path) -> None:
             assert got[i, j] == np.rint(want), (i, j)
 
 
+def _plan_row(**fields: Any) -> PlanRow:
+    """A plan row with the given fields; the ones read tasks do not look at get placeholders."""
+    return PlanRow(**{"epsg": 32632, "step": 0, "season": 0, "s2_product_id": "S2", "s2_datetime": "2023-06-01T10:00:00Z",
+                      "s2_coverage": 1.0, "cloud_percentage": None, "s1_scene": None, "s1_product_id": None,
+                      "s1_datetime": None, "dt_days": None, "orbit_direction": None, "wave": 0, "shard": 0,
+                      "position": 0, **fields})
+
+
 def test_read_tasks_walk_each_source_north_to_south_in_balanced_parts() -> None:
     tiles = [TileId(32, "n", c, r) for r in range(100, 107) for c in range(10, 14)]
-    rows = [{"tile_id": str(t), "split": "val" if t.col == 13 else "train", "s2_scene": 3, "s1_scene": None,
-             "landcover_scenes": [5]} for t in tiles]
+    rows = [_plan_row(tile_id=str(t), split="val" if t.col == 13 else "train", s2_scene=3, landcover_scenes=(5,))
+            for t in tiles]
     config = IngestConfig(read_task_rows=3)
     tasks = plan_reads(rows, config)
     s2 = [t for t in tasks if t.kind == "s2"]
@@ -116,14 +125,14 @@ def test_read_tasks_walk_each_source_north_to_south_in_balanced_parts() -> None:
     # scenes than there are workers, into ceil(workers / scenes) parts, at most one per row
     auto = IngestConfig()
     assert [t.name for t in plan_reads(rows, auto, workers=1)] == ["s2-000003-w000-000of001", "lc-000005-w000-000of001"]
-    two_scenes = rows + [{**r, "s2_scene": 4} for r in rows]
+    two_scenes = rows + [dataclasses.replace(r, s2_scene=4) for r in rows]
     assert [t.name for t in plan_reads(two_scenes, auto, workers=2) if t.kind == "s2"] == [
         "s2-000003-w000-000of001", "s2-000004-w000-000of001"]
     by_kind = Counter(t.kind for t in plan_reads(two_scenes, auto, workers=5))
     assert by_kind == {"s2": 6, "lc": 5}  # ceil(5 / 2) = 3 parts per S2 scene; 5 of the one land-cover raster
     assert len(plan_reads(rows, auto, workers=64)) == 2 * 7  # never more parts than tile rows
     # waves: a source read in two waves is two tasks, each with its wave's tiles only
-    waved = [{**r, "wave": int(TileId.parse(r["tile_id"]).row >= 104)} for r in rows]
+    waved = [dataclasses.replace(r, wave=int(TileId.parse(r.tile_id).row >= 104)) for r in rows]
     by_wave = {t.name: t.tiles for t in plan_reads(waved, auto, workers=1) if t.kind == "s2"}
     assert sorted(by_wave) == ["s2-000003-w000-000of001", "s2-000003-w001-000of001"]
     assert {TileId.parse(t).row for t in by_wave["s2-000003-w001-000of001"]} == {104, 105, 106}

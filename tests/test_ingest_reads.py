@@ -17,7 +17,7 @@ from conftest import DEMO_INGEST
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pipeline import run_ingest
-from eoforge.ingest.plan import plan_reads
+from eoforge.ingest.plan import plan_reads, plan_rows
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")]
@@ -67,7 +67,7 @@ def test_each_planned_source_is_opened_once_per_read_task_and_nothing_else(demo_
     assert result.samples > 0
 
     # what the plan asks for, from plan.parquet and scenes.parquet (not from any task report)
-    plan = pq.read_table(out / "plan.parquet").to_pylist()
+    plan = plan_rows(pq.read_table(out / "plan.parquet"))
     scenes = {s["scene"]: s for s in pq.read_table(out / "scenes.parquet").to_pylist()}
     tasks = Counter(t.scene for t in plan_reads(plan, config, workers=2))
     expected: Counter[Path] = Counter()

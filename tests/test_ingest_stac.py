@@ -150,14 +150,14 @@ def test_items_without_what_a_scene_needs_are_error_rows_naming_the_item(demo_ra
     result = scan([str(path)], [], CONFIG, Inline())
     assert len(result.errors) == 3
     assert len(result.scenes) == len(_items(demo_raw)) - 3
-    b8a = next(e for e in result.errors if broken["B8A"] in e["path"])
-    assert b8a["path"] == f"{path}#{broken['B8A']}"
-    assert f"STAC item {broken['B8A']}" in b8a["reason"] and "B8A" in b8a["reason"]
-    no_time = next(e for e in result.errors if broken["datetime"] in e["path"])
-    assert "no datetime" in no_time["reason"] and broken["datetime"] in no_time["reason"]
-    gone = next(e for e in result.errors if broken["missing"] in e["path"])
-    assert "file not found" in gone["reason"] and "gone/B04.tif" in gone["reason"] and "'B04'" in gone["reason"]
-    assert {e["product_id"] for e in result.errors} == set(broken.values())
+    b8a = next(e for e in result.errors if broken["B8A"] in e.path)
+    assert b8a.path == f"{path}#{broken['B8A']}"
+    assert f"STAC item {broken['B8A']}" in b8a.reason and "B8A" in b8a.reason
+    no_time = next(e for e in result.errors if broken["datetime"] in e.path)
+    assert "no datetime" in no_time.reason and broken["datetime"] in no_time.reason
+    gone = next(e for e in result.errors if broken["missing"] in e.path)
+    assert "file not found" in gone.reason and "gone/B04.tif" in gone.reason and "'B04'" in gone.reason
+    assert {e.product_id for e in result.errors} == set(broken.values())
 
 
 def test_cli_exit_status_and_message_name_the_item(demo_raw: Path, tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_items_without_proj_fields_are_read_from_their_headers(demo_raw: Path) -
     keep = ("product_id", "datetime", "bands", "bounds", "epsg", "dn_offset", "s1_unit", "orbit_direction")
 
     def rows(result: Any) -> list[dict[str, Any]]:
-        return [json.loads(json.dumps({k: s[k] for k in keep}, default=str).replace("NaN", "null"))
+        return [json.loads(json.dumps({k: s.to_row()[k] for k in keep}, default=str).replace("NaN", "null"))
                 for s in result.scenes]
 
     assert rows(without) == rows(with_proj)

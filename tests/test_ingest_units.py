@@ -89,7 +89,7 @@ def test_config_yaml_and_overrides(tmp_path) -> None:
 def test_release_pieces_frees_the_frames_and_lists_the_tiles(tmp_path) -> None:
     import os
 
-    from eoforge.ingest.pieces import release_pieces, released_tiles, staging_paths
+    from eoforge.ingest.pieces import Piece, release_pieces, released_tiles, staging_paths
 
     frames, _ = staging_paths(tmp_path, "s2-000001-w000-000of001")
     frames.parent.mkdir(parents=True)
@@ -97,9 +97,9 @@ def test_release_pieces_frees_the_frames_and_lists_the_tiles(tmp_path) -> None:
     frames.write_bytes(os.urandom(4 * block))
     os.sync()
     before = os.stat(frames)
-    pieces = [{"task": "s2-000001-w000-000of001", "tile": "32n_00001_00002", "status": "ok",
-               "s2": [block, block], "scl": [2 * block, block]},
-              {"task": "s2-000001-w000-000of001", "tile": "32n_00001_00003", "status": "low_valid"}]
+    task = "s2-000001-w000-000of001"
+    pieces = [Piece("ok", 1.0, 0.0, {"s2": (block, block), "scl": (2 * block, block)}, task=task, tile="32n_00001_00002"),
+              Piece("low_valid", 0.1, None, task=task, tile="32n_00001_00003")]
     freed = release_pieces(tmp_path, pieces)
     after = os.stat(frames)
     assert after.st_size == before.st_size  # offsets of the other frames stay valid
@@ -166,5 +166,5 @@ def test_an_earth_search_folder_with_its_auxiliary_assets_scans_without_errors(d
             dst.write(np.ones((count, profile["height"], profile["width"]), dtype))
     result = scan([str(tmp_path)], [], IngestConfig(), Engine(workers=1, progress=False))
     assert result.errors == [] and len(result.scenes) == 1
-    bands = result.scenes[0]["bands"]
-    assert bands["B2"]["path"].endswith("/B02.tif") and "SCL" in bands
+    bands = result.scenes[0].bands
+    assert bands["B2"].path.endswith("/B02.tif") and "SCL" in bands

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eoforge import __version__
-from eoforge.ingest.scene import Scene
+from eoforge.ingest.scene import FileHeader, Scene
 from eoforge.shards.manifest import write_parquet_atomic
 
 INVENTORY_NAME = "scan-inventory.parquet"
@@ -141,18 +141,20 @@ class ScanInventory:
     headers: dict[str, tuple[Stat, str]] = field(default_factory=dict)
     probes: dict[str, str] = field(default_factory=dict)
 
-    def header(self, path: str, stat: Stat | None) -> dict[str, Any] | None:
+    def header(self, path: str, stat: Stat | None) -> FileHeader | None:
         """The stored header of ``path`` if it was read at this very ``stat``, else None."""
         found = self.headers.get(path)
-        return decode_record(found[1]) if found is not None and stat is not None and found[0] == stat else None
+        if found is None or stat is None or found[0] != stat:
+            return None
+        return FileHeader.from_dict(decode_record(found[1]))
 
     def probe(self, key: str | None) -> dict[str, Any] | None:
         found = self.probes.get(key) if key is not None else None
         return decode_record(found) if found is not None else None
 
-    def keep_header(self, path: str, stat: Stat | None, header: dict[str, Any]) -> None:
+    def keep_header(self, path: str, stat: Stat | None, header: FileHeader) -> None:
         """Record a header read at ``stat`` (not without a stat, nor one that would not round-trip)."""
-        text = _encoded(header) if stat is not None else None
+        text = _encoded(header.to_dict()) if stat is not None else None
         if text is not None:
             self.headers[path] = (stat, text)  # type: ignore[assignment]  # stat is not None here
 

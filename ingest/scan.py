@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from datetime import datetime
@@ -41,7 +41,7 @@ from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.inventory import ScanInventory, Stat, file_stat, probe_key
 from eoforge.ingest.names import NameInfo, canonical_band, iso, parse_file_name, parse_product_name, parse_time
-from eoforge.ingest.scene import BandFile, Scene
+from eoforge.ingest.scene import BandFile, FileHeader, Scene
 from eoforge.ingest.stac import ItemError, ItemProduct, is_item_source, item_product, iter_items, signed
 from eoforge.shards.schema import S2_BANDS
 
@@ -139,8 +139,8 @@ def footprint_wkb(crs_wkt: str, bounds: tuple[float, float, float, float]) -> by
     return shapely.to_wkb(shapely.make_valid(shapely.Polygon(np.column_stack([lon, lat]))))
 
 
-def read_header(path: str, signer: str | None = None) -> dict[str, Any]:
-    """Everything scan needs from one raster file, or ``{"path", "error"}``. ``signer``:
+def read_header(path: str, signer: str | None = None) -> FileHeader:
+    """Everything scan needs from one raster file, or why it cannot be used. ``signer``:
     the href signing function (``IngestConfig.href_signer``) for STAC asset URLs."""
     import rasterio
     from rasterio.errors import RasterioError
@@ -155,7 +155,7 @@ def read_header(path: str, signer: str | None = None) -> dict[str, Any]:
                     "to a map projection first (SNAP, GEE or an RTC product)" if gcps else
                     "no CRS: the raster is not georeferenced"
                 )
-                return out
+                return FileHeader.from_dict(out)
             out.update(
                 crs_wkt=src.crs.to_wkt(), epsg=src.crs.to_epsg(), transform=tuple(src.transform)[:6],
                 width=src.width, height=src.height, count=src.count, dtypes=list(src.dtypes),
@@ -172,7 +172,7 @@ def read_header(path: str, signer: str | None = None) -> dict[str, Any]:
         out["size"] = os.path.getsize(path) if "://" not in path else None
     except OSError:
         out["size"] = None
-    return out
+    return FileHeader.from_dict(out)
 
 
 # ------------------------------------------------------------------ sidecars
@@ -230,7 +230,7 @@ def _stac_metadata(folder: Path, stem: str | None = None) -> dict[str, Any]:
     return {}
 
 
-def _tag_time(tags: dict[str, str]) -> datetime | None:
+def _tag_time(tags: Mapping[str, str]) -> datetime | None:
     for key in ("SENSING_START", "ACQUISITION_START_TIME", "datetime", "DATETIME_UTC"):
         if tags.get(key):
             try:
@@ -242,7 +242,7 @@ def _tag_time(tags: dict[str, str]) -> datetime | None:
     return None
 
 
-def _tag_orbit(tags: dict[str, str]) -> str | None:
+def _tag_orbit(tags: Mapping[str, str]) -> str | None:
     for key in ("ORBIT_DIRECTION", "orbitProperties_pass", "sat:orbit_state", "PASS"):
         v = tags.get(key, "").strip().lower()
         if v in ("ascending", "descending"):
@@ -283,9 +283,9 @@ class ProductKey:
         return "|".join(p for p in (self.sensor, self.location, self.product) if p)
 
 
-def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, ProductKey | None, str | None]:
+def _identify(header: FileHeader, landcover: set[str]) -> tuple[NameInfo, ProductKey | None, str | None]:
     """(name info, the product the file belongs to (None: skip it), error) for one readable file."""
-    path = header["path"]
+    path = header.path
     parts = PurePosixPath(path.replace("\\", "/")).parts
     stem = _stem(parts[-1])
     folder = parts[-2] if len(parts) > 1 else None
@@ -303,32 +303,32 @@ def _identify(header: dict[str, Any], landcover: set[str]) -> tuple[NameInfo, Pr
         if product.sensor == "s2":
             info = NameInfo(**{**product.__dict__, "band": info.band, "resolution_m": info.resolution_m})
             return info, ProductKey("s2", str(PurePosixPath(*parts[: safe + 1]))), None
-    bands = [canonical_band(d) for d in header["descriptions"]]
-    if info.sensor in ("s1", "s2") and info.band is None and header["count"] > 1:
+    bands = [canonical_band(d) for d in header.descriptions]
+    if info.sensor in ("s1", "s2") and info.band is None and header.count > 1:
         if None in bands:
             return info, None, (f"multiband {info.sensor.upper()} file without band descriptions "
-                                f"({header['count']} bands)")
+                                f"({header.count} bands)")
         return info, ProductKey(info.sensor, path), None
     if info.sensor is None:
-        if header["count"] > 1 and None not in bands and set(bands) <= set(L1C_BANDS) | {"SCL"}:
+        if header.count > 1 and None not in bands and set(bands) <= set(L1C_BANDS) | {"SCL"}:
             info = NameInfo(sensor="s2", product_id=stem, level="L1C" if "B10" in bands else "L2A")
-        elif header["count"] >= 1 and set(bands) == {"VV", "VH"}:
+        elif header.count >= 1 and set(bands) == {"VV", "VH"}:
             info = NameInfo(sensor="s1", product_id=stem)
-        elif header["count"] == 1 and bands[0] in ("VV", "VH"):
+        elif header.count == 1 and bands[0] in ("VV", "VH"):
             info = NameInfo(sensor="s1", product_id=stem, band=bands[0])
         else:
-            dtypes = ",".join(sorted(set(header["dtypes"])))
+            dtypes = ",".join(sorted(set(header.dtypes)))
             return info, None, (
-                f"not recognised as Sentinel-1, Sentinel-2 or land cover ({header['count']} band(s) {dtypes}, "
-                f"descriptions {[d for d in header['descriptions'] if d] or 'none'}, no Sentinel product name); "
+                f"not recognised as Sentinel-1, Sentinel-2 or land cover ({header.count} band(s) {dtypes}, "
+                f"descriptions {[d for d in header.descriptions if d] or 'none'}, no Sentinel product name); "
                 "pass class rasters with --landcover"
             )
-        if info.sensor in ("s1", "s2") and header["count"] > 1:
+        if info.sensor in ("s1", "s2") and header.count > 1:
             return info, ProductKey(info.sensor, path), None
     if info.sensor == "landcover":
         return NameInfo(**{**info.__dict__, "band": "class"}), ProductKey("landcover", path), None
     if info.band is None:
-        if info.sensor == "s1" and header["count"] == 1 and bands[0] in ("VV", "VH"):
+        if info.sensor == "s1" and header.count == 1 and bands[0] in ("VV", "VH"):
             info = NameInfo(**{**info.__dict__, "band": bands[0]})
         else:
             return info, None, f"cannot tell which band this {str(info.sensor).upper()} file holds"
@@ -350,38 +350,38 @@ def product_path(key: ProductKey, paths: list[str]) -> str:
     return os.path.commonpath(paths)
 
 
-def _pick_bands(files: list[tuple[NameInfo, dict[str, Any]]]) -> dict[str, BandFile]:
+def _pick_bands(files: list[tuple[NameInfo, FileHeader]]) -> dict[str, BandFile]:
     """Band -> where it is read from; per band the file at its native GSD, else the finest
     resolution delivered."""
     bands: dict[str, list[tuple[float, BandFile]]] = defaultdict(list)
     for info, h in files:
-        names = [info.band] if info.band else [canonical_band(d) for d in h["descriptions"]]
+        names = [info.band] if info.band else [canonical_band(d) for d in h.descriptions]
         for i, band in enumerate(names):
             if band is None:
                 continue
-            res = float(abs(h["res"][0]))
-            nodata = None if h["nodata"] is None else float(h["nodata"])  # a STAC record may say 0, GDAL 0.0
-            entry = BandFile(h["path"], i + 1, (float(h["res"][0]), float(h["res"][1])), nodata, h["dtypes"][i])
+            res = float(abs(h.res[0]))
+            nodata = None if h.nodata is None else float(h.nodata)  # a STAC record may say 0, GDAL 0.0
+            entry = BandFile(h.path, i + 1, (float(h.res[0]), float(h.res[1])), nodata, h.dtypes[i])
             native = S2_GSD.get(band)
             rank = 0.0 if native is not None and math.isclose(res, native) else 1.0 + res
             bands[band].append((rank, entry))
     return {b: min(c, key=lambda x: (x[0], x[1].path))[1] for b, c in sorted(bands.items())}
 
 
-def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
+def group_scenes(headers: list[FileHeader], landcover: Iterable[str],
                  config: IngestConfig) -> tuple[list[Scene], list[ErrorRow]]:
     """Group file headers into scenes (without probe results) and error rows."""
     errors: list[ErrorRow] = []
-    groups: dict[ProductKey, list[tuple[NameInfo, dict[str, Any]]]] = defaultdict(list)
+    groups: dict[ProductKey, list[tuple[NameInfo, FileHeader]]] = defaultdict(list)
     lc = set(landcover)
     for h in headers:
-        if h["error"]:
-            product_id = parse_file_name(_stem(PurePosixPath(h["path"]).name)).product_id
-            errors.append(ErrorRow(h["path"], "scan", h["error"], product_id))
+        if h.error:
+            product_id = parse_file_name(_stem(PurePosixPath(h.path).name)).product_id
+            errors.append(ErrorRow(h.path, "scan", h.error, product_id))
             continue
         info, key, err = _identify(h, lc)
         if err:
-            errors.append(ErrorRow(h["path"], "scan", err, info.product_id))
+            errors.append(ErrorRow(h.path, "scan", err, info.product_id))
         elif key is not None:
             groups[key].append((info, h))
     scenes = []
@@ -389,14 +389,14 @@ def group_scenes(headers: list[dict[str, Any]], landcover: Iterable[str],
         files = groups[key]
         row, err = _scene_row(key, files, config)
         if err:
-            errors.append(ErrorRow(product_path(key, [h["path"] for _, h in files]), "scan", err,
+            errors.append(ErrorRow(product_path(key, [h.path for _, h in files]), "scan", err,
                                    row.get("product_id")))
         else:
             scenes.append(Scene.from_row(row))
     return scenes, errors
 
 
-def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], config: IngestConfig,
+def _scene_row(key: ProductKey, files: list[tuple[NameInfo, FileHeader]], config: IngestConfig,
                side: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
     """The scene of one product's files, as a :meth:`.Scene.from_row` row still being built,
     or the reason it cannot be one. ``side``: the product's metadata when it came as a STAC
@@ -406,30 +406,30 @@ def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], co
     sensor = info.sensor or ""
     location = key.location
     row: dict[str, Any] = {
-        "sensor": sensor, "product_id": info.product_id or Path(first["path"]).stem, "location": location,
+        "sensor": sensor, "product_id": info.product_id or Path(first.path).stem, "location": location,
         "level": info.level, "datetime": None, "baseline": info.baseline, "dn_offset": 0, "offset_rule": None,
         "relative_orbit": info.relative_orbit, "orbit_direction": None, "orbit_rule": None,
         "mgrs_tile": info.mgrs_tile, "cloud_percentage": None, "s1_unit": None, "taxonomy": None,
-        "crs_wkt": first["crs_wkt"], "epsg": first["epsg"], "bounds": list(first["bounds"]),
-        "footprint": first["footprint"], "paths": sorted({h["path"] for _, h in files}),
-        "nbytes": sum(h["size"] or 0 for _, h in files), "sidecar": None, "from_item": False, "source_id": None,
+        "crs_wkt": first.crs_wkt, "epsg": first.epsg, "bounds": list(first.bounds),
+        "footprint": first.footprint, "paths": sorted({h.path for _, h in files}),
+        "nbytes": sum(h.size or 0 for _, h in files), "sidecar": None, "from_item": False, "source_id": None,
     }
-    wkts = {h["crs_wkt"] for _, h in files}  # parse only when the texts differ (13 bands: one CRS)
+    wkts = {h.crs_wkt for _, h in files}  # parse only when the texts differ (13 bands: one CRS)
     crss = {CRS.from_wkt(w) for w in wkts} if len(wkts) > 1 else wkts
     if len(crss) > 1:
         return row, f"files of one product are in different CRSs ({len(crss)})"
     bands = _pick_bands(files)
     row["bands"] = bands
     # The scene's extent: the 10 m bands define it when present (20/60 m files may pad).
-    ref = next((h for _, h in files if "B2" in bands and h["path"] == bands["B2"].path), first)
-    row["bounds"], row["footprint"] = list(ref["bounds"]), ref["footprint"]
+    ref = next((h for _, h in files if "B2" in bands and h.path == bands["B2"].path), first)
+    row["bounds"], row["footprint"] = list(ref.bounds), ref.footprint
     when = info.datetime
     if sensor == "landcover":
         row["taxonomy"] = (side or {}).get("taxonomy") or info.taxonomy or config.label_taxonomy
         when = (side or {}).get("datetime") or when
         row["datetime"] = iso(when) if when else None
         return row, None
-    tags = first["tags"]
+    tags = first.tags
     if sensor == "s2":
         if side is not None:
             pass
@@ -438,7 +438,7 @@ def _scene_row(key: ProductKey, files: list[tuple[NameInfo, dict[str, Any]]], co
         elif len(files) > 1 or info.band:
             side = _stac_metadata(Path(location))
         else:
-            side = _stac_metadata(Path(first["path"]).parent, Path(first["path"]).stem)
+            side = _stac_metadata(Path(first.path).parent, Path(first.path).stem)
         row["sidecar"] = side.get("sidecar")
         if side.get("product_id"):
             row["source_id"], row["product_id"] = row["product_id"], side["product_id"]
@@ -661,7 +661,7 @@ def scan(inputs: Iterable[str], landcover: Iterable[str], config: IngestConfig, 
                   for _, _, href in p.files})
     headers, headers_read = _headers(all_files, stats, old, new, engine, config.href_signer)
     listed = set(files) | set(lc_files)
-    scenes, group_errors = group_scenes([h for h in headers if h["path"] in listed], lc_files, config)
+    scenes, group_errors = group_scenes([h for h in headers if h.path in listed], lc_files, config)
     errors += group_errors
     item_scenes, item_group_errors = group_items(products, dict(zip(all_files, headers)), config)
     errors += item_group_errors
@@ -706,7 +706,7 @@ def read_items(inputs: list[str], landcover: list[str],
     return products, errors
 
 
-def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
+def group_items(products: list[ItemProduct], headers: dict[str, FileHeader],
                 config: IngestConfig) -> tuple[list[Scene], list[ErrorRow]]:
     """Scenes of STAC products (``headers``: the records of asset files the items did
     not describe, by path), and one error row per product that cannot be a scene."""
@@ -718,12 +718,12 @@ def group_items(products: list[ItemProduct], headers: dict[str, dict[str, Any]],
                         datetime=meta.get("datetime"), baseline=meta.get("baseline"),
                         relative_orbit=meta.get("relative_orbit"), mgrs_tile=meta.get("mgrs_tile"),
                         taxonomy=meta.get("taxonomy"))
-        files: list[tuple[NameInfo, dict[str, Any]]] = []
+        files: list[tuple[NameInfo, FileHeader]] = []
         failed = None
         for band, record, href in product.files:
             header = record if record is not None else headers[href]
-            if header.get("error"):
-                failed = f"asset {href}: {header['error']}"
+            if header.error:
+                failed = f"asset {href}: {header.error}"
                 break
             files.append((dataclasses.replace(base, band=band), header))
         row: dict[str, Any] = {}
@@ -760,7 +760,7 @@ def coarse_band_warnings(scenes: list[Scene], config: IngestConfig) -> list[Erro
 
 
 def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory, new: ScanInventory,
-             engine: Any, signer: str | None = None) -> tuple[list[dict[str, Any]], int]:
+             engine: Any, signer: str | None = None) -> tuple[list[FileHeader], int]:
     """Header records of ``files`` in order: from ``old`` where the file's stat is unchanged,
     else read on ``engine``; every record that can be kept goes into ``new``. Returns
     (records, headers read)."""
@@ -770,7 +770,7 @@ def _headers(files: list[str], stats: dict[str, Stat | None], old: ScanInventory
                                         desc="scan headers", unit="file",
                                         inline_below=INLINE_HEADERS)):
         if isinstance(h, BaseException):  # the task raised (a dead worker?): not the file's fault, not kept
-            h = {"path": files[i], "error": f"unreadable raster: {h}"}
+            h = FileHeader(files[i], error=f"unreadable raster: {h}")
         else:
             new.keep_header(files[i], stats[files[i]], h)
         headers[i] = h

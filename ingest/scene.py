@@ -1,4 +1,5 @@
-"""The scene record: one product as scan found it, a row of ``DS/scenes.parquet``.
+"""The scene record: one product as scan found it, a row of ``DS/scenes.parquet``; and the
+records it is made of (:class:`FileHeader` per file, :class:`BandFile` per band).
 
 A scene is an S2 or S1 product or a land-cover raster, however it came (a SAFE, a folder
 of per-band COGs, a multiband file, a STAC item). Scan makes one :class:`Scene` per
@@ -29,6 +30,57 @@ SCENES_SCHEMA = pa.schema([
     ("footprint", pa.binary()), ("paths", pa.list_(pa.string())), ("nbytes", pa.int64()), ("sidecar", pa.string()),
     ("from_item", pa.bool_()), ("bands", pa.string()), ("source_id", pa.string()), ("scene", pa.int64()),
 ])
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """What scan knows of one raster file before grouping it into a scene: its header, read
+    by GDAL (:func:`~eoforge.ingest.scan.read_header`) or taken from the STAC item that lists
+    it (:func:`~eoforge.ingest.stac.item_product`), or why it cannot be used.
+
+    Attributes:
+        path: the file or URL.
+        error: why the file cannot be used (then the other fields are left empty).
+        crs_wkt, epsg: its CRS (``epsg`` None when it has no EPSG code).
+        transform: the affine pixel-to-CRS transform (a, b, c, d, e, f) as rasterio's.
+        width, height, count: size in pixels and number of bands.
+        dtypes, descriptions: per band, the numpy dtype name and the band description ("" if none).
+        nodata: the nodata value, None when it declares none.
+        tags: the file's GDAL metadata (values under 2000 characters).
+        res: pixel size (x, y) in CRS units; bounds: (left, bottom, right, top) in the CRS.
+        footprint: WKB lon/lat polygon of ``bounds`` (None when a STAC item gives the outline).
+        size: bytes on disk (None for URLs when unknown).
+    """
+
+    path: str
+    error: str | None = None
+    crs_wkt: str = ""
+    epsg: int | None = None
+    transform: tuple[float, ...] = ()
+    width: int = 0
+    height: int = 0
+    count: int = 0
+    dtypes: tuple[str, ...] = ()
+    nodata: float | None = None
+    descriptions: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    res: tuple[float, float] = (0.0, 0.0)
+    bounds: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    footprint: bytes | None = None
+    size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The header as plain values (tuples, bytes), as the scan inventory stores it."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FileHeader:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        for name in ("transform", "dtypes", "descriptions", "res", "bounds"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 from eoforge.ingest.names import S1_PRODUCT_RE, S2_PRODUCT_RE, canonical_band, is_auxiliary, parse_time
+from eoforge.ingest.scene import FileHeader
 from eoforge.shards.config import load_callable
 
 ITEM_SUFFIXES = (".json", ".geojson")
@@ -76,8 +78,8 @@ class ItemProduct:
             ``datetime``, ``baseline``, ``cloud_percentage``, ``product_id``,
             ``orbit_direction``, ``offset_applied``, ``dn_offset``, ``s1_unit``, ``taxonomy``,
             ``level``, ``mgrs_tile``, ``relative_orbit``).
-        files: per asset file: (canonical band or None for a multiband asset, header
-            record or None when the file's header must be read, resolved href).
+        files: per asset file: (canonical band or None for a multiband asset, its header
+            from the item or None when the file's header must be read, resolved href).
         footprint: the item's geometry (lon/lat GeoJSON) or None.
     """
 
@@ -85,7 +87,7 @@ class ItemProduct:
     item_id: str
     sensor: str
     metadata: dict[str, Any]
-    files: list[tuple[str | None, dict[str, Any] | None, str]] = field(default_factory=list)
+    files: list[tuple[str | None, FileHeader | None, str]] = field(default_factory=list)
     footprint: dict[str, Any] | None = None
 
 
@@ -291,8 +293,8 @@ def item_product(item: dict[str, Any], location: str, base: str, *, landcover: b
         if "://" not in href:  # a local file: checked now (a stat, not an open)
             if not os.path.isfile(href):
                 raise ItemError(f"asset {key!r}: file not found: {href}")
-            if record is not None and record["size"] is None:
-                record["size"] = os.path.getsize(href)
+            if record is not None and record.size is None:
+                record = dataclasses.replace(record, size=os.path.getsize(href))
         product.files.append((band, record, href))
     return product
 
@@ -439,9 +441,9 @@ def _bands(asset: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _record(item: dict[str, Any], asset: dict[str, Any], href: str, sensor: str,
-            band: str | None) -> dict[str, Any] | None:
-    """The file's header record from the item (:func:`eoforge.ingest.scan.read_header`'s
-    keys), or None when the item does not give its CRS, transform and shape."""
+            band: str | None) -> FileHeader | None:
+    """The file's header from the item, or None when the item does not give its CRS,
+    transform and shape."""
     props = item.get("properties") or {}
 
     def proj(name: str) -> Any:
@@ -467,15 +469,14 @@ def _record(item: dict[str, Any], asset: dict[str, Any], href: str, sensor: str,
     if isinstance(nodata, str):
         nodata = float(nodata)  # "nan", "inf", "-inf" (raster extension)
     xs, ys = (c, c + a * width), (f, f + e * height)
-    return {
-        "path": href, "error": None, "crs_wkt": crs_wkt(str(crs)), "epsg": _epsg(str(crs)),
-        "transform": (a, b, c, d, e, f),
-        "width": width, "height": height, "count": len(bands),
-        "dtypes": [str(x.get("data_type") or DEFAULT_DTYPE[sensor]) for x in bands],
-        "nodata": nodata, "descriptions": names if band is None else [""] * len(bands),
-        "tags": {}, "res": (abs(a), abs(e)), "bounds": (min(xs), min(ys), max(xs), max(ys)),
-        "size": asset.get("file:size"), "footprint": None,
-    }
+    return FileHeader(
+        path=href, crs_wkt=crs_wkt(str(crs)), epsg=_epsg(str(crs)), transform=(a, b, c, d, e, f),
+        width=width, height=height, count=len(bands),
+        dtypes=tuple(str(x.get("data_type") or DEFAULT_DTYPE[sensor]) for x in bands),
+        nodata=None if nodata is None else float(nodata),
+        descriptions=tuple(names) if band is None else ("",) * len(bands),
+        res=(abs(a), abs(e)), bounds=(min(xs), min(ys), max(xs), max(ys)), size=asset.get("file:size"),
+    )
 
 
 @lru_cache(maxsize=256)

@@ -30,6 +30,7 @@ from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.dryrun import region_id
 from eoforge.ingest.inventory import INVENTORY_NAME, decode_record, encode_record
 from eoforge.ingest.pipeline import run_ingest
+from eoforge.ingest.scene import FileHeader
 from eoforge.shards import read_manifest
 from eoforge.shards.keys import TileId
 
@@ -61,6 +62,10 @@ def test_inventory_records_round_trip_with_their_types() -> None:
     assert type(back["transform"]) is tuple and type(back["dtypes"]) is list and type(back["footprint"]) is bytes
     assert back["tags"] == {"__tuple__": "a raster tag"} and back["nested"][0] == {"__bytes__": "x", "k": (1, 2)}
     assert math.isnan(back["nodata"])
+    header = FileHeader("a.tif", crs_wkt="EPSG:32632", epsg=32632, transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5e6),
+                        width=3, height=2, count=1, dtypes=("uint16",), nodata=0.0, descriptions=("B02",),
+                        tags={"UNITS": "dB"}, res=(10.0, 10.0), bounds=(0.0, 1.0, 2.0, 3.0), footprint=b"\x01", size=9)
+    assert FileHeader.from_dict(decode_record(encode_record(header.to_dict()))) == header
 
 
 def test_region_ids_are_blocks_of_tiles_within_a_zone() -> None:

@@ -227,7 +227,7 @@ def test_earth_search_and_planetary_computer_conventions(tmp_path: Path) -> None
     assert p.metadata["offset_applied"] is True and "dn_offset" not in p.metadata
     assert {band: Path(href).name for band, _, href in p.files} == {"B2": "blue.tif", "SCL": "scl.tif"}  # COG over JP2
     b2 = next(rec for band, rec, _ in p.files if band == "B2")
-    assert b2 is not None and b2["bounds"] == (600000.0, 4890240.0, 709800.0, 5000040.0) and b2["epsg"] == 32633
+    assert b2 is not None and b2.bounds == (600000.0, 4890240.0, 709800.0, 5000040.0) and b2.epsg == 32633
 
     pc = copy.deepcopy(es)
     pc["properties"] = {"datetime": "2024-01-05T10:10:29Z", "s2:processing_baseline": "05.10", "proj:epsg": 32633,
@@ -246,7 +246,7 @@ def test_earth_search_and_planetary_computer_conventions(tmp_path: Path) -> None
     p = item_product(rtc, "rtc.json#x", str(tmp_path))
     assert p.sensor == "s1" and p.metadata["s1_unit"] == "linear"
     assert p.metadata["product_id"] == "S1A_IW_GRDH_1SDV_20240105T052801_20240105T052826_051974_0647A3"
-    assert {band: rec["nodata"] for band, rec, _ in p.files} == {"VH": -32768, "VV": -32768}
+    assert {band: rec.nodata for band, rec, _ in p.files} == {"VH": -32768, "VV": -32768}
     # an RTC item whose bands say dB (a re-published dB copy) is read as dB: the bands' unit wins
     for asset in rtc["assets"].values():
         asset["raster:bands"][0]["unit"] = "dB"
@@ -279,8 +279,8 @@ def test_a_grid_from_proj_bbox_equals_the_one_from_proj_transform(tmp_path: Path
     a = item_product(with_transform, "a#x", str(tmp_path)).files[0][1]
     b = item_product(with_bbox, "b#x", str(tmp_path)).files[0][1]
     assert a is not None and b is not None
-    assert a["bounds"] == b["bounds"] == (600000.0, 5078040.0, 610980.0, 5100000.0)
-    assert a["res"] == b["res"] == (20.0, 20.0) and a["epsg"] == 32632 and a["size"] == 0
+    assert a.bounds == b.bounds == (600000.0, 5078040.0, 610980.0, 5100000.0)
+    assert a.res == b.res == (20.0, 20.0) and a.epsg == 32632 and a.size == 0
 
 
 def test_a_decimated_band_is_a_warning_in_the_report(demo_raw: Path, tmp_path: Path) -> None:
@@ -351,7 +351,7 @@ def test_cdse_items_take_each_band_at_its_native_pixel_size(tmp_path: Path) -> N
                                              "processing:version": "05.10"},
             "assets": assets}
     p = item_product(item, "cdse.json#x", str(tmp_path))
-    picked = {band: (Path(href).name, rec["res"][0]) for band, rec, href in p.files}
+    picked = {band: (Path(href).name, rec.res[0]) for band, rec, href in p.files}
     assert picked == {"B1": ("B01_60m.jp2", 60.0), "B2": ("B02_10m.jp2", 10.0), "B5": ("B05_20m.jp2", 20.0),
                       "B8A": ("B8A_20m.jp2", 20.0), "SCL": ("SCL_20m.jp2", 20.0)}
     assert p.metadata["product_id"] == item["id"] and p.metadata["cloud_percentage"] == 14.58

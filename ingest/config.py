@@ -52,7 +52,8 @@ class IngestConfig:
             decoded by both (~9 % of a 10980 px JPEG2000 product's decoding when it is read
             as two tasks, measured). None (the default): enough tasks to keep the workers
             busy: every scene of a kind (S2, S1, land cover) is one task when there are at
-            least as many scenes of that kind as workers, else ceil(workers / scenes) tasks.
+            least as many scenes of that kind as workers, else ceil(workers / scenes) tasks,
+            an S2 scene's cut where its valid area (from the scan probe) is shared equally.
         read_window_tiles: most tiles one window read spans along a tile row (bounds a
             task's pixel buffers; GDAL's block cache keeps the source blocks between rows).
         plan_region_tiles: a plan region is a block of this many x this many grid tiles

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import time
@@ -124,6 +125,8 @@ class ReadReport:
         seconds: its run time.
         frames_bytes, index_bytes: the sizes of its staged frame file and piece index (how a
             resumed run tells that both are complete).
+        tiles_digest: :func:`tiles_digest` of the task's tiles (a resumed run whose task of
+            the same name reads other tiles, since its scene was cut elsewhere, reads again).
     """
 
     task: str
@@ -135,18 +138,24 @@ class ReadReport:
     seconds: float = 0.0
     frames_bytes: int = 0
     index_bytes: int = 0
+    tiles_digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "kind": self.kind, "scene": self.scene, "errors": [e.to_dict() for e in self.errors],
                 "counts": dict(self.counts), "tiles": self.tiles, "seconds": self.seconds,
-                "frames_bytes": self.frames_bytes, "index_bytes": self.index_bytes}
+                "frames_bytes": self.frames_bytes, "index_bytes": self.index_bytes, "tiles_digest": self.tiles_digest}
 
     @classmethod
     def from_json(cls, report: Mapping[str, Any]) -> ReadReport:
         return cls(report["task"], report["kind"], int(report["scene"]),
                    tuple(ErrorRow.from_dict(e) for e in report["errors"]), dict(report["counts"]),
                    int(report["tiles"]), float(report["seconds"]), int(report["frames_bytes"]),
-                   int(report["index_bytes"]))
+                   int(report["index_bytes"]), str(report.get("tiles_digest", "")))
+
+
+def tiles_digest(tiles: Iterable[str]) -> str:
+    """A short sha256 of tile ids in order: which tiles a read task read."""
+    return hashlib.sha256("\n".join(tiles).encode()).hexdigest()[:16]
 
 
 def staging_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Path]:
@@ -411,13 +420,16 @@ def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any]
     return report if all(report.get(key) == file_size(path) for key, path in files.items()) else None
 
 
-def finished_read(out: str | os.PathLike[str], task: str) -> ReadReport | None:
+def finished_read(out: str | os.PathLike[str], task: ReadTask) -> ReadReport | None:
     """The report of a finished read task whose pieces are staged, or None when its frame
-    file or index (written last) is missing or not the recorded size. Some of its frames may
-    have been released since (:func:`released_tiles`)."""
-    frames_path, index_path = staging_paths(out, task)
-    report = complete_report(read_report_paths(out, task)[0], {"frames_bytes": frames_path, "index_bytes": index_path})
-    return None if report is None else ReadReport.from_json(report)
+    file or index (written last) is missing or not the recorded size, or it read other tiles.
+    Some of its frames may have been released since (:func:`released_tiles`)."""
+    frames_path, index_path = staging_paths(out, task.name)
+    report = complete_report(read_report_paths(out, task.name)[0],
+                             {"frames_bytes": frames_path, "index_bytes": index_path})
+    if report is None or report.get("tiles_digest") != tiles_digest(task.tiles):
+        return None
+    return ReadReport.from_json(report)
 
 
 def released_marker(out: str | os.PathLike[str], task: str) -> Path:
@@ -513,7 +525,7 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
     """Run one read task (or load its report when done); return its report. The pieces are
     in the staged index (:func:`load_piece_index`). See the module docstring."""
     name = task.name
-    if not task.redo and (done := finished_read(out, name)) is not None:
+    if not task.redo and (done := finished_read(out, task)) is not None:
         return done
     started = time.perf_counter()
     cfg = IngestConfig.from_dict(config)
@@ -551,7 +563,8 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
     index = _json_text({tile: p.to_json() for tile, p in pieces.items()})
     report = ReadReport(name, task.kind, task.scene, tuple(errors),
                         dict(sorted(Counter(p.status for p in pieces.values()).items())), len(tiles),
-                        round(time.perf_counter() - started, 3), frames.offset, len(index.encode()))
+                        round(time.perf_counter() - started, 3), frames.offset, len(index.encode()),
+                        tiles_digest(task.tiles))
     if task.kind == "s2":
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         source.stats.save(stats_path)

@@ -52,7 +52,8 @@ from eoforge.ingest.materialize import (
     TASK_REPORTS, ShardReport, finished_shard, materialize_shard, piece_key, task_stats_path,
 )
 from eoforge.ingest.pieces import (
-    STAGING, ReadReport, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged, staging_paths,
+    STAGING, ReadReport, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged,
+    staging_paths, tiles_digest,
 )
 from eoforge.ingest.plan import (
     ReadTask, ShardJob, plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan,
@@ -182,7 +183,8 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             # a wave: its reads, then its shards, then its staging deleted; only the wave's
             # plan rows are held as Python objects
             rows = wave_rows(plan.rows, wave)
-            wave_jobs, wave_reads = plan_shards(rows), plan_reads(rows, config, workers=engine.task_slots)
+            wave_jobs = plan_shards(rows)
+            wave_reads = plan_reads(rows, config, workers=engine.task_slots, scenes=by_scene)
             del rows
             stats_tasks += [r.name for r in wave_reads if r.kind == "s2" and any(r.train)]
             pending = [j for j in wave_jobs if finished[(j.split, j.shard)] is None]
@@ -317,9 +319,9 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
     for r in reads:
         report_path = read_report_paths(out, r.name)[0]
         needed = needed_tiles.intersection(r.tiles)
-        if report_path.is_file() and not needed:
-            results[r.name] = ReadReport.from_json(json.loads(report_path.read_text()))  # its pieces are in finished shards
-        elif (done := finished_read(out, r.name)) is not None and not needed & released_tiles(out, r.name):
+        if not needed and (report := _read_report(report_path)) is not None and report.tiles_digest == tiles_digest(r.tiles):
+            results[r.name] = report  # its pieces are in finished shards
+        elif (done := finished_read(out, r)) is not None and not needed & released_tiles(out, r.name):
             results[r.name] = done
         else:  # not read yet, or a pending shard needs frames released after its first writing
             todo.append(dataclasses.replace(r, redo=True))
@@ -343,6 +345,13 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
         if r.name in results:
             errors += results[r.name].errors
     return results, failed
+
+
+def _read_report(path: Path) -> ReadReport | None:
+    try:
+        return ReadReport.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], failed_reads: set[str],

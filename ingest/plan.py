@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -903,14 +903,17 @@ class ShardJob:
     tiles: tuple[tuple[PlanRow, ...], ...]
 
 
-def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1) -> list[ReadTask]:
+def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1,
+               scenes: Mapping[int, Scene] | None = None) -> list[ReadTask]:
     """The read tasks of a plan.
 
     One source scene (``kind`` ``s2``, ``s1`` or ``lc``) and the tiles of one wave it serves, in
-    :func:`read_order`, split into parts of about equal tile rows (so a scene's tasks take
-    about equally long): parts of at most ``read_task_rows`` rows, or, when that is None,
+    :func:`read_order`, split into parts of about equal work (so a scene's tasks take about
+    equally long): parts of at most ``read_task_rows`` rows, or, when that is None,
     ``ceil(workers / scenes of the kind in the wave)`` parts (one when the scenes alone keep
     ``workers`` busy: every split decodes the source blocks where two parts meet twice).
+    The automatic parts of an S2 scene whose :attr:`~.Scene.valid_profile` is known
+    (``scenes``) hold about equal valid area, :func:`tile_row_work`; else equal tile rows.
     ``train`` flags the tiles of the train split (their S2 values go into ``stats.json``).
     Task names are ``<kind>-<scene:06d>-w<wave:03d>-<part:03d>of<parts:03d>``: a rerun that
     splits a scene differently (other ``workers``) reads it again instead of taking another
@@ -919,8 +922,8 @@ def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1) 
     users: dict[tuple[int, str, int], dict[str, bool]] = defaultdict(dict)
     for r in rows:
         train = r.split == "train"
-        for kind, scenes in (("s2", (r.s2_scene,)), ("s1", (r.s1_scene,)), ("lc", r.landcover_scenes)):
-            for scene in scenes:
+        for kind, used in (("s2", (r.s2_scene,)), ("s1", (r.s1_scene,)), ("lc", r.landcover_scenes)):
+            for scene in used:
                 if scene is not None:
                     users[(r.wave, kind, int(scene))][r.tile_id] = train
     order = {"s2": 0, "s1": 1, "lc": 2}
@@ -937,12 +940,55 @@ def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1) 
             parts = min(len(tile_rows), math.ceil(max(1, workers) / scenes_of_kind[(wave, kind)]))
         else:
             parts = math.ceil(len(tile_rows) / config.read_task_rows)
+        source = scenes.get(scene) if scenes is not None and kind == "s2" else None
+        if parts > 1 and config.read_task_rows is None and source is not None and source.valid_profile:
+            cuts = balanced_cuts(tile_row_work(tile_rows, source, config.grid), parts)
+        else:
+            cuts = [part * len(tile_rows) // parts for part in range(parts + 1)]
         for part in range(parts):
-            chunk = tile_rows[part * len(tile_rows) // parts:(part + 1) * len(tile_rows) // parts]
+            chunk = tile_rows[cuts[part]:cuts[part + 1]]
             ids = tuple(str(t) for row in chunk for t in row)
             tasks.append(ReadTask(f"{kind}-{scene:06d}-w{wave:03d}-{part:03d}of{parts:03d}", wave, kind, scene, ids,
                                   tuple(tiles[t] for t in ids)))
     return tasks
+
+
+#: A planned tile's read work without valid pixels, relative to a fully valid tile's
+#: (windows read, blocks of nodata decoded, the piece cut); measured on the bench's COG scene.
+EMPTY_TILE_WORK = 0.3
+
+
+def tile_row_work(tile_rows: Sequence[Sequence[TileId]], scene: Scene, grid: Grid) -> list[float]:
+    """The estimated read work of each tile row of an S2 scene: per tile, ``EMPTY_TILE_WORK``
+    plus the scene's valid fraction in the tile row's band of its :attr:`~.Scene.valid_profile`
+    (a tile in another UTM zone than the scene counts as fully valid)."""
+    profile = np.frombuffer(scene.valid_profile or b"", dtype=np.uint8) / 100.0
+    _, bottom, _, top = scene.bounds
+    work = []
+    for row in tile_rows:
+        valid = 1.0
+        if len(profile) and top > bottom and row[0].epsg == scene.epsg:
+            _, y0, _, y1 = grid.bounds(row[0])
+            first = int(np.clip((top - y1) / (top - bottom) * len(profile), 0, len(profile) - 1))
+            last = int(np.clip(math.ceil((top - y0) / (top - bottom) * len(profile)), first + 1, len(profile)))
+            valid = float(profile[first:last].mean())
+        work.append(len(row) * (EMPTY_TILE_WORK + valid))
+    return work
+
+
+def balanced_cuts(work: Sequence[float], parts: int) -> list[int]:
+    """Cut points ``0 = c0 < c1 < … < c_parts = len(work)`` of contiguous parts whose sums
+    of ``work`` are about equal: each cut at the item boundary nearest its share of the
+    total, every part at least one item."""
+    total = np.concatenate([[0.0], np.cumsum(work)])
+    cuts = [0]
+    for part in range(1, parts):
+        want = total[-1] * part / parts
+        cut = int(np.searchsorted(total, want))
+        if cut > 0 and want - total[cut - 1] < total[cut] - want:
+            cut -= 1
+        cuts.append(min(max(cut, cuts[-1] + 1), len(work) - (parts - part)))
+    return [*cuts, len(work)]
 
 
 def shard_index(rows: pa.Table) -> list[tuple[str, int, int]]:

@@ -57,6 +57,8 @@ INLINE_PROBES = 8
 L2A_BANDS = tuple(b.name for b in S2_BANDS if b.in_l2a)
 L1C_BANDS = tuple(b.name for b in S2_BANDS)
 S2_GSD = {**{b.name: b.gsd_m for b in S2_BANDS}, "SCL": 20.0}
+#: Bands of rows in a scene's :attr:`~eoforge.ingest.scene.Scene.valid_profile`.
+VALID_PROFILE_BINS = 64
 
 
 @dataclass
@@ -499,7 +501,8 @@ def _gdal_reason(err: BaseException) -> str:
 
 
 def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
-    """A few pixel reads per scene: truncation, all-nodata, S1 unit. Returns updates, or
+    """A few pixel reads per scene: truncation, all-nodata (and for S2 the valid profile of its
+    coarse B1 read), S1 unit. Returns updates, or
     ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used.
 
     A scene made from a STAC item that gave every file's grid (``scene.from_item``)
@@ -530,8 +533,10 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
             with rasterio.open(gdal_path(signed(b.path, signer))) as src:
                 scale = max(1, max(src.width, src.height) // 256)
                 data = src.read(b.index, out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
-            if not (data != 0).any():
+            valid = data != 0
+            if not valid.any():
                 return {"error": "no valid pixels: every S2 value is nodata (0)"}
+            out["valid_profile"] = valid_profile(valid)
         elif scene.sensor == "s1":
             values = {pol: _s1_probe(scene.bands[pol], signer) for pol in ("VV", "VH")}
             empty = [pol for pol, v in values.items() if v.size == 0]
@@ -543,6 +548,16 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     except (RasterioError, OSError) as err:
         return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}"}
     return out
+
+
+def valid_profile(valid: np.ndarray, bins: int = VALID_PROFILE_BINS) -> bytes:
+    """Percent of valid pixels in each of ``bins`` equal bands of rows of a (coarse) validity
+    mask, north to south, one byte each: where a scene has data, known before its pixels
+    are read (read planning balances the parts of a split scene with it)."""
+    edges = np.linspace(0, valid.shape[0], bins + 1).round().astype(int)
+    fractions = [valid[a:b].mean() if b > a else valid[min(a, valid.shape[0] - 1)].mean()
+                 for a, b in zip(edges[:-1], edges[1:])]
+    return bytes(int(round(100 * f)) for f in fractions)
 
 
 def missing_bytes(src: Any, path: str) -> str | None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pieces import (
-    Piece, class_counts, complete_report, file_size, load_piece_index, release_pieces, staging_paths,
+    Piece, class_counts, complete_report, file_size, load_pieces, release_pieces, staging_paths,
 )
 from eoforge.shards.atomic import write_text_atomic
 from eoforge.shards.encoding import decode_entry_bytes, encode_entry, member_header
@@ -294,16 +294,15 @@ class ShardAssembler:
 
 def staged_pieces(out: str, piece_tasks: dict[str, str]) -> dict[str, Piece]:
     """The pieces a shard needs (:func:`piece_key` -> read task), from the tasks' staged
-    indexes; a key without a piece (the read met bad data before that tile) is left out."""
-    indexes: dict[str, dict[str, Piece]] = {}
-    pieces = {}
+    indexes, each read once for all its tiles; a key without a piece (the read met bad data
+    before that tile) is left out."""
+    by_task: dict[str, dict[str, str]] = {}
     for key, task in piece_tasks.items():
-        if task not in indexes:
-            indexes[task] = load_piece_index(out, task)
-        tile = key.rsplit(":", 1)[1]
-        piece = indexes[task].get(tile)
-        if piece is not None:
-            pieces[key] = piece
+        by_task.setdefault(task, {})[key.rsplit(":", 1)[1]] = key
+    pieces = {}
+    for task, keys in by_task.items():
+        for tile, piece in load_pieces(out, task, keys).items():
+            pieces[keys[tile]] = piece
     return pieces
 
 

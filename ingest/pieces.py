@@ -20,7 +20,7 @@ becomes a *piece*:
 A piece's pixels are stored as its member entries already encoded
 (:func:`~eoforge.shards.encoding.encode_entry`, one frame each), so writing a shard later
 only concatenates them (:mod:`.materialize`). Frames go to ``DS/staging/<task>.bin`` and the
-piece index to ``DS/staging/<task>.json``; what outlives the staging folder goes to
+piece index to ``DS/staging/<task>.pieces.arrow`` (:func:`load_pieces`); what outlives the staging folder goes to
 ``DS/task-reports/read/<task>.json`` (errors, counts) and ``<task>.stats.npz`` (S2 statistics
 of the train tiles). Every file is written ``.tmp`` + rename, the index last: its presence,
 with the frame file and the index at the sizes the report recorded, marks the task done for
@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
@@ -55,7 +57,7 @@ from rasterio.errors import RasterioError
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.read import GDAL_READ_ENV, SourceCache, TargetGrid, read_band
-from eoforge.shards.atomic import publish, write_text_atomic
+from eoforge.shards.atomic import atomic_path, publish, write_text_atomic
 from eoforge.shards.encoding import encode_entry
 from eoforge.shards.keys import TileId
 from eoforge.shards.schema import S2_BAND_NAMES, TAXONOMIES
@@ -69,6 +71,14 @@ if TYPE_CHECKING:  # the records only; plan.py's and scan.py's imports are not a
 STAGING = "staging"
 #: The members a piece may have frames of.
 FRAME_MEMBERS = ("s2", "scl", "s1", "s1valid", "lc")
+#: A read task's piece index (``DS/staging/<task>.pieces.arrow``, an Arrow IPC file): one row
+#: per tile it read, in read order; a member's frame is its ``<member>_offset`` and
+#: ``<member>_length`` in the task's frame file (null when the piece has no such frame).
+PIECE_INDEX_SCHEMA = pa.schema([
+    ("tile", pa.string()), ("status", pa.string()), ("valid_fraction", pa.float64()),
+    ("cloud_fraction", pa.float64()), ("counts", pa.list_(pa.int64())),
+    *[(f"{m}_{part}", pa.int64()) for m in FRAME_MEMBERS for part in ("offset", "length")],
+])
 READ_REPORTS = Path("task-reports") / "read"
 
 
@@ -96,21 +106,23 @@ class Piece:
     task: str = ""
     tile: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        """The piece as its entry in the staged index (flat: a member's frame is ``[offset, length]``)."""
-        out: dict[str, Any] = {"status": self.status}
-        for name in ("valid_fraction", "cloud_fraction", "counts"):
-            if getattr(self, name) is not None:
-                out[name] = list(self.counts or ()) if name == "counts" else getattr(self, name)
-        out.update({member: list(ref) for member, ref in self.frames.items()})
-        return out
+    def index_row(self, tile: str) -> dict[str, Any]:
+        """The piece as its row of the piece index (:data:`PIECE_INDEX_SCHEMA`)."""
+        row: dict[str, Any] = {"tile": tile, "status": self.status, "valid_fraction": self.valid_fraction,
+                               "cloud_fraction": self.cloud_fraction,
+                               "counts": None if self.counts is None else list(self.counts)}
+        for member in FRAME_MEMBERS:
+            offset, length = self.frames.get(member, (None, None))
+            row[f"{member}_offset"], row[f"{member}_length"] = offset, length
+        return row
 
     @classmethod
-    def from_json(cls, entry: Mapping[str, Any], task: str = "", tile: str = "") -> Piece:
-        counts = entry.get("counts")
-        return cls(entry["status"], entry.get("valid_fraction"), entry.get("cloud_fraction"),
-                   {m: (int(entry[m][0]), int(entry[m][1])) for m in FRAME_MEMBERS if m in entry},
-                   None if counts is None else tuple(counts), task, tile)
+    def from_index_row(cls, row: Mapping[str, Any], task: str) -> Piece:
+        counts = row["counts"]
+        return cls(row["status"], row["valid_fraction"], row["cloud_fraction"],
+                   {m: (row[f"{m}_offset"], row[f"{m}_length"]) for m in FRAME_MEMBERS
+                    if row[f"{m}_offset"] is not None},
+                   None if counts is None else tuple(counts), task, row["tile"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +171,9 @@ def tiles_digest(tiles: Iterable[str]) -> str:
 
 
 def staging_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Path]:
-    """``DS/staging/<task>.bin`` (frames) and ``DS/staging/<task>.json`` (piece index)."""
+    """``DS/staging/<task>.bin`` (frames) and ``DS/staging/<task>.pieces.arrow`` (piece index)."""
     folder = Path(out) / STAGING
-    return folder / f"{task}.bin", folder / f"{task}.json"
+    return folder / f"{task}.bin", folder / f"{task}.pieces.arrow"
 
 
 def read_report_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Path]:
@@ -503,11 +515,27 @@ def release_pieces(out: str | os.PathLike[str], pieces: Iterable[Piece]) -> int:
     return freed
 
 
-def load_piece_index(out: str | os.PathLike[str], task: str) -> dict[str, Piece]:
-    """A finished read task's pieces, tile id -> piece (read by the shard tasks that need
-    them, so no piece index passes through the client)."""
-    index = json.loads(staging_paths(out, task)[1].read_text())
-    return {tile: Piece.from_json(entry, task, tile) for tile, entry in index.items()}
+def write_piece_index(path: Path, pieces: Mapping[str, Piece]) -> int:
+    """Write a read task's piece index (tile id -> piece, in read order) to ``path`` as an
+    Arrow IPC file; return its size in bytes."""
+    table = pa.Table.from_pylist([p.index_row(tile) for tile, p in pieces.items()], schema=PIECE_INDEX_SCHEMA)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, PIECE_INDEX_SCHEMA) as writer:
+        writer.write_table(table)
+    return path.stat().st_size
+
+
+def load_pieces(out: str | os.PathLike[str], task: str, tiles: Iterable[str]) -> dict[str, Piece]:
+    """The pieces of ``tiles`` that a finished read task staged, tile id -> piece (a tile it has
+    no piece for is left out).
+
+    A shard task reads the indexes of the read tasks its tiles came from, and in an archive's
+    wave those are many (each step of each tile its own S2, S1 and land-cover source), each
+    with thousands of tiles: the index is memory-mapped and only the shard's rows are
+    converted, so the cost of a lookup hardly grows with the size of the index."""
+    with pa.memory_map(str(staging_paths(out, task)[1])) as source:
+        table = pa.ipc.open_file(source).read_all()
+        rows = table.filter(pc.is_in(table.column("tile"), value_set=pa.array(list(tiles), pa.string())))
+        return {row["tile"]: Piece.from_index_row(row, task) for row in rows.to_pylist()}
 
 
 def remove_staged(out: str | os.PathLike[str], task: str) -> None:
@@ -523,7 +551,7 @@ def _json_text(value: Any) -> str:
 
 def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) -> ReadReport:
     """Run one read task (or load its report when done); return its report. The pieces are
-    in the staged index (:func:`load_piece_index`). See the module docstring."""
+    in the staged index (:func:`load_pieces`). See the module docstring."""
     name = task.name
     if not task.redo and (done := finished_read(out, task)) is not None:
         return done
@@ -560,15 +588,14 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
         errors.append(ErrorRow(broken[0], "materialize", broken[1], scene.product_id))
         pieces = {}
         source.stats = DatasetStats(pixel_stride=cfg.stats_pixel_stride)
-    index = _json_text({tile: p.to_json() for tile, p in pieces.items()})
-    report = ReadReport(name, task.kind, task.scene, tuple(errors),
-                        dict(sorted(Counter(p.status for p in pieces.values()).items())), len(tiles),
-                        round(time.perf_counter() - started, 3), frames.offset, len(index.encode()),
-                        tiles_digest(task.tiles))
-    if task.kind == "s2":
-        stats_path.parent.mkdir(parents=True, exist_ok=True)
-        source.stats.save(stats_path)
-    write_text_atomic(report_path, _json_text(report.to_json()))
-    write_text_atomic(index_path, index)
+    with atomic_path(index_path) as index_tmp:  # renamed into place last, after the report
+        report = ReadReport(name, task.kind, task.scene, tuple(errors),
+                            dict(sorted(Counter(p.status for p in pieces.values()).items())), len(tiles),
+                            round(time.perf_counter() - started, 3), frames.offset,
+                            write_piece_index(index_tmp, pieces), tiles_digest(task.tiles))
+        if task.kind == "s2":
+            stats_path.parent.mkdir(parents=True, exist_ok=True)
+            source.stats.save(stats_path)
+        write_text_atomic(report_path, _json_text(report.to_json()))
     released_marker(out, name).unlink(missing_ok=True)  # every frame is back (last: a crash before leaves it)
     return report

@@ -18,7 +18,8 @@ from rasterio.windows import Window
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pieces import (
-    ReadReport, finished_read, read_report_paths, row_windows, staging_paths, tiles_digest,
+    Piece, ReadReport, finished_read, load_pieces, read_report_paths, row_windows, staging_paths, tiles_digest,
+    write_piece_index,
 )
 from eoforge.ingest.plan import PlanRow, ReadTask, balanced_cuts, plan_reads, read_order, tile_row_work
 from eoforge.ingest.scan import valid_profile
@@ -200,11 +201,32 @@ def test_a_finished_read_is_reused_only_for_the_same_tiles(tmp_path) -> None:
     frames, index = staging_paths(tmp_path, task.name)
     frames.parent.mkdir(parents=True)
     frames.write_bytes(b"x" * 10)
-    index.write_text("{}")
-    report = ReadReport(task.name, "s2", 0, frames_bytes=10, index_bytes=2, tiles=2, tiles_digest=tiles_digest(task.tiles))
+    index_bytes = write_piece_index(index, {"32n_00010_00106": Piece("ok", 1.0, 0.0, {"s2": (0, 10)})})
+    report = ReadReport(task.name, "s2", 0, frames_bytes=10, index_bytes=index_bytes, tiles=2,
+                        tiles_digest=tiles_digest(task.tiles))
     path = read_report_paths(tmp_path, task.name)[0]
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(report.to_json()))
     assert finished_read(tmp_path, task) == report
     moved = dataclasses.replace(task, tiles=("32n_00010_00106", "32n_00010_00105"))
     assert finished_read(tmp_path, moved) is None
+
+
+def test_a_shard_task_loads_only_its_pieces_from_a_staged_index(tmp_path) -> None:
+    """The piece index round-trips every field (frames of each member, QA fractions, land-cover
+    counts, nulls), and a lookup returns just the tiles asked for."""
+    pieces = {
+        "32n_00010_00106": Piece("ok", 0.75, 0.125, {"s2": (0, 100), "scl": (100, 7)}),
+        "32n_00011_00106": Piece("low_valid", 0.05, None),
+        "32n_00012_00106": Piece("ok", 1.0, frames={"s1": (107, 50), "s1valid": (157, 3)}),
+        "32n_00013_00106": Piece("ok", frames={"lc": (160, 9)}, counts=(0, 5, 1 << 40)),
+        "32n_00014_00106": Piece("empty"),
+    }
+    path = staging_paths(tmp_path, "s2-000003-w000-000of001")[1]
+    path.parent.mkdir(parents=True)
+    assert write_piece_index(path, pieces) == path.stat().st_size
+    loaded = load_pieces(tmp_path, "s2-000003-w000-000of001", list(pieces) + ["32n_00099_00106"])
+    assert loaded == {t: dataclasses.replace(p, task="s2-000003-w000-000of001", tile=t) for t, p in pieces.items()}
+    some = load_pieces(tmp_path, "s2-000003-w000-000of001", ["32n_00013_00106", "32n_00011_00106"])
+    assert sorted(some) == ["32n_00011_00106", "32n_00013_00106"]
+    assert some["32n_00013_00106"].counts == (0, 5, 1 << 40)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -912,8 +912,9 @@ def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1,
     equally long): parts of at most ``read_task_rows`` rows, or, when that is None,
     ``ceil(workers / scenes of the kind in the wave)`` parts (one when the scenes alone keep
     ``workers`` busy: every split decodes the source blocks where two parts meet twice).
-    The automatic parts of an S2 scene whose :attr:`~.Scene.valid_profile` is known
-    (``scenes``) hold about equal valid area, :func:`tile_row_work`; else equal tile rows.
+    The automatic parts of an S2 scene whose valid or decode profile is known (``scenes``)
+    hold about equal estimated work (:func:`part_work`: valid area and, from the files'
+    compressed sizes, decoding, :func:`balanced_cuts`); else equal tile rows.
     ``train`` flags the tiles of the train split (their S2 values go into ``stats.json``).
     Task names are ``<kind>-<scene:06d>-w<wave:03d>-<part:03d>of<parts:03d>``: a rerun that
     splits a scene differently (other ``workers``) reads it again instead of taking another
@@ -941,8 +942,9 @@ def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1,
         else:
             parts = math.ceil(len(tile_rows) / config.read_task_rows)
         source = scenes.get(scene) if scenes is not None and kind == "s2" else None
-        if parts > 1 and config.read_task_rows is None and source is not None and source.valid_profile:
-            cuts = balanced_cuts(tile_row_work(tile_rows, source, config.grid), parts)
+        if parts > 1 and config.read_task_rows is None and source is not None \
+                and (source.valid_profile or source.decode_rows):
+            cuts = balanced_cuts(len(tile_rows), parts, part_work(tile_rows, source, config.grid))
         else:
             cuts = [part * len(tile_rows) // parts for part in range(parts + 1)]
         for part in range(parts):
@@ -956,39 +958,98 @@ def plan_reads(rows: Sequence[PlanRow], config: IngestConfig, workers: int = 1,
 #: A planned tile's read work without valid pixels, relative to a fully valid tile's
 #: (windows read, blocks of nodata decoded, the piece cut); measured on the bench's COG scene.
 EMPTY_TILE_WORK = 0.3
+#: A fully valid tile's read work apart from decoding (upsampling, QA, encoding, statistics),
+#: in the milliseconds of :data:`~eoforge.ingest.blocks.DECODE_MS_PER_MB` (the bench's COG
+#: scene: 7.9 s for 1482 valid and 282 empty tiles).
+TILE_WORK_MS = 5.0
 
 
 def tile_row_work(tile_rows: Sequence[Sequence[TileId]], scene: Scene, grid: Grid) -> list[float]:
-    """The estimated read work of each tile row of an S2 scene: per tile, ``EMPTY_TILE_WORK``
-    plus the scene's valid fraction in the tile row's band of its :attr:`~.Scene.valid_profile`
-    (a tile in another UTM zone than the scene counts as fully valid)."""
-    profile = np.frombuffer(scene.valid_profile or b"", dtype=np.uint8) / 100.0
-    _, bottom, _, top = scene.bounds
+    """The estimated read work of each tile row of an S2 scene apart from decoding, in ms:
+    per tile ``TILE_WORK_MS`` x (``EMPTY_TILE_WORK`` + the scene's valid fraction in the tile
+    row's band of its :attr:`~.Scene.valid_profile`; 1 when unknown or when the tile lies in
+    another UTM zone than the scene)."""
+    valid_bins = np.frombuffer(scene.valid_profile or b"", dtype=np.uint8) / 100.0
     work = []
     for row in tile_rows:
         valid = 1.0
-        if len(profile) and top > bottom and row[0].epsg == scene.epsg:
-            _, y0, _, y1 = grid.bounds(row[0])
-            first = int(np.clip((top - y1) / (top - bottom) * len(profile), 0, len(profile) - 1))
-            last = int(np.clip(math.ceil((top - y0) / (top - bottom) * len(profile)), first + 1, len(profile)))
-            valid = float(profile[first:last].mean())
-        work.append(len(row) * (EMPTY_TILE_WORK + valid))
+        span = _row_span(row, scene, grid)
+        if len(valid_bins) and span is not None:
+            edges = np.linspace(0.0, 1.0, len(valid_bins) + 1)
+            lo, hi = max(0.0, span[0]), min(1.0, span[1])
+            overlap = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0.0, None)
+            valid = float((valid_bins * overlap).sum() / overlap.sum()) if overlap.sum() > 0 else \
+                float(valid_bins[0 if span[1] <= 0 else -1])
+        work.append(len(row) * TILE_WORK_MS * (EMPTY_TILE_WORK + valid))
     return work
 
 
-def balanced_cuts(work: Sequence[float], parts: int) -> list[int]:
-    """Cut points ``0 = c0 < c1 < … < c_parts = len(work)`` of contiguous parts whose sums
-    of ``work`` are about equal: each cut at the item boundary nearest its share of the
-    total, every part at least one item."""
-    total = np.concatenate([[0.0], np.cumsum(work)])
-    cuts = [0]
-    for part in range(1, parts):
-        want = total[-1] * part / parts
-        cut = int(np.searchsorted(total, want))
-        if cut > 0 and want - total[cut - 1] < total[cut] - want:
-            cut -= 1
-        cuts.append(min(max(cut, cuts[-1] + 1), len(work) - (parts - part)))
-    return [*cuts, len(work)]
+def _row_span(row: Sequence[TileId], scene: Scene, grid: Grid) -> tuple[float, float] | None:
+    """Where a tile row lies in the scene, as fractions of its height from the north (None
+    when the tiles are in another UTM zone than the scene's)."""
+    _, bottom, _, top = scene.bounds
+    if top <= bottom or row[0].epsg != scene.epsg:
+        return None
+    _, y0, _, y1 = grid.bounds(row[0])
+    return (top - y1) / (top - bottom), (top - y0) / (top - bottom)
+
+
+def part_work(tile_rows: Sequence[Sequence[TileId]], scene: Scene, grid: Grid) -> Callable[[int, int], float]:
+    """``work(i, j)``: the estimated read work (ms) of a task that reads tile rows ``i:j`` of an
+    S2 scene: their :func:`tile_row_work`, plus the decoding of every block row of the scene's
+    band files that they touch, whole (:attr:`~.Scene.decode_rows`), or, for the tiles in
+    another zone, the scene's mean decoding per tile."""
+    fixed = np.concatenate([[0.0], np.cumsum(tile_row_work(tile_rows, scene, grid))])
+    blocks = np.frombuffer(scene.decode_rows or b"", dtype=np.float32).astype(np.float64).reshape(-1, 3)
+    spans = [_row_span(row, scene, grid) for row in tile_rows]
+    left, bottom, right, top = scene.bounds
+    tile_m = grid.tile_size_px * grid.resolution_m
+    tiles_in_scene = max(1.0, (right - left) / tile_m) * max(1.0, (top - bottom) / tile_m)
+    mean_decode = float(blocks[:, 2].sum()) / tiles_in_scene
+    tiles = np.concatenate([[0], np.cumsum([len(r) for r in tile_rows])])
+    elsewhere = np.concatenate([[0], np.cumsum([len(r) if s is None else 0 for r, s in zip(tile_rows, spans)])])
+
+    def work(i: int, j: int) -> float:
+        here = [s for s in spans[i:j] if s is not None]
+        decode = float(mean_decode * (elsewhere[j] - elsewhere[i]))
+        if here and len(blocks):
+            lo, hi = min(s[0] for s in here), max(s[1] for s in here)
+            decode += float(blocks[(blocks[:, 0] < hi) & (blocks[:, 1] > lo), 2].sum())
+        elif here:  # no decode profile: as much per tile as elsewhere (0: valid area alone)
+            decode += float(mean_decode * (tiles[j] - tiles[i]))
+        return float(fixed[j] - fixed[i]) + decode
+
+    return work
+
+
+def balanced_cuts(n: int, parts: int, work: Callable[[int, int], float]) -> list[int]:
+    """Cut points ``0 = c0 < c1 < … < c_parts = n`` of ``n`` items into contiguous parts whose
+    largest ``work(i, j)`` (of items ``i:j``; never smaller for a larger range) is about as
+    small as it can be: a bisection on that largest work, each try packing the parts from
+    the north, every part at least one item."""
+
+    def pack(limit: float) -> list[int] | None:
+        cuts, i = [0], 0
+        for part in range(parts - 1):
+            j = i + 1
+            if work(i, j) > limit:
+                return None
+            while j < n - (parts - part - 1) and work(i, j + 1) <= limit:
+                j += 1
+            cuts.append(j)
+            i = j
+        return [*cuts, n] if work(i, n) <= limit else None
+
+    low, high = 0.0, work(0, n)
+    best = pack(high) or [part * n // parts for part in range(parts + 1)]
+    for _ in range(40):
+        mid = (low + high) / 2
+        cuts = pack(mid)
+        if cuts is None:
+            low = mid
+        else:
+            best, high = cuts, mid
+    return best
 
 
 def shard_index(rows: pa.Table) -> list[tuple[str, int, int]]:

@@ -37,6 +37,7 @@ import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
+from eoforge.ingest.blocks import JP2_DRIVERS, PROFILE_BINS, decode_rows, gtiff_blocks, jp2_missing_bytes
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.inventory import ScanInventory, Stat, file_stat, probe_key
@@ -57,8 +58,6 @@ INLINE_PROBES = 8
 L2A_BANDS = tuple(b.name for b in S2_BANDS if b.in_l2a)
 L1C_BANDS = tuple(b.name for b in S2_BANDS)
 S2_GSD = {**{b.name: b.gsd_m for b in S2_BANDS}, "SCL": 20.0}
-#: Bands of rows in a scene's :attr:`~eoforge.ingest.scene.Scene.valid_profile`.
-VALID_PROFILE_BINS = 64
 
 
 @dataclass
@@ -502,7 +501,8 @@ def _gdal_reason(err: BaseException) -> str:
 
 def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     """A few pixel reads per scene: truncation, all-nodata (and for S2 the valid profile of its
-    coarse B1 read), S1 unit. Returns updates, or
+    coarse B1 read, and from the headers of local files its block rows' decoding time), S1 unit. Returns
+    updates, or
     ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used.
 
     A scene made from a STAC item that gave every file's grid (``scene.from_item``)
@@ -513,6 +513,8 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     from rasterio.windows import Window
 
     out: dict[str, Any] = {}
+    # S2: where decoding will be slow (the sum over its band files), for balanced read parts
+    decode: list[tuple[float, float, float]] | None = [] if scene.sensor == "s2" else None
     for path in [] if scene.from_item else scene.paths:
         try:
             with rasterio.open(gdal_path(signed(path, signer))) as src:
@@ -524,6 +526,9 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
                 elif reason:
                     return {"error": f"truncated file: {reason}; product {scene.product_id} skipped",
                             "error_paths": [path]}
+                if decode is not None:
+                    file_decode = decode_rows(src, path) if reason == "" else None
+                    decode = None if file_decode is None else decode + file_decode
         except (RasterioError, OSError) as err:
             return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}; "
                              f"product {scene.product_id} skipped", "error_paths": [path]}
@@ -537,6 +542,8 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
             if not valid.any():
                 return {"error": "no valid pixels: every S2 value is nodata (0)"}
             out["valid_profile"] = valid_profile(valid)
+            if decode is not None and not scene.from_item:
+                out["decode_rows"] = np.asarray(decode, np.float32).tobytes()
         elif scene.sensor == "s1":
             values = {pol: _s1_probe(scene.bands[pol], signer) for pol in ("VV", "VH")}
             empty = [pol for pol, v in values.items() if v.size == 0]
@@ -550,7 +557,7 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     return out
 
 
-def valid_profile(valid: np.ndarray, bins: int = VALID_PROFILE_BINS) -> bytes:
+def valid_profile(valid: np.ndarray, bins: int = PROFILE_BINS) -> bytes:
     """Percent of valid pixels in each of ``bins`` equal bands of rows of a (coarse) validity
     mask, north to south, one byte each: where a scene has data, known before its pixels
     are read (read planning balances the parts of a split scene with it)."""
@@ -574,51 +581,16 @@ def missing_bytes(src: Any, path: str) -> str | None:
     size = os.path.getsize(path)
     if src.driver == "GTiff":
         # full resolution only: that is what ingest reads (a damaged overview fails the B1 look)
-        for bidx in src.indexes:
-            bh, bw = src.block_shapes[bidx - 1]
-            for row in range(math.ceil(src.height / bh)):
-                for col in range(math.ceil(src.width / bw)):
-                    offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=bidx)
-                    length = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=bidx)
-                    if offset is None or length is None:
-                        return None  # this GDAL does not say: decode instead
-                    if int(offset) + int(length) > size:
-                        return (f"block (row {row}, column {col}) of band {bidx} ends at byte "
-                                f"{int(offset) + int(length)}, the file has {size} bytes")
-            if src.interleaving is not None and src.interleaving.name == "pixel":
-                break  # pixel-interleaved: every band's blocks are the first band's
+        for block in gtiff_blocks(src):
+            if block is None:
+                return None  # this GDAL does not say: decode instead
+            bidx, row, col, offset, length = block
+            if offset + length > size:
+                return f"block (row {row}, column {col}) of band {bidx} ends at byte {offset + length}, the file has {size} bytes"
         return ""
-    if src.driver in ("JP2OpenJPEG", "JPEG2000", "JP2KAK", "JP2ECW"):
-        return _jp2_missing_bytes(path, size)
+    if src.driver in JP2_DRIVERS:
+        return jp2_missing_bytes(path)
     return None
-
-
-def _jp2_missing_bytes(path: str, size: int) -> str:
-    """``""`` when the JPEG 2000 file (JP2 boxes or a raw codestream) ends its codestream with
-    EOC inside the file, else why not."""
-    with open(path, "rb") as f:
-        if f.read(2) == b"\xff\x4f":  # a raw codestream (.j2k) starts with SOC
-            f.seek(size - 2)
-            return "" if f.read(2) == b"\xff\xd9" else "the codestream does not end with EOC"
-        pos = 0
-        while pos + 8 <= size:
-            f.seek(pos)
-            head = f.read(16)
-            length, box = int.from_bytes(head[:4], "big"), head[4:8]
-            header = 8
-            if length == 1:
-                length, header = int.from_bytes(head[8:16], "big"), 16
-            elif length == 0:  # the last box runs to the end of the file
-                length = size - pos
-            if length < header:
-                return f"box {box!r} at byte {pos} has length {length}"
-            if pos + length > size:
-                return f"box {box!r} at byte {pos} needs {pos + length} bytes, the file has {size}"
-            if box == b"jp2c":
-                f.seek(pos + length - 2)
-                return "" if f.read(2) == b"\xff\xd9" else "the codestream does not end with EOC"
-            pos += length
-    return "no codestream box (jp2c)"
 
 
 def _s1_probe(band: BandFile, signer: str | None = None) -> np.ndarray:

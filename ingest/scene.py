@@ -28,7 +28,8 @@ SCENES_SCHEMA = pa.schema([
     ("mgrs_tile", pa.string()), ("cloud_percentage", pa.float64()), ("s1_unit", pa.string()),
     ("taxonomy", pa.string()), ("crs_wkt", pa.string()), ("epsg", pa.int64()), ("bounds", pa.list_(pa.float64())),
     ("footprint", pa.binary()), ("paths", pa.list_(pa.string())), ("nbytes", pa.int64()), ("sidecar", pa.string()),
-    ("from_item", pa.bool_()), ("bands", pa.string()), ("valid_profile", pa.binary()), ("source_id", pa.string()),
+    ("from_item", pa.bool_()), ("bands", pa.string()), ("valid_profile", pa.binary()),
+    ("decode_rows", pa.binary()), ("source_id", pa.string()),
     ("scene", pa.int64()),
 ])
 
@@ -146,6 +147,10 @@ class Scene:
         valid_profile: S2: the percent of valid pixels in each of 64 equal bands of rows,
             north to south, one byte each, from the scan probe's coarse read of B1 (None when
             not probed, e.g. a scene from a STAC item).
+        decode_rows: S2: the estimated time to decode each block row of its band files, float32
+            triples (first row, end row as fractions of the height from the north, ms;
+            :func:`~eoforge.ingest.blocks.decode_rows`, from the compressed sizes in the files'
+            headers; None for remote files and other formats).
         source_id: the product's name in its file names when its metadata renamed it.
         number: the scene number, its row in ``scenes.parquet``; plan rows and read tasks
             refer to scenes by it (-1 until scan numbers the scenes it keeps).
@@ -176,6 +181,7 @@ class Scene:
     sidecar: str | None = None
     from_item: bool = False
     valid_profile: bytes | None = None
+    decode_rows: bytes | None = None
     source_id: str | None = None
     number: int = -1
 

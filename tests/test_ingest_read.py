@@ -21,7 +21,9 @@ from eoforge.ingest.pieces import (
     Piece, ReadReport, finished_read, load_pieces, read_report_paths, row_windows, staging_paths, tiles_digest,
     write_piece_index,
 )
-from eoforge.ingest.plan import PlanRow, ReadTask, balanced_cuts, plan_reads, read_order, tile_row_work
+from eoforge.ingest.plan import (
+    TILE_WORK_MS, PlanRow, ReadTask, balanced_cuts, part_work, plan_reads, read_order, tile_row_work,
+)
 from eoforge.ingest.scan import valid_profile
 from eoforge.ingest.scene import Scene
 from eoforge.ingest.read import SourceCache, TargetGrid, read_band, upsample
@@ -176,10 +178,34 @@ def test_a_split_scene_is_cut_where_its_valid_area_is_halved() -> None:
     assert [len(t.tiles) for t in balanced] == [20, 8]
     assert sorted(t for task in balanced for t in task.tiles) == sorted(map(str, tiles))
     work = tile_row_work([[TileId(32, "n", c, r) for c in range(10, 14)] for r in range(106, 99, -1)], scene, grid)
-    np.testing.assert_allclose(work, [1.2, 1.2, 1.2, 3.2, 5.2, 5.2, 5.2], atol=0.15)
+    np.testing.assert_allclose(np.array(work) / TILE_WORK_MS, [1.2, 1.2, 1.2, 3.2, 5.2, 5.2, 5.2], atol=0.15)
     # a scene without a profile (not probed: a STAC item) keeps equal rows
     unprobed = dataclasses.replace(scene, valid_profile=None)
     assert [len(t.tiles) for t in plan_reads(rows, auto, workers=2, scenes={0: unprobed})] == equal
+
+
+def test_a_split_scene_is_cut_where_its_decoding_is_shared() -> None:
+    """Seven valid tile rows whose north block rows take 4x as long to decode as the south
+    ones: the cut moves north of where valid area alone puts it, and each part pays for every
+    block row it touches whole (the one the cut crosses twice)."""
+    tiles = [TileId(32, "n", c, r) for r in range(100, 107) for c in range(10, 14)]
+    rows = [_plan_row(tile_id=str(t), split="train", s2_scene=0, landcover_scenes=()) for t in tiles]
+    grid = IngestConfig().grid
+    top, bottom = grid.bounds(TileId(32, "n", 10, 106))[3], grid.bounds(TileId(32, "n", 10, 100))[1]
+    # four block rows of two tile rows each (the last one of one), 40 ms north, 10 ms south
+    blocks = np.array([(0, 2 / 7, 40), (2 / 7, 4 / 7, 40), (4 / 7, 6 / 7, 10), (6 / 7, 1, 10)], np.float32)
+    scene = Scene(sensor="s2", product_id="S2", location="S2", datetime="2023-06-01T10:00:00Z", crs_wkt="",
+                  epsg=32632, bounds=(26400.0, bottom, 36960.0, top), footprint=b"", paths=("S2",),
+                  valid_profile=bytes([100] * 64), decode_rows=blocks.tobytes(), number=0)
+    tile_rows = [[TileId(32, "n", c, r) for c in range(10, 14)] for r in range(106, 99, -1)]
+    work = part_work(tile_rows, scene, grid)
+    row_ms = 4 * TILE_WORK_MS * 1.3  # four valid tiles
+    assert work(0, 3) == pytest.approx(3 * row_ms + 80)  # rows 106-104 touch the two north blocks
+    assert work(3, 7) == pytest.approx(4 * row_ms + 60)  # rows 103-100: the second block again, and the south
+    auto = IngestConfig()
+    assert [len(t.tiles) for t in plan_reads(rows, auto, workers=2, scenes={0: scene})] == [12, 16]
+    valid_only = dataclasses.replace(scene, decode_rows=None)
+    assert [len(t.tiles) for t in plan_reads(rows, auto, workers=2, scenes={0: valid_only})] == [16, 12]
 
 
 def test_valid_profile_and_balanced_cuts() -> None:
@@ -188,10 +214,18 @@ def test_valid_profile_and_balanced_cuts() -> None:
     mask[64:128, :10] = False  # a quarter of these rows
     assert list(valid_profile(mask, bins=8)) == [0, 0, 75, 75, 100, 100, 100, 100]
     assert list(valid_profile(np.ones((3, 5), bool), bins=8)) == [100] * 8  # fewer rows than bins
-    assert balanced_cuts([1, 1, 1, 1], 2) == [0, 2, 4]
-    assert balanced_cuts([0.1, 0.1, 0.1, 5], 2) == [0, 3, 4]
-    assert balanced_cuts([5, 0, 0, 0], 3) == [0, 1, 2, 4]  # every part keeps at least one item
-    assert balanced_cuts([1, 2, 3], 3) == [0, 1, 2, 3]
+
+    def cuts(work: list[float], parts: int) -> list[int]:
+        return balanced_cuts(len(work), parts, lambda i, j: sum(work[i:j]))
+
+    assert cuts([1, 1, 1, 1], 2) == [0, 2, 4]
+    assert cuts([0.1, 0.1, 0.1, 5], 2) == [0, 3, 4]
+    assert cuts([5, 0, 0, 0], 3) == [0, 2, 3, 4]  # every part keeps at least one item
+    assert cuts([1, 2, 3], 3) == [0, 1, 2, 3]
+    assert cuts([3, 1, 1, 1, 3, 3], 3) == [0, 3, 5, 6]  # largest part 5: no split does better
+    # work that is not a sum: a part pays 10 for each of the two blocks of 3 items it touches
+    blocks = lambda i, j: (j - i) + 10 * len({k // 3 for k in range(i, j)})  # noqa: E731
+    assert balanced_cuts(6, 2, blocks) == [0, 3, 6]  # a cut inside a block would decode it twice
 
 
 def test_a_finished_read_is_reused_only_for_the_same_tiles(tmp_path) -> None:

@@ -1005,18 +1005,15 @@ def part_work(tile_rows: Sequence[Sequence[TileId]], scene: Scene, grid: Grid) -
     left, bottom, right, top = scene.bounds
     tile_m = grid.tile_size_px * grid.resolution_m
     tiles_in_scene = max(1.0, (right - left) / tile_m) * max(1.0, (top - bottom) / tile_m)
-    mean_decode = float(blocks[:, 2].sum()) / tiles_in_scene
-    tiles = np.concatenate([[0], np.cumsum([len(r) for r in tile_rows])])
+    mean_decode = float(blocks[:, 2].sum()) / tiles_in_scene  # 0 without a decode profile
     elsewhere = np.concatenate([[0], np.cumsum([len(r) if s is None else 0 for r, s in zip(tile_rows, spans)])])
 
     def work(i: int, j: int) -> float:
-        here = [s for s in spans[i:j] if s is not None]
         decode = float(mean_decode * (elsewhere[j] - elsewhere[i]))
-        if here and len(blocks):
+        here = [s for s in spans[i:j] if s is not None]
+        if here:
             lo, hi = min(s[0] for s in here), max(s[1] for s in here)
             decode += float(blocks[(blocks[:, 0] < hi) & (blocks[:, 1] > lo), 2].sum())
-        elif here:  # no decode profile: as much per tile as elsewhere (0: valid area alone)
-            decode += float(mean_decode * (tiles[j] - tiles[i]))
         return float(fixed[j] - fixed[i]) + decode
 
     return work

@@ -501,9 +501,9 @@ def _gdal_reason(err: BaseException) -> str:
 
 def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     """A few pixel reads per scene: truncation, all-nodata (and for S2 the valid profile of its
-    coarse B1 read, and from the headers of local files its block rows' decoding time), S1 unit. Returns
-    updates, or
-    ``{"error": reason, "error_paths": [...]}`` when the scene cannot be used.
+    coarse B1 read, and, from the headers of its local band files, their block rows' decoding
+    time), S1 unit. Returns updates, or ``{"error": reason, "error_paths": [...]}`` when the
+    scene cannot be used.
 
     A scene made from a STAC item that gave every file's grid (``scene.from_item``)
     is only probed for its S1 unit when the item did not state it: the item is trusted for
@@ -513,8 +513,9 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     from rasterio.windows import Window
 
     out: dict[str, Any] = {}
-    # S2: where decoding will be slow (the sum over its band files), for balanced read parts
+    # S2: where decoding the band files ingest reads will be slow, for balanced read parts
     decode: list[tuple[float, float, float]] | None = [] if scene.sensor == "s2" else None
+    band_paths = {b.path for b in scene.bands.values()}
     for path in [] if scene.from_item else scene.paths:
         try:
             with rasterio.open(gdal_path(signed(path, signer))) as src:
@@ -526,7 +527,7 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
                 elif reason:
                     return {"error": f"truncated file: {reason}; product {scene.product_id} skipped",
                             "error_paths": [path]}
-                if decode is not None:
+                if decode is not None and path in band_paths:
                     file_decode = decode_rows(src, path) if reason == "" else None
                     decode = None if file_decode is None else decode + file_decode
         except (RasterioError, OSError) as err:
@@ -586,7 +587,8 @@ def missing_bytes(src: Any, path: str) -> str | None:
                 return None  # this GDAL does not say: decode instead
             bidx, row, col, offset, length = block
             if offset + length > size:
-                return f"block (row {row}, column {col}) of band {bidx} ends at byte {offset + length}, the file has {size} bytes"
+                return (f"block (row {row}, column {col}) of band {bidx} ends at byte {offset + length}, "
+                        f"the file has {size} bytes")
         return ""
     if src.driver in JP2_DRIVERS:
         return jp2_missing_bytes(path)

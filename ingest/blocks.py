@@ -117,6 +117,8 @@ def jp2_tile_rows(path: str) -> list[tuple[int, int, int]] | None:
         if siz is None:
             return None
         xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz = siz
+        if xtsiz == 0 or ytsiz == 0 or xsiz <= xtosiz or ysiz <= ytosiz:
+            return None  # a SIZ cut short or not ISO 15444-1's
         tiles_x = math.ceil((xsiz - xtosiz) / xtsiz)
         tile_rows = math.ceil((ysiz - ytosiz) / ytsiz)
         nbytes = [0] * tile_rows

@@ -64,3 +64,18 @@ def test_jp2_tile_parts_of_real_sentinel2_bands(real_data) -> None:
             assert len(rows) == -(-height // src.block_shapes[0][0]), path
         assert rows[0][0] == 0 and rows[-1][1] == height and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
         assert 0.98 * path.stat().st_size < sum(n for *_, n in rows) < path.stat().st_size, path
+
+
+def test_a_broken_jpeg2000_gives_no_profile_and_no_exception(tmp_path) -> None:
+    """A file cut short or not a codestream: None (the scene is then balanced by valid area;
+    the truncation check and pixel reads say what is wrong with it)."""
+    path = _write(tmp_path / "band.jp2", "JP2OpenJPEG", QUALITY=100, REVERSIBLE="YES", BLOCKXSIZE=64, BLOCKYSIZE=64)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.jp2"
+    cut.write_bytes(data[: len(data) // 2])
+    assert jp2_tile_rows(str(cut)) is None
+    junk = tmp_path / "junk.j2k"
+    junk.write_bytes(b"\xff\x4f\xff\x51\x00\x29" + bytes(60))  # SOC, then a SIZ of zeros
+    assert jp2_tile_rows(str(junk)) is None
+    junk.write_bytes(b"\xff\x4f" + bytes(10))
+    assert jp2_tile_rows(str(junk)) is None

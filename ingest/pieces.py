@@ -20,9 +20,9 @@ becomes a *piece*:
 A piece's pixels are stored as its member entries already encoded
 (:func:`~eoforge.shards.encoding.encode_entry`, one frame each), so writing a shard later
 only concatenates them (:mod:`.materialize`). Frames go to ``DS/staging/<task>.bin`` and the
-piece index to ``DS/staging/<task>.pieces.arrow`` (:func:`load_pieces`); what outlives the staging folder goes to
-``DS/task-reports/read/<task>.json`` (errors, counts) and ``<task>.stats.npz`` (S2 statistics
-of the train tiles). Every file is written ``.tmp`` + rename, the index last: its presence,
+piece index to ``DS/staging/<task>.pieces.arrow`` (:func:`load_pieces`); what outlives the
+staging folder goes to ``DS/task-reports/read/<task>.json`` (errors, counts) and
+``<task>.stats.npz`` (S2 statistics of the train tiles). Every file is written ``.tmp`` + rename, the index last: its presence,
 with the frame file and the index at the sizes the report recorded, marks the task done for
 a resumed run (nothing is fsynced; a machine crash may cut files short).
 
@@ -432,16 +432,20 @@ def complete_report(report_path: Path, files: dict[str, Path]) -> dict[str, Any]
     return report if all(report.get(key) == file_size(path) for key, path in files.items()) else None
 
 
-def finished_read(out: str | os.PathLike[str], task: ReadTask) -> ReadReport | None:
-    """The report of a finished read task whose pieces are staged, or None when its frame
-    file or index (written last) is missing or not the recorded size, or it read other tiles.
-    Some of its frames may have been released since (:func:`released_tiles`)."""
+def finished_read(out: str | os.PathLike[str], task: ReadTask, *, staged: bool = True) -> ReadReport | None:
+    """The report of a finished read task, or None when there is none, it does not parse, or
+    it read other tiles (the scene was cut elsewhere). With ``staged`` its pieces must be
+    staged too: the frame file and the index (written last) at the sizes the report
+    recorded. Some of its frames may have been released since (:func:`released_tiles`)."""
     frames_path, index_path = staging_paths(out, task.name)
-    report = complete_report(read_report_paths(out, task.name)[0],
-                             {"frames_bytes": frames_path, "index_bytes": index_path})
+    files = {"frames_bytes": frames_path, "index_bytes": index_path} if staged else {}
+    report = complete_report(read_report_paths(out, task.name)[0], files)
     if report is None or report.get("tiles_digest") != tiles_digest(task.tiles):
         return None
-    return ReadReport.from_json(report)
+    try:
+        return ReadReport.from_json(report)
+    except (KeyError, TypeError, ValueError):  # a report of another shape: read again
+        return None
 
 
 def released_marker(out: str | os.PathLike[str], task: str) -> Path:

@@ -53,7 +53,7 @@ from eoforge.ingest.materialize import (
 )
 from eoforge.ingest.pieces import (
     STAGING, ReadReport, file_size, finished_read, read_report_paths, read_source, released_tiles, remove_staged,
-    staging_paths, tiles_digest,
+    staging_paths,
 )
 from eoforge.ingest.plan import (
     ReadTask, ShardJob, plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan,
@@ -317,9 +317,8 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
     results: dict[str, ReadReport] = {}
     todo = []
     for r in reads:
-        report_path = read_report_paths(out, r.name)[0]
         needed = needed_tiles.intersection(r.tiles)
-        if not needed and (report := _read_report(report_path)) is not None and report.tiles_digest == tiles_digest(r.tiles):
+        if not needed and (report := finished_read(out, r, staged=False)) is not None:
             results[r.name] = report  # its pieces are in finished shards
         elif (done := finished_read(out, r)) is not None and not needed & released_tiles(out, r.name):
             results[r.name] = done
@@ -345,13 +344,6 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
         if r.name in results:
             errors += results[r.name].errors
     return results, failed
-
-
-def _read_report(path: Path) -> ReadReport | None:
-    try:
-        return ReadReport.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _run_shards(engine: Engine, pending: list[ShardJob], reads: list[ReadTask], failed_reads: set[str],

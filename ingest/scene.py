@@ -29,8 +29,7 @@ SCENES_SCHEMA = pa.schema([
     ("taxonomy", pa.string()), ("crs_wkt", pa.string()), ("epsg", pa.int64()), ("bounds", pa.list_(pa.float64())),
     ("footprint", pa.binary()), ("paths", pa.list_(pa.string())), ("nbytes", pa.int64()), ("sidecar", pa.string()),
     ("from_item", pa.bool_()), ("bands", pa.string()), ("valid_profile", pa.binary()),
-    ("decode_rows", pa.binary()), ("source_id", pa.string()),
-    ("scene", pa.int64()),
+    ("decode_rows", pa.binary()), ("source_id", pa.string()), ("scene", pa.int64()),
 ])
 
 

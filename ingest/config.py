@@ -55,7 +55,12 @@ class IngestConfig:
             least as many scenes of that kind as workers, else ceil(workers / scenes) tasks,
             an S2 scene's cut where its valid area (from the scan probe) is shared equally.
         read_window_tiles: most tiles one window read spans along a tile row (bounds a
-            task's pixel buffers; GDAL's block cache keeps the source blocks between rows).
+            task's pixel buffers: 13 bands x 264 x 48 x 264 px x 2 B = 87 MB at the defaults,
+            twice that in a task with threads). 48 holds a whole row of an S2 product (42 tiles
+            of 264 px), so one request spans a row of its blocks, which GDAL decodes in
+            parallel in a task with threads; GDAL's block cache keeps them between tile rows.
+            Warped sources' pixels depend in their last bits on the windows (GDAL's
+            approximate transformer), so a dataset's bytes depend on this setting.
         plan_region_tiles: a plan region is a block of this many x this many grid tiles
             of one UTM zone (id ``{zone:02d}{hemi}_{col // R}_{row // R}``, 64 tiles of
             2.64 km: ~169 km square). The dry-run report (``--dry-run``) breaks its counts
@@ -105,7 +110,7 @@ class IngestConfig:
     val_fraction: float = 0.1
     split_block_tiles: int = 8
     read_task_rows: int | None = None
-    read_window_tiles: int = 16
+    read_window_tiles: int = 48
     plan_region_tiles: int = 64
     staging_budget_gb: float = 64.0
     samples_per_shard: int = 64

@@ -39,6 +39,7 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -247,26 +248,36 @@ def read_classes(cache: SourceCache, scene: Scene, target: TargetGrid) -> np.nda
 
 
 def row_windows(tiles: list[TileId], config: IngestConfig) -> Iterator[tuple[TargetGrid, list[tuple[TileId, slice]]]]:
-    """Windows of one tile row each (adjacent tiles, at most ``read_window_tiles``), in the
-    order of ``tiles`` (:func:`~eoforge.ingest.plan.read_order`), with each tile's columns."""
+    """Windows of one tile row each, in the order of ``tiles``
+    (:func:`~eoforge.ingest.plan.read_order`), with each tile's columns: a run of adjacent
+    tiles longer than ``read_window_tiles`` is cut into windows of about equal width (100
+    tiles at 48: 33 + 33 + 34). The windows depend on the task's tiles in each row only, not
+    on how its scene was split into parts or on its threads: warped sources' pixels depend
+    in their last bits on the window (GDAL's approximate transformer), and a dataset's bytes
+    must not depend on the workers."""
     n = config.tile_size_px
     tile_m = n * config.resolution_m
-    run: list[TileId] = []
+    limit = config.read_window_tiles
 
-    def window() -> tuple[TargetGrid, list[tuple[TileId, slice]]]:
+    def window(run: list[TileId]) -> tuple[TargetGrid, list[tuple[TileId, slice]]]:
         c0 = run[0].col
         transform = Affine(config.resolution_m, 0.0, c0 * tile_m, 0.0, -config.resolution_m, (run[0].row + 1) * tile_m)
         grid = TargetGrid(run[0].epsg, transform, (run[-1].col - c0 + 1) * n, n)
         return grid, [(t, slice((t.col - c0) * n, (t.col - c0 + 1) * n)) for t in run]
 
+    def windows(run: list[TileId]) -> Iterator[tuple[TargetGrid, list[tuple[TileId, slice]]]]:
+        count = -(-len(run) // limit)
+        for k in range(count):
+            yield window(run[k * len(run) // count:(k + 1) * len(run) // count])
+
+    run: list[TileId] = []
     for t in tiles:
-        if run and ((t.epsg, t.row) != (run[-1].epsg, run[-1].row) or t.col != run[-1].col + 1
-                    or len(run) == config.read_window_tiles):
-            yield window()
+        if run and ((t.epsg, t.row) != (run[-1].epsg, run[-1].row) or t.col != run[-1].col + 1):
+            yield from windows(run)
             run = []
         run.append(t)
     if run:
-        yield window()
+        yield from windows(run)
 
 
 class _Frames:
@@ -295,12 +306,59 @@ class _Frames:
         self.tmp.unlink(missing_ok=True)
 
 
+class _Cutter:
+    """Cuts each window a task reads into its tiles' pieces (:meth:`_Pieces.piece`, frames
+    appended in read order either way).
+
+    With ``overlap`` (a task given more than one core, :attr:`ReadTask.threads`) a helper
+    thread cuts window k while the task's thread reads window k + 1: GDAL and OpenCV release
+    the GIL while they decode and resample, zstd while it encodes. One window at most is
+    pending, so a source's two window buffers suffice."""
+
+    def __init__(self, source: _Pieces, frames: _Frames, train: Mapping[str, bool], overlap: bool) -> None:
+        self.source = source
+        self.frames = frames
+        self.train = train
+        self.pieces: dict[str, Piece] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="eoforge-cut") if overlap else None
+        self._pending: Future[None] | None = None
+
+    def _cut(self, data: Any, cut: list[tuple[TileId, slice]]) -> None:
+        for tile, cols in cut:
+            key = str(tile)
+            self.pieces[key] = self.source.piece(data, cols, self.train[key], self.frames)
+
+    def put(self, data: Any, cut: list[tuple[TileId, slice]]) -> None:
+        """Cut the window ``data`` into the tiles ``cut`` (tile, its columns in the window)."""
+        if self._pool is None:
+            self._cut(data, cut)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self._cut, data, cut)
+
+    def wait(self) -> None:
+        """Until the pending window is cut; its error, if it raised, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Cutter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # before the frame file is committed or dropped
+        if kind is None:
+            self.wait()
+
+
 class _Pieces(ABC):
     """What one kind of source makes of a window and of each tile in it."""
 
-    def __init__(self, scene: Scene, config: IngestConfig) -> None:
+    def __init__(self, scene: Scene, config: IngestConfig, buffers: int = 1) -> None:
         self.scene = scene
         self.config = config
+        self.buffers = buffers  # windows in flight: 2 when a helper thread cuts (:class:`_Cutter`)
         self.pixels = float(config.tile_size_px ** 2)
         self.stats = DatasetStats(pixel_stride=config.stats_pixel_stride)
 
@@ -319,24 +377,27 @@ class _Pieces(ABC):
 
 
 class _S2Pieces(_Pieces):
-    def __init__(self, scene: Scene, config: IngestConfig) -> None:
-        super().__init__(scene, config)
+    def __init__(self, scene: Scene, config: IngestConfig, buffers: int = 1) -> None:
+        super().__init__(scene, config, buffers)
         self.filled = np.zeros(len(S2_BAND_NAMES), dtype=np.int64)
         self.read_pixels = 0
         # read_s2 zeroed every band where any band lacks data, so one band tells validity
         self.ref_band = next(i for i, b in enumerate(S2_BAND_NAMES) if b in scene.bands)
         self.cloud_lut = np.zeros(256, bool)  # SCL class -> counts as cloud
         self.cloud_lut[list(config.cloud_classes)] = True
-        self._buffer = np.empty(0, dtype=np.uint16)
+        # Window buffers used in turn: with a helper thread cutting pieces (:class:`_Cutter`),
+        # the next window is read into one while the other is still being cut.
+        self._buffers = [np.empty(0, dtype=np.uint16) for _ in range(buffers)]
 
     def read(self, cache: SourceCache, target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:
         self.read_pixels += target.width * target.height
         # One buffer for every window of the task: a fresh 70+ MB array per window would be
         # mapped and page-faulted anew each time (it is above glibc's mmap threshold).
         size = len(S2_BAND_NAMES) * target.height * target.width
-        if self._buffer.size < size:
-            self._buffer = np.empty(size, dtype=np.uint16)
-        stack = self._buffer[:size].reshape(len(S2_BAND_NAMES), target.height, target.width)
+        self._buffers.append(self._buffers.pop(0))
+        if self._buffers[0].size < size:
+            self._buffers[0] = np.empty(size, dtype=np.uint16)
+        stack = self._buffers[0][:size].reshape(len(S2_BAND_NAMES), target.height, target.width)
         return read_s2(cache, self.scene, target, self.filled, stack)
 
     def piece(self, data: tuple[np.ndarray, np.ndarray | None], cols: slice, train: bool,
@@ -391,8 +452,8 @@ class _S1Pieces(_Pieces):
 
 
 class _LandcoverPieces(_Pieces):
-    def __init__(self, scene: Scene, config: IngestConfig) -> None:
-        super().__init__(scene, config)
+    def __init__(self, scene: Scene, config: IngestConfig, buffers: int = 1) -> None:
+        super().__init__(scene, config, buffers)
         self.taxonomy = TAXONOMIES[str(scene.taxonomy)]
         self.lookup = self.taxonomy.lookup()
 
@@ -563,15 +624,16 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
     cfg = IngestConfig.from_dict(config)
     frames_path, index_path = staging_paths(out, name)
     report_path, stats_path = read_report_paths(out, name)
-    source = _KINDS[task.kind](scene, cfg)
+    source = _KINDS[task.kind](scene, cfg, buffers=2 if task.threads > 1 else 1)
     tiles = [TileId.parse(t) for t in task.tiles]
     train = dict(zip(task.tiles, task.train))
-    pieces: dict[str, Piece] = {}
     errors: list[ErrorRow] = []
     frames = _Frames(frames_path)
+    threads = max(cfg.gdal_threads, task.threads)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), GDAL_NUM_THREADS=str(cfg.gdal_threads),
-                          **GDAL_READ_ENV), SourceCache(cfg.href_signer) as cache:
+        with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), GDAL_NUM_THREADS=str(threads),
+                          **GDAL_READ_ENV), SourceCache(cfg.href_signer, threads=task.threads) as cache, \
+                _Cutter(source, frames, train, overlap=task.threads > 1) as cutter:
             for target, cut in row_windows(tiles, cfg):
                 try:
                     data = source.read(cache, target)
@@ -580,13 +642,13 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
                     errors.append(ErrorRow(scene.paths[0], "materialize",
                                            f"read failed (truncated or corrupt file?): {err}{cause}", scene.product_id))
                     break  # the tiles after this window get no piece (counted when shards are written)
-                for tile, cols in cut:
-                    pieces[str(tile)] = source.piece(data, cols, train[str(tile)], frames)
+                cutter.put(data, cut)
                 del data
         frames.commit()
     except BaseException:
         frames.abort()
         raise
+    pieces = cutter.pieces
     broken = source.check()
     if broken:
         errors.append(ErrorRow(broken[0], "materialize", broken[1], scene.product_id))

@@ -55,10 +55,10 @@ class SourceCache:
     """Open datasets of one task, reused across the task's windows (GDAL's block cache then
     serves neighbouring windows); closed at the end of the task."""
 
-    def __init__(self, signer: str | None = None) -> None:
-        # one single-threaded Dask worker per core: OpenCV's upsampling gets no thread pool of
-        # its own (set here, where a read starts, not when the module is imported)
-        cv2.setNumThreads(1)
+    def __init__(self, signer: str | None = None, threads: int = 1) -> None:
+        # one single-threaded Dask worker per core: OpenCV's upsampling gets no more threads
+        # than the task has cores (set here, where a read starts, not when the module is imported)
+        cv2.setNumThreads(threads)
         self._signer = signer  # IngestConfig.href_signer: STAC asset URLs signed when opened
         self._open: dict[str, Any] = {}
         self._epsg: dict[str, int | None] = {}

@@ -22,7 +22,8 @@ from eoforge.ingest.pieces import (
     write_piece_index,
 )
 from eoforge.ingest.plan import (
-    TILE_WORK_MS, PlanRow, ReadTask, balanced_cuts, part_work, plan_reads, read_order, tile_row_work,
+    MAX_READ_THREADS, TILE_WORK_MS, PlanRow, ReadTask, balanced_cuts, part_work, plan_reads, read_order,
+    split_read, tile_row_work,
 )
 from eoforge.ingest.scan import valid_profile
 from eoforge.ingest.scene import Scene
@@ -148,14 +149,18 @@ def test_read_tasks_walk_each_source_north_to_south_in_balanced_parts() -> None:
         tasks = plan_reads(two_scenes, auto, workers=workers)
         pairs = [(t.kind, t.scene, tile) for t in tasks for tile in t.tiles]
         assert len(pairs) == len(set(pairs)) == 3 * len(tiles)
-    # windows: one per tile row, split at gaps and at read_window_tiles
+    # windows: one per tile row, split at gaps, and runs longer than read_window_tiles into
+    # windows of about equal width
     gap = [TileId(32, "n", c, 100) for c in (1, 2, 3, 5, 6)]
     windows = list(row_windows(gap, IngestConfig(tile_size_px=16, read_window_tiles=2)))
     assert [[str(t) for t, _ in cut] for _, cut in windows] == [
-        ["32n_00001_00100", "32n_00002_00100"], ["32n_00003_00100"], ["32n_00005_00100", "32n_00006_00100"]]
+        ["32n_00001_00100"], ["32n_00002_00100", "32n_00003_00100"], ["32n_00005_00100", "32n_00006_00100"]]
     grid, cut = windows[2]
     assert (grid.width, grid.height, grid.transform.c, grid.transform.f) == (32, 16, 5 * 160.0, 101 * 160.0)
     assert cut[1][1] == slice(16, 32)
+    long_row = [TileId(32, "n", c, 100) for c in range(42)]
+    assert [len(cut) for _, cut in row_windows(long_row, IngestConfig(read_window_tiles=16))] == [14, 14, 14]
+    assert [len(cut) for _, cut in row_windows(long_row, IngestConfig())] == [42]  # a whole S2 row
 
 
 def test_a_split_scene_is_cut_where_its_valid_area_is_halved() -> None:
@@ -206,6 +211,53 @@ def test_a_split_scene_is_cut_where_its_decoding_is_shared() -> None:
     assert [len(t.tiles) for t in plan_reads(rows, auto, workers=2, scenes={0: scene})] == [12, 16]
     valid_only = dataclasses.replace(scene, decode_rows=None)
     assert [len(t.tiles) for t in plan_reads(rows, auto, workers=2, scenes={0: valid_only})] == [16, 12]
+
+
+def _bench_like_scene(decode_s: float) -> tuple[list[PlanRow], Scene, list[list[TileId]]]:
+    """42 x 42 fully valid tiles of 264 px over one 10980 px S2 scene whose band files take
+    ``decode_s`` to decode, in blocks of 1024 px as the bench's scene: 45 % in the 10 m
+    bands' block rows (1024 px), 50 % in the 20 m bands' (2048 px at 10 m), 5 % in the 60 m
+    bands' (6144 px)."""
+    tiles = [TileId(32, "n", c, r) for r in range(100, 142) for c in range(10, 52)]
+    rows = [_plan_row(tile_id=str(t), split="train", s2_scene=0, landcover_scenes=()) for t in tiles]
+    grid = IngestConfig().grid
+    left, bottom = grid.bounds(TileId(32, "n", 10, 100))[:2]
+    right, top = grid.bounds(TileId(32, "n", 51, 141))[2:]
+    blocks = []
+    for share, block_px in ((0.45, 1024), (0.50, 2048), (0.05, 6144)):
+        edges = [*np.arange(0, 10980, block_px) / 10980, 1.0]
+        blocks += [(a, b, 1000 * decode_s * share * (b - a)) for a, b in zip(edges[:-1], edges[1:])]
+    scene = Scene(sensor="s2", product_id="S2", location="S2", datetime="2023-06-01T10:00:00Z", crs_wkt="",
+                  epsg=32632, bounds=(left, bottom, right, top), footprint=b"", paths=("S2",),
+                  valid_profile=bytes([100] * 64), decode_rows=np.array(blocks, np.float32).tobytes(), number=0)
+    tile_rows = [[TileId(32, "n", c, r) for c in range(10, 52)] for r in range(141, 99, -1)]
+    return rows, scene, tile_rows
+
+
+def test_a_scene_decoding_dominates_is_read_with_threads_instead_of_parts() -> None:
+    """The bench's two layouts of one scene: the JPEG 2000 one (~80 s of decoding) is read by
+    one task with two threads (parts would decode the block row they share twice), the
+    DEFLATE one (~5 s) in two single-threaded parts (threads would leave the rest of the
+    work, QA, encoding, statistics, to one core)."""
+    auto = IngestConfig()
+    jp2_rows, jp2, tile_rows = _bench_like_scene(80.4)
+    tasks = plan_reads(jp2_rows, auto, workers=2, scenes={0: jp2})
+    assert [(t.name, t.threads, len(t.tiles)) for t in tasks] == [("s2-000000-w000-000of001", 2, 42 * 42)]
+    cog_rows, cog, _ = _bench_like_scene(4.8)
+    tasks = plan_reads(cog_rows, auto, workers=2, scenes={0: cog})
+    assert [(t.threads, len(t.tiles) % 42) for t in tasks] == [(1, 0), (1, 0)] and len(tasks) == 2
+    assert [t.threads for t in plan_reads(jp2_rows, auto, workers=1, scenes={0: jp2})] == [1]  # one core: no threads
+    # the estimates behind it: the slowest part of each split
+    work = part_work(tile_rows, jp2, auto.grid)
+    parts, threads, cuts = split_read(42, 2, work)
+    assert (parts, threads, cuts) == (1, 2, [0, 42])
+    assert work(0, 42, 2) < min(max(work(0, c), work(c, 42)) for c in range(1, 42))
+    # 8 cores: at most MAX_READ_THREADS threads a task, the parts sharing the rest
+    parts, threads, cuts = split_read(42, 8, work)
+    assert threads <= MAX_READ_THREADS and parts * threads <= 8 and cuts[0] == 0 and cuts[-1] == 42
+    # equal estimates: fewer threads (a decode-free scene gains nothing from them)
+    flat = lambda i, j, threads=1: float(j - i)  # noqa: E731
+    assert split_read(4, 2, flat) == (2, 1, [0, 2, 4])
 
 
 def test_valid_profile_and_balanced_cuts() -> None:
@@ -264,3 +316,72 @@ def test_a_shard_task_loads_only_its_pieces_from_a_staged_index(tmp_path) -> Non
     some = load_pieces(tmp_path, "s2-000003-w000-000of001", ["32n_00013_00106", "32n_00011_00106"])
     assert sorted(some) == ["32n_00011_00106", "32n_00013_00106"]
     assert some["32n_00013_00106"].counts == (0, 5, 1 << 40)
+
+
+def _demo_s2_read(demo_raw, out) -> tuple[ReadTask, Scene]:
+    """The demo's S2 read task with the most tiles, and its scene (from a dry run's plan)."""
+    import pyarrow.parquet as pq
+    from conftest import DEMO_INGEST
+
+    from eoforge.ingest.pipeline import run_ingest
+    from eoforge.ingest.plan import plan_rows
+
+    config = IngestConfig(**DEMO_INGEST)
+    run_ingest([str(demo_raw)], out, config=config, workers=1, progress=False, dry_run=True)
+    scenes = {s.number: s for s in map(Scene.from_row, pq.read_table(out / "scenes.parquet").to_pylist())}
+    tasks = [t for t in plan_reads(plan_rows(pq.read_table(out / "plan.parquet")), config) if t.kind == "s2"]
+    task = max(tasks, key=lambda t: len(t.tiles))
+    return task, scenes[task.scene]
+
+
+def test_a_read_task_with_threads_stages_the_same_bytes(demo_raw, tmp_path) -> None:
+    """A task given two threads (GDAL decoding, and a helper thread cutting one window while
+    the next is read, whole tile rows) stages byte for byte the frames, the piece index, the
+    report counts and the statistics of the same task run in one thread."""
+    from conftest import DEMO_INGEST
+
+    from eoforge.ingest.pieces import read_source
+
+    task, scene = _demo_s2_read(demo_raw, tmp_path / "plan")
+    config = IngestConfig(**DEMO_INGEST).to_dict()
+    staged = {}
+    for threads in (1, 2):
+        out = tmp_path / f"threads-{threads}"
+        report = read_source(dataclasses.replace(task, threads=threads), scene, config, str(out))
+        frames, index = staging_paths(out, task.name)
+        stats = read_report_paths(out, task.name)[1]
+        staged[threads] = (report.counts, report.frames_bytes, frames.read_bytes(), index.read_bytes(),
+                           dict(np.load(stats)))
+    one, two = staged[1], staged[2]
+    assert one[0] == two[0] and one[0].get("ok", 0) > 10
+    assert one[1] == two[1] > 0 and one[2] == two[2] and one[3] == two[3]
+    assert one[4].keys() == two[4].keys() and all(np.array_equal(one[4][k], two[4][k]) for k in one[4])
+
+
+def test_a_piece_that_fails_in_the_helper_thread_fails_the_task_and_stages_nothing(demo_raw, tmp_path,
+                                                                                  monkeypatch) -> None:
+    """Fault injected in the cutting thread (the third window): the task raises that error, as
+    the one-thread task would, and leaves no frame file, index or report behind (a rerun reads
+    again)."""
+    from conftest import DEMO_INGEST
+
+    from eoforge.ingest import pieces as pieces_module
+
+    task, scene = _demo_s2_read(demo_raw, tmp_path / "plan")
+    calls = []
+    real_piece = pieces_module._S2Pieces.piece
+
+    def failing_piece(self, data, cols, train, frames):
+        calls.append(cols)
+        if len(calls) == 3:
+            raise OSError("disk full (injected)")
+        return real_piece(self, data, cols, train, frames)
+
+    monkeypatch.setattr(pieces_module._S2Pieces, "piece", failing_piece)
+    out = tmp_path / "ds"
+    with pytest.raises(OSError, match="injected"):
+        pieces_module.read_source(dataclasses.replace(task, threads=2), scene, IngestConfig(**DEMO_INGEST).to_dict(),
+                                  str(out))
+    staging = out / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert not read_report_paths(out, task.name)[0].exists()

@@ -53,12 +53,11 @@ class IngestConfig:
             as two tasks, measured). None (the default): enough tasks to keep the workers
             busy: every scene of a kind (S2, S1, land cover) is one task when there are at
             least as many scenes of that kind as workers, else ceil(workers / scenes) tasks,
-            an S2 scene's cut where its valid area (from the scan probe) is shared equally.
+            an S2 scene's cut where its estimated work (valid area from the scan probe,
+            decoding from the files' block sizes) is shared equally, or, when decoding
+            dominates it (JPEG 2000), fewer tasks with several threads each.
         read_window_tiles: most tiles one window read spans along a tile row (bounds a
-            task's pixel buffers: 13 bands x 264 x 48 x 264 px x 2 B = 87 MB at the defaults,
-            twice that in a task with threads). 48 holds a whole row of an S2 product (42 tiles
-            of 264 px), so one request spans a row of its blocks, which GDAL decodes in
-            parallel in a task with threads; GDAL's block cache keeps them between tile rows.
+            task's pixel buffers; GDAL's block cache keeps the source blocks between rows).
             Warped sources' pixels depend in their last bits on the windows (GDAL's
             approximate transformer), so a dataset's bytes depend on this setting.
         plan_region_tiles: a plan region is a block of this many x this many grid tiles
@@ -85,7 +84,9 @@ class IngestConfig:
             S2 product in 1024 px blocks: ~350 MB).
         gdal_threads: threads GDAL may use to decode one read (``GDAL_NUM_THREADS``; JPEG2000
             decodes its tiles in parallel, by default on every core). 1: the Dask workers are
-            the parallelism, one core each, as their ``nthreads`` says.
+            the parallelism, one core each, as their ``nthreads`` says; a read task that the
+            plan gives more cores (a JPEG 2000 scene with fewer scenes than workers,
+            ``ReadTask.threads``) uses those.
         href_signer: a function that signs the hrefs of STAC assets before GDAL opens them,
             as ``module:function`` or ``path/to/file.py:function`` taking and returning a
             URL string (Planetary Computer: ``planetary_computer:sign``). Called in the
@@ -110,7 +111,7 @@ class IngestConfig:
     val_fraction: float = 0.1
     split_block_tiles: int = 8
     read_task_rows: int | None = None
-    read_window_tiles: int = 48
+    read_window_tiles: int = 16
     plan_region_tiles: int = 64
     staging_budget_gb: float = 64.0
     samples_per_shard: int = 64

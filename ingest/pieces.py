@@ -26,8 +26,16 @@ staging folder goes to ``DS/task-reports/read/<task>.json`` (errors, counts) and
 with the frame file and the index at the sizes the report recorded, marks the task done for
 a resumed run (nothing is fsynced; a machine crash may cut files short).
 
+A task given several cores (:attr:`~eoforge.ingest.plan.ReadTask.threads`: a JPEG 2000 scene
+with fewer scenes than workers) decodes with as many GDAL threads, has each tile row's
+source blocks decoded in one request before its windows are read
+(:class:`~eoforge.ingest.read.BlockPrefetch`), and cuts window k into pieces in a helper
+thread while window k + 1 is read (:class:`_Cutter`); its frames, index and statistics are
+byte for byte those of the same task in one thread.
+
 Memory per task: one row window of every band (13 x 264 x 264 x 16 tiles x 2 B = 29 MB at the
-defaults) and GDAL's block cache (``gdal_cache_mb``); neither grows with the scene.
+defaults; two in a task with threads) and GDAL's block cache (``gdal_cache_mb``); neither
+grows with the scene.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,7 +65,7 @@ from rasterio.errors import RasterioError
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.errors import ErrorRow
-from eoforge.ingest.read import GDAL_READ_ENV, SourceCache, TargetGrid, read_band
+from eoforge.ingest.read import GDAL_READ_ENV, BlockPrefetch, SourceCache, TargetGrid, read_band
 from eoforge.shards.atomic import atomic_path, publish, write_text_atomic
 from eoforge.shards.encoding import encode_entry
 from eoforge.shards.keys import TileId
@@ -248,36 +256,38 @@ def read_classes(cache: SourceCache, scene: Scene, target: TargetGrid) -> np.nda
 
 
 def row_windows(tiles: list[TileId], config: IngestConfig) -> Iterator[tuple[TargetGrid, list[tuple[TileId, slice]]]]:
-    """Windows of one tile row each, in the order of ``tiles``
-    (:func:`~eoforge.ingest.plan.read_order`), with each tile's columns: a run of adjacent
-    tiles longer than ``read_window_tiles`` is cut into windows of about equal width (100
-    tiles at 48: 33 + 33 + 34). The windows depend on the task's tiles in each row only, not
-    on how its scene was split into parts or on its threads: warped sources' pixels depend
-    in their last bits on the window (GDAL's approximate transformer), and a dataset's bytes
-    must not depend on the workers."""
+    """Windows of one tile row each (adjacent tiles, at most ``read_window_tiles``), in the
+    order of ``tiles`` (:func:`~eoforge.ingest.plan.read_order`), with each tile's columns.
+    They depend on the task's tiles in each row only, never on how its scene was split or
+    on its threads: warped sources' pixels depend in their last bits on the window (GDAL's
+    approximate transformer), and a dataset's bytes must not depend on the workers."""
     n = config.tile_size_px
     tile_m = n * config.resolution_m
-    limit = config.read_window_tiles
+    run: list[TileId] = []
 
-    def window(run: list[TileId]) -> tuple[TargetGrid, list[tuple[TileId, slice]]]:
+    def window() -> tuple[TargetGrid, list[tuple[TileId, slice]]]:
         c0 = run[0].col
         transform = Affine(config.resolution_m, 0.0, c0 * tile_m, 0.0, -config.resolution_m, (run[0].row + 1) * tile_m)
         grid = TargetGrid(run[0].epsg, transform, (run[-1].col - c0 + 1) * n, n)
         return grid, [(t, slice((t.col - c0) * n, (t.col - c0 + 1) * n)) for t in run]
 
-    def windows(run: list[TileId]) -> Iterator[tuple[TargetGrid, list[tuple[TileId, slice]]]]:
-        count = -(-len(run) // limit)
-        for k in range(count):
-            yield window(run[k * len(run) // count:(k + 1) * len(run) // count])
-
-    run: list[TileId] = []
     for t in tiles:
-        if run and ((t.epsg, t.row) != (run[-1].epsg, run[-1].row) or t.col != run[-1].col + 1):
-            yield from windows(run)
+        if run and ((t.epsg, t.row) != (run[-1].epsg, run[-1].row) or t.col != run[-1].col + 1
+                    or len(run) == config.read_window_tiles):
+            yield window()
             run = []
         run.append(t)
     if run:
-        yield from windows(run)
+        yield window()
+
+
+def tile_row_grid(tiles: list[TileId], config: IngestConfig) -> TargetGrid:
+    """The pixel grid of a row of tiles (one zone and grid row), from its first to its last."""
+    n = config.tile_size_px
+    tile_m = n * config.resolution_m
+    c0, c1 = min(t.col for t in tiles), max(t.col for t in tiles)
+    transform = Affine(config.resolution_m, 0.0, c0 * tile_m, 0.0, -config.resolution_m, (tiles[0].row + 1) * tile_m)
+    return TargetGrid(tiles[0].epsg, transform, (c1 - c0 + 1) * n, n)
 
 
 class _Frames:
@@ -366,6 +376,12 @@ class _Pieces(ABC):
     def read(self, cache: SourceCache, target: TargetGrid) -> Any:
         """The source's pixels on the window ``target``."""
 
+    def prefetch(self, cache: SourceCache, row: TargetGrid) -> None:
+        """Have GDAL decode, with its threads, the source blocks of the tile row ``row``
+        before its windows are read (:class:`~eoforge.ingest.read.BlockPrefetch`); by
+        default nothing: only S2 scenes are read with threads (:func:`~.plan.split_read`)."""
+        return None
+
     @abstractmethod
     def piece(self, data: Any, cols: slice, train: bool, frames: _Frames) -> Piece:
         """The piece of the tile at columns ``cols`` of the window (its frames put in ``frames``)."""
@@ -388,6 +404,7 @@ class _S2Pieces(_Pieces):
         # Window buffers used in turn: with a helper thread cutting pieces (:class:`_Cutter`),
         # the next window is read into one while the other is still being cut.
         self._buffers = [np.empty(0, dtype=np.uint16) for _ in range(buffers)]
+        self._prefetch = BlockPrefetch()
 
     def read(self, cache: SourceCache, target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:
         self.read_pixels += target.width * target.height
@@ -399,6 +416,10 @@ class _S2Pieces(_Pieces):
             self._buffers[0] = np.empty(size, dtype=np.uint16)
         stack = self._buffers[0][:size].reshape(len(S2_BAND_NAMES), target.height, target.width)
         return read_s2(cache, self.scene, target, self.filled, stack)
+
+    def prefetch(self, cache: SourceCache, row: TargetGrid) -> None:
+        for band in self.scene.bands.values():
+            self._prefetch.row(cache, band.path, band.index, row)
 
     def piece(self, data: tuple[np.ndarray, np.ndarray | None], cols: slice, train: bool,
               frames: _Frames) -> Piece:
@@ -634,8 +655,14 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
         with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * (1 << 20), GDAL_NUM_THREADS=str(threads),
                           **GDAL_READ_ENV), SourceCache(cfg.href_signer, threads=task.threads) as cache, \
                 _Cutter(source, frames, train, overlap=task.threads > 1) as cutter:
+            # a task with threads has each tile row's blocks decoded in one request first
+            row_tiles: dict[tuple[int, int], list[TileId]] = defaultdict(list)
+            for t in tiles if task.threads > 1 else ():
+                row_tiles[(t.epsg, t.row)].append(t)
             for target, cut in row_windows(tiles, cfg):
                 try:
+                    if (row := row_tiles.pop((cut[0][0].epsg, cut[0][0].row), None)) is not None:
+                        source.prefetch(cache, tile_row_grid(row, cfg))
                     data = source.read(cache, target)
                 except RasterioError as err:
                     cause = f": {err.__cause__}" if err.__cause__ else ""

@@ -24,8 +24,9 @@ From the scene inventory to one row per (tile, time step) in ``plan.parquet``:
    ``samples_per_shard``, so every shard mixes places and scenes from the whole area.
 10. **Reads** (:func:`plan_reads`): per source scene (S2, S1, land cover) the tiles it
     serves, north to south and west to east, in as few tasks as keep the workers busy (or
-    of ``read_task_rows`` tile rows): each source is read once, in raster order, whichever
-    shards its tiles go to.
+    of ``read_task_rows`` tile rows; a JPEG 2000 scene in one task with several threads
+    rather than parts, :func:`split_read`): each source is read once, in raster order,
+    whichever shards its tiles go to.
 
 How it scales (shards/DESIGN.md#scale): scenes are columns (:class:`Scenes`), candidate
 (tile, scene) pairs are NumPy arrays keyed by integer tile keys, dedup and season choice

@@ -173,6 +173,49 @@ def upsample(data: np.ndarray, ratio: int, resampling: Resampling, first_row: in
     return out
 
 
+def _aligned_window(src: Any, ratio: int, target: TargetGrid) -> tuple[int, int, Window]:
+    """(source column and row of the target's first pixel, the source window an aligned read
+    of ``target`` takes: its pixels plus a one-pixel halo when upsampling, clipped to the
+    source; empty when the source does not reach the target)."""
+    s, t = src.transform, target.transform
+    col0 = round((t.c - s.c) / s.a)
+    row0 = round((s.f - t.f) / -s.e)
+    halo = 1 if ratio > 1 else 0  # bilinear needs the neighbours of edge pixels
+    c0, r0 = max(col0 - halo, 0), max(row0 - halo, 0)
+    c1 = min(col0 + math.ceil(target.width / ratio) + halo, src.width)
+    r1 = min(row0 + math.ceil(target.height / ratio) + halo, src.height)
+    return col0, row0, Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
+
+
+class BlockPrefetch:
+    """Decodes the source blocks of a whole tile row in one request per band, each block row
+    once, before the row's windows are read: GDAL decodes the blocks of one request in
+    parallel (``GDAL_NUM_THREADS``; JPEG 2000 tile by tile), and a window of
+    ``read_window_tiles`` spans only 3-5 of them, too few to keep the threads busy. The
+    windows then read from the block cache. Aligned sources only; a read task with threads
+    uses it (:attr:`~eoforge.ingest.plan.ReadTask.threads`). The pixels do not change, only
+    when their blocks are decoded."""
+
+    def __init__(self) -> None:
+        self._decoded_to: dict[tuple[str, int], int] = {}  # (path, band) -> source rows decoded
+
+    def row(self, cache: SourceCache, path: str, index: int, target: TargetGrid) -> None:
+        src = cache.get(path)
+        ratio = _aligned_ratio(src, cache.epsg(path), target)
+        if ratio is None:
+            return
+        _, _, window = _aligned_window(src, ratio, target)
+        start = max(int(window.row_off), self._decoded_to.get((path, index), 0))
+        end = int(window.row_off + window.height)
+        if window.width <= 0 or start >= end:
+            return  # every block row this tile row needs is decoded already
+        # The rows not decoded yet, as wide as the tile row: GDAL decodes every block they
+        # touch, whole, in parallel, into its cache.
+        src.read(index, window=Window(window.col_off, start, window.width, end - start))
+        block_rows = src.block_shapes[index - 1][0]
+        self._decoded_to[(path, index)] = -(-end // block_rows) * block_rows
+
+
 def read_band(cache: SourceCache, path: str, index: int, target: TargetGrid, resampling: Resampling,
               dtype: str, src_nodata: float | None, fill: float, out: np.ndarray | None = None) -> np.ndarray:
     """Band ``index`` of ``path`` on ``target`` as ``dtype`` ``[height, width]``; ``fill``
@@ -183,18 +226,12 @@ def read_band(cache: SourceCache, path: str, index: int, target: TargetGrid, res
         out = np.empty((target.height, target.width), dtype=dtype)
     ratio = _aligned_ratio(src, cache.epsg(path), target)
     if ratio is not None:
-        s, t = src.transform, target.transform
-        col0 = round((t.c - s.c) / s.a)  # source pixel of the target's first column
-        row0 = round((s.f - t.f) / -s.e)
-        n_cols = math.ceil(target.width / ratio)
-        n_rows = math.ceil(target.height / ratio)
-        halo = 1 if ratio > 1 else 0  # bilinear needs the neighbours of edge pixels
-        c0, r0 = max(col0 - halo, 0), max(row0 - halo, 0)
-        c1, r1 = min(col0 + n_cols + halo, src.width), min(row0 + n_rows + halo, src.height)
-        if c1 <= c0 or r1 <= r0:
+        col0, row0, window = _aligned_window(src, ratio, target)  # col0, row0: the target's first pixel
+        if window.width <= 0 or window.height <= 0:
             out.fill(fill)
             return out
-        data = src.read(index, window=Window(c0, r0, c1 - c0, r1 - r0))
+        c0, r0 = int(window.col_off), int(window.row_off)
+        data = src.read(index, window=window)
         # Target pixels covered by the source, and where they start in ``data``.
         y0, x0 = max(0, -row0) * ratio, max(0, -col0) * ratio
         y1 = min(target.height, (src.height - row0) * ratio)

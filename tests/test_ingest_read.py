@@ -107,6 +107,56 @@ def test_aligned_read_equals_rasterio_at_the_same_coordinates(tmp_path) -> None:
             assert got[i, j] == np.rint(want), (i, j)
 
 
+class _RecordingCache(SourceCache):
+    """A source cache whose datasets record the windows they are asked to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[int, int, int, int]] = []
+
+    def get(self, path: str) -> Any:
+        dataset, reads = super().get(path), self.reads
+
+        class Recording:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(dataset, name)
+
+            def read(self, index: int, window: Window, **kwargs: Any) -> np.ndarray:
+                reads.append((int(window.col_off), int(window.row_off), int(window.width), int(window.height)))
+                return dataset.read(index, window=window, **kwargs)
+
+        return Recording()
+
+
+def test_block_prefetch_decodes_each_block_row_of_a_tile_row_once(tmp_path) -> None:
+    """A 20 m band in 128-row blocks under tile rows of 64 px at 10 m (32 source rows): the
+    first tile row of each block row asks for the rows not decoded yet, across the whole
+    tile row (one request, so GDAL decodes its blocks together); the other tile rows of
+    that block row ask for nothing. A tile row that crosses into a new block row asks only
+    for the rows past the decoded ones."""
+    from eoforge.ingest.read import BlockPrefetch
+
+    path = tmp_path / "b05.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=1, dtype="uint16", tiled=True,
+                       blockxsize=128, blockysize=128, crs="EPSG:32632",
+                       transform=Affine(20, 0, 500000, 0, -20, 5000000)) as dst:
+        dst.write(np.ones((1, 512, 512), np.uint16))
+    prefetch, cache = BlockPrefetch(), _RecordingCache()
+
+    def row(first_row_px: int) -> None:  # a tile row 64 px tall, 512 px wide at 10 m
+        target = TargetGrid(32632, Affine(10, 0, 500000, 0, -10, 5000000 - 10 * first_row_px), 512, 64)
+        prefetch.row(cache, str(path), 1, target)
+
+    row(0)  # source rows 0-32 (32 rows and a halo row): block row 0
+    assert cache.reads == [(0, 0, 257, 33)]
+    for first in (64, 128, 192):  # source rows 31-64, 63-96, 95-128: the last crosses into block row 1
+        row(first)
+    assert cache.reads == [(0, 0, 257, 33), (0, 128, 257, 1)]
+    row(256)  # source rows 127-160: decoded
+    assert len(cache.reads) == 2
+    cache.close()
+
+
 def _plan_row(**fields: Any) -> PlanRow:
     """A plan row with the given fields; the ones read tasks do not look at get placeholders."""
     return PlanRow(**{"epsg": 32632, "step": 0, "season": 0, "s2_product_id": "S2", "s2_datetime": "2023-06-01T10:00:00Z",
@@ -149,18 +199,14 @@ def test_read_tasks_walk_each_source_north_to_south_in_balanced_parts() -> None:
         tasks = plan_reads(two_scenes, auto, workers=workers)
         pairs = [(t.kind, t.scene, tile) for t in tasks for tile in t.tiles]
         assert len(pairs) == len(set(pairs)) == 3 * len(tiles)
-    # windows: one per tile row, split at gaps, and runs longer than read_window_tiles into
-    # windows of about equal width
+    # windows: one per tile row, split at gaps and at read_window_tiles
     gap = [TileId(32, "n", c, 100) for c in (1, 2, 3, 5, 6)]
     windows = list(row_windows(gap, IngestConfig(tile_size_px=16, read_window_tiles=2)))
     assert [[str(t) for t, _ in cut] for _, cut in windows] == [
-        ["32n_00001_00100"], ["32n_00002_00100", "32n_00003_00100"], ["32n_00005_00100", "32n_00006_00100"]]
+        ["32n_00001_00100", "32n_00002_00100"], ["32n_00003_00100"], ["32n_00005_00100", "32n_00006_00100"]]
     grid, cut = windows[2]
     assert (grid.width, grid.height, grid.transform.c, grid.transform.f) == (32, 16, 5 * 160.0, 101 * 160.0)
     assert cut[1][1] == slice(16, 32)
-    long_row = [TileId(32, "n", c, 100) for c in range(42)]
-    assert [len(cut) for _, cut in row_windows(long_row, IngestConfig(read_window_tiles=16))] == [14, 14, 14]
-    assert [len(cut) for _, cut in row_windows(long_row, IngestConfig())] == [42]  # a whole S2 row
 
 
 def test_a_split_scene_is_cut_where_its_valid_area_is_halved() -> None:
@@ -318,7 +364,7 @@ def test_a_shard_task_loads_only_its_pieces_from_a_staged_index(tmp_path) -> Non
     assert some["32n_00013_00106"].counts == (0, 5, 1 << 40)
 
 
-def _demo_s2_read(demo_raw, out) -> tuple[ReadTask, Scene]:
+def _demo_s2_read(raw, out) -> tuple[ReadTask, Scene]:
     """The demo's S2 read task with the most tiles, and its scene (from a dry run's plan)."""
     import pyarrow.parquet as pq
     from conftest import DEMO_INGEST
@@ -327,7 +373,7 @@ def _demo_s2_read(demo_raw, out) -> tuple[ReadTask, Scene]:
     from eoforge.ingest.plan import plan_rows
 
     config = IngestConfig(**DEMO_INGEST)
-    run_ingest([str(demo_raw)], out, config=config, workers=1, progress=False, dry_run=True)
+    run_ingest([str(raw)], out, config=config, workers=1, progress=False, dry_run=True)
     scenes = {s.number: s for s in map(Scene.from_row, pq.read_table(out / "scenes.parquet").to_pylist())}
     tasks = [t for t in plan_reads(plan_rows(pq.read_table(out / "plan.parquet")), config) if t.kind == "s2"]
     task = max(tasks, key=lambda t: len(t.tiles))
@@ -385,3 +431,4 @@ def test_a_piece_that_fails_in_the_helper_thread_fails_the_task_and_stages_nothi
     staging = out / "staging"
     assert not staging.exists() or list(staging.iterdir()) == []
     assert not read_report_paths(out, task.name)[0].exists()
+

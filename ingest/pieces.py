@@ -148,6 +148,7 @@ class ReadReport:
             resumed run tells that both are complete).
         tiles_digest: :func:`tiles_digest` of the task's tiles (a resumed run whose task of
             the same name reads other tiles, since its scene was cut elsewhere, reads again).
+        threads: the cores the task used (:attr:`~eoforge.ingest.plan.ReadTask.threads`).
     """
 
     task: str
@@ -160,18 +161,20 @@ class ReadReport:
     frames_bytes: int = 0
     index_bytes: int = 0
     tiles_digest: str = ""
+    threads: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "kind": self.kind, "scene": self.scene, "errors": [e.to_dict() for e in self.errors],
                 "counts": dict(self.counts), "tiles": self.tiles, "seconds": self.seconds,
-                "frames_bytes": self.frames_bytes, "index_bytes": self.index_bytes, "tiles_digest": self.tiles_digest}
+                "frames_bytes": self.frames_bytes, "index_bytes": self.index_bytes, "tiles_digest": self.tiles_digest,
+                "threads": self.threads}
 
     @classmethod
     def from_json(cls, report: Mapping[str, Any]) -> ReadReport:
         return cls(report["task"], report["kind"], int(report["scene"]),
                    tuple(ErrorRow.from_dict(e) for e in report["errors"]), dict(report["counts"]),
                    int(report["tiles"]), float(report["seconds"]), int(report["frames_bytes"]),
-                   int(report["index_bytes"]), str(report.get("tiles_digest", "")))
+                   int(report["index_bytes"]), str(report.get("tiles_digest", "")), int(report.get("threads", 1)))
 
 
 def tiles_digest(tiles: Iterable[str]) -> str:
@@ -685,7 +688,7 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
         report = ReadReport(name, task.kind, task.scene, tuple(errors),
                             dict(sorted(Counter(p.status for p in pieces.values()).items())), len(tiles),
                             round(time.perf_counter() - started, 3), frames.offset,
-                            write_piece_index(index_tmp, pieces), tiles_digest(task.tiles))
+                            write_piece_index(index_tmp, pieces), tiles_digest(task.tiles), task.threads)
         if task.kind == "s2":
             stats_path.parent.mkdir(parents=True, exist_ok=True)
             source.stats.save(stats_path)

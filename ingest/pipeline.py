@@ -334,7 +334,7 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
             scene = scenes[r.scene]
             result = ReadReport(r.name, r.kind, r.scene, (ErrorRow(
                 scene.paths[0], "materialize", f"read task {r.name} failed: {type(result).__name__}: {result}",
-                scene.product_id),), tiles=len(r.tiles))
+                scene.product_id),), tiles=len(r.tiles), threads=r.threads)
         results[r.name] = result
         if strict and result.errors:
             write_errors(out, errors + list(result.errors))

@@ -76,7 +76,9 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
                      "errors": sum(e.stage == "scan" for e in errors), **(scan_counts or {})},
             "plan": {"tiles": plan.num_tiles, "time_steps": len(plan.rows),
                      "s2_scenes_used": plan.pairing.get("s2_scenes_used", 0)},
-            "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items())), **(waves or {})},
+            "read": {"tasks": len(read_reports), "pieces": dict(sorted(pieces.items())),
+                     "tasks_by_threads": {str(t): n for t, n in sorted(Counter(r.threads for r in read_reports).items())},
+                     **(waves or {})},
             "materialize": {"shards": len(task_reports), **dict(sorted(counts.items()))},
             "finalize": {"samples": samples},
         },
@@ -120,7 +122,9 @@ def format_report(report: dict[str, Any]) -> str:
     staging = (f"; {r['waves']} wave(s), staging high-water {r['staging_high_water_bytes'] / 1e6:.1f} MB of a "
                f"{r['staging_budget_bytes'] / 1e9:g} GB budget, {r['bytes_written_per_output_byte']} bytes written "
                "per shard byte" if r.get("waves") and r.get("bytes_written_per_output_byte") else "")
-    lines.append(f"| read | {r['tasks']} tasks (one per source, wave and band of tile rows), pieces: "
+    threaded = {int(t): n for t, n in r.get("tasks_by_threads", {}).items() if int(t) > 1}
+    threads = "".join(f", {n} of them with {t} threads" for t, n in sorted(threaded.items()))
+    lines.append(f"| read | {r['tasks']} tasks (one per source, wave and band of tile rows{threads}), pieces: "
                  f"{pieces or 'none'}{staging} |")
     m = st["materialize"]
     lines.append(f"| materialize | {m['shards']} shards, {m.get('samples_written', 0)} samples, "

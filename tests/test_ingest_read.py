@@ -394,6 +394,8 @@ def test_a_read_task_with_threads_stages_the_same_bytes(demo_raw, tmp_path) -> N
     for threads in (1, 2):
         out = tmp_path / f"threads-{threads}"
         report = read_source(dataclasses.replace(task, threads=threads), scene, config, str(out))
+        assert report.threads == threads
+        assert ReadReport.from_json(json.loads(read_report_paths(out, task.name)[0].read_text())) == report
         frames, index = staging_paths(out, task.name)
         stats = read_report_paths(out, task.name)[1]
         staged[threads] = (report.counts, report.frames_bytes, frames.read_bytes(), index.read_bytes(),

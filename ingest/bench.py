@@ -9,7 +9,8 @@ peak memory per worker, measured side by side in one run on one full-size S2 sce
   costs ~16x more in the second, so the two columns bracket what ingest adds to it.
 - **read floor**: every pixel of every file read and decoded once with rasterio, block by
   block, by as many processes as the ingest has workers (one GDAL thread each, as the
-  ingest's ``gdal_threads: 1``).
+  ingest's ``gdal_threads: 1``; the ingest may instead give one read task of a JPEG 2000
+  scene both cores, which the results record as ``read_task_threads``).
 - **encoding**: the array members the ingest wrote, zstd-encoded again by as many processes
   (read back first, untimed): what writing the output costs at the least, for scale.
 - **ingest**: ``run_ingest`` end to end (cluster start, scan, plan, read, materialize,
@@ -563,7 +564,7 @@ def scene_dataset(out: str | os.PathLike[str], scene_px: int = 2640, samples_per
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved runs of the floor and of each ingest on the cog scene; ratios are the median "
                    "over runs, times the fastest (shared machines are noisy).")
-@click.option("--repeats-safe", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--repeats-safe", type=click.IntRange(min=1), default=2, show_default=True,
               help="The same for the safe scene (JPEG2000 decoding dominates it, and one run takes minutes).")
 @click.option("--loader-datasets", is_flag=True,
               help="Only make the scenes and their datasets the loader benchmark reads (eoforge.train.data.bench), "

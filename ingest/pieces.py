@@ -47,9 +47,9 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -265,14 +265,11 @@ def row_windows(tiles: list[TileId], config: IngestConfig) -> Iterator[tuple[Tar
     on its threads: warped sources' pixels depend in their last bits on the window (GDAL's
     approximate transformer), and a dataset's bytes must not depend on the workers."""
     n = config.tile_size_px
-    tile_m = n * config.resolution_m
     run: list[TileId] = []
 
     def window() -> tuple[TargetGrid, list[tuple[TileId, slice]]]:
         c0 = run[0].col
-        transform = Affine(config.resolution_m, 0.0, c0 * tile_m, 0.0, -config.resolution_m, (run[0].row + 1) * tile_m)
-        grid = TargetGrid(run[0].epsg, transform, (run[-1].col - c0 + 1) * n, n)
-        return grid, [(t, slice((t.col - c0) * n, (t.col - c0 + 1) * n)) for t in run]
+        return tile_row_grid(run, config), [(t, slice((t.col - c0) * n, (t.col - c0 + 1) * n)) for t in run]
 
     for t in tiles:
         if run and ((t.epsg, t.row) != (run[-1].epsg, run[-1].row) or t.col != run[-1].col + 1
@@ -285,7 +282,7 @@ def row_windows(tiles: list[TileId], config: IngestConfig) -> Iterator[tuple[Tar
 
 
 def tile_row_grid(tiles: list[TileId], config: IngestConfig) -> TargetGrid:
-    """The pixel grid of a row of tiles (one zone and grid row), from its first to its last."""
+    """The pixel grid of tiles of one zone and grid row, from the westmost to the eastmost."""
     n = config.tile_size_px
     tile_m = n * config.resolution_m
     c0, c1 = min(t.col for t in tiles), max(t.col for t in tiles)

@@ -1016,8 +1016,8 @@ def part_work(tile_rows: Sequence[Sequence[TileId]], scene: Scene, grid: Grid) -
     the tiles in another zone, the scene's mean decoding per tile. Only the decoding is
     divided among ``threads`` (GDAL decodes the blocks of one request in parallel); the
     rest counts whole, though the task overlaps part of it (:class:`~.pieces._Cutter`), so
-    the estimate errs against threads: on the bench's scenes, 2 threads, 48.1 s estimated
-    and 44.9 s measured for the SAFE, 10.3 and 8.5 s for the COG.)"""
+    the estimate errs against threads: on the bench's scenes, one task with 2 threads,
+    48.1 s estimated and 45 s measured for the SAFE, 10.3 and 8.4-9.0 s for the COG."""
     fixed = np.concatenate([[0.0], np.cumsum(tile_row_work(tile_rows, scene, grid))])
     blocks = np.frombuffer(scene.decode_rows or b"", dtype=np.float32).astype(np.float64).reshape(-1, 3)
     spans = [_row_span(row, scene, grid) for row in tile_rows]
@@ -1038,9 +1038,10 @@ def part_work(tile_rows: Sequence[Sequence[TileId]], scene: Scene, grid: Grid) -
     return work
 
 
-#: The most threads one read task is given. Its windows are whole tile rows, so a request
-#: spans a row of source blocks: 11 at 10 m and 6 at 20 m for an S2 product in 1024 px
-#: blocks; more threads than that wait on one another (measured up to 2, on 2 cores).
+#: The most threads one read task is given. Such a task asks for a whole tile row's source
+#: blocks at once (:class:`~eoforge.ingest.read.BlockPrefetch`): 11 at 10 m and 6 at 20 m for
+#: an S2 product in 1024 px blocks; more threads than that wait on one another (measured up
+#: to 2, on 2 cores).
 MAX_READ_THREADS = 4
 
 

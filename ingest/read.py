@@ -197,7 +197,9 @@ class BlockPrefetch:
     when their blocks are decoded."""
 
     def __init__(self) -> None:
-        self._decoded_to: dict[tuple[str, int], int] = {}  # (path, band) -> source rows decoded
+        # (path, band) -> source rows decoded, as wide as the tile row that asked first (a
+        # wider row later in the same block row leaves its extra blocks to its windows)
+        self._decoded_to: dict[tuple[str, int], int] = {}
 
     def row(self, cache: SourceCache, path: str, index: int, target: TargetGrid) -> None:
         src = cache.get(path)

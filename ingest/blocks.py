@@ -77,95 +77,122 @@ def jp2_codestream(f: Any, size: int) -> tuple[int, int] | str:
     return "no codestream box (jp2c)"
 
 
-def jp2_missing_bytes(path: str) -> str:
-    """``""`` when a JPEG 2000 file (JP2 boxes or a raw codestream) holds its whole
-    codestream, ending with EOC (``FF D9``, which ISO 15444-1 puts last in every
-    codestream), else why not."""
+def _jp2_tile_rows(f: Any, start: int, end: int) -> list[tuple[int, int, int]] | None:
+    """(first pixel row, end pixel row, compressed bytes) of each tile row of the codestream
+    at bytes ``start:end`` of an open file, from its SIZ and SOT marker segments; None when it
+    does not parse."""
+    f.seek(start)
+    if f.read(2) != b"\xff\x4f":  # SOC
+        return None
+    pos, siz = start + 2, None
+    while True:  # the main header's marker segments, up to the first SOT
+        f.seek(pos)
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return None
+        marker, length = head[1], int.from_bytes(head[2:4], "big")
+        if marker == 0x90:
+            break
+        if marker == 0x51:  # SIZ: Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz
+            fields = f.read(34)
+            siz = [int.from_bytes(fields[2 + 4 * i:6 + 4 * i], "big") for i in range(8)]
+        pos += 2 + length
+    if siz is None:
+        return None
+    xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz = siz
+    if xtsiz == 0 or ytsiz == 0 or xsiz <= xtosiz or ysiz <= ytosiz:
+        return None  # a SIZ cut short or not ISO 15444-1's
+    tiles_x = math.ceil((xsiz - xtosiz) / xtsiz)
+    tile_rows = math.ceil((ysiz - ytosiz) / ytsiz)
+    nbytes = [0] * tile_rows
+    while pos + 12 <= end:
+        f.seek(pos)
+        sot = f.read(12)
+        if sot[:2] != b"\xff\x90":
+            break  # EOC, or the end of the tile-parts
+        tile, psot = int.from_bytes(sot[4:6], "big"), int.from_bytes(sot[6:10], "big")
+        if psot == 0:  # the last tile-part runs to EOC
+            psot = end - 2 - pos
+        if psot < 12 or tile // tiles_x >= tile_rows:
+            return None
+        nbytes[tile // tiles_x] += psot
+        pos += psot
+    return [(max(yosiz, ytosiz + r * ytsiz) - yosiz, min(ysiz, ytosiz + (r + 1) * ytsiz) - yosiz, n)
+            for r, n in enumerate(nbytes)]
+
+
+def _jp2_blocks(path: str) -> tuple[str, list[tuple[int, int, int]] | None]:
+    """One pass over a JPEG 2000 file (JP2 boxes or a raw codestream): (``""`` when it holds
+    its whole codestream, ending with EOC (``FF D9``, which ISO 15444-1 puts last in every
+    codestream), else why not; its tile rows, :func:`_jp2_tile_rows`, or None)."""
     with open(path, "rb") as f:
         span = jp2_codestream(f, os.path.getsize(path))
         if isinstance(span, str):
-            return span
-        f.seek(span[1] - 2)
-        return "" if f.read(2) == b"\xff\xd9" else "the codestream does not end with EOC"
+            return span, None
+        start, end = span
+        f.seek(end - 2)
+        missing = "" if f.read(2) == b"\xff\xd9" else "the codestream does not end with EOC"
+        return missing, _jp2_tile_rows(f, start, end)
 
 
 def jp2_tile_rows(path: str) -> list[tuple[int, int, int]] | None:
     """(first pixel row, end pixel row, compressed bytes) of each tile row of a JPEG 2000
     file's codestream, from its SIZ and SOT marker segments; None when the codestream does
     not parse (the file's pixel reads then say what is wrong)."""
-    with open(path, "rb") as f:
-        span = jp2_codestream(f, os.path.getsize(path))
-        if isinstance(span, str):
-            return None
-        start, end = span
-        f.seek(start)
-        if f.read(2) != b"\xff\x4f":  # SOC
-            return None
-        pos, siz = start + 2, None
-        while True:  # the main header's marker segments, up to the first SOT
-            f.seek(pos)
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0xFF:
-                return None
-            marker, length = head[1], int.from_bytes(head[2:4], "big")
-            if marker == 0x90:
-                break
-            if marker == 0x51:  # SIZ: Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz
-                fields = f.read(34)
-                siz = [int.from_bytes(fields[2 + 4 * i:6 + 4 * i], "big") for i in range(8)]
-            pos += 2 + length
-        if siz is None:
-            return None
-        xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz = siz
-        if xtsiz == 0 or ytsiz == 0 or xsiz <= xtosiz or ysiz <= ytosiz:
-            return None  # a SIZ cut short or not ISO 15444-1's
-        tiles_x = math.ceil((xsiz - xtosiz) / xtsiz)
-        tile_rows = math.ceil((ysiz - ytosiz) / ytsiz)
-        nbytes = [0] * tile_rows
-        while pos + 12 <= end:
-            f.seek(pos)
-            sot = f.read(12)
-            if sot[:2] != b"\xff\x90":
-                break  # EOC, or the end of the tile-parts
-            tile, psot = int.from_bytes(sot[4:6], "big"), int.from_bytes(sot[6:10], "big")
-            if psot == 0:  # the last tile-part runs to EOC
-                psot = end - 2 - pos
-            if psot < 12 or tile // tiles_x >= tile_rows:
-                return None
-            nbytes[tile // tiles_x] += psot
-            pos += psot
-    return [(max(yosiz, ytosiz + r * ytsiz) - yosiz, min(ysiz, ytosiz + (r + 1) * ytsiz) - yosiz, n)
-            for r, n in enumerate(nbytes)]
+    return _jp2_blocks(path)[1]
 
 
-def block_rows(src: Any, path: str) -> tuple[str, list[tuple[int, int, int]]] | None:
-    """(codec family, [(first row, end row, compressed bytes) per block row]) of an open local
-    GeoTIFF or JPEG 2000 file; None for a remote file or another format."""
+#: A file's compressed bytes per block row: (codec family, [(first row, end row, bytes)]).
+BlockLayout = tuple[str, list[tuple[int, int, int]]]
+
+
+def inspect_blocks(src: Any, path: str) -> tuple[str | None, BlockLayout | None]:
+    """One walk of an open local file's block table, no pixel decoded: (whether the file
+    holds every byte its header promises: ``""`` whole, else why not, None when it cannot be
+    told this way; its compressed bytes per block row, or None). A GeoTIFF is whole when
+    every full-resolution block ends within the file; a JPEG 2000 file when its codestream
+    box fits the file and ends with EOC. Remote files and other formats give (None, None)."""
     if not os.path.isfile(path):
-        return None
+        return None, None
     if src.driver == "GTiff":
+        size = os.path.getsize(path)
         rows: dict[int, int] = {}
+        missing = ""
+        # full resolution only: that is what ingest reads (a damaged overview fails the B1 look)
         for block in gtiff_blocks(src):
             if block is None:
-                return None
-            rows[block[1]] = rows.get(block[1], 0) + block[4]
+                return None, None  # this GDAL does not say: the caller decodes instead
+            bidx, row, col, offset, length = block
+            if not missing and offset + length > size:
+                missing = (f"block (row {row}, column {col}) of band {bidx} ends at byte {offset + length}, "
+                           f"the file has {size} bytes")
+            rows[row] = rows.get(row, 0) + length
         bh = src.block_shapes[0][0]
-        return "geotiff", [(r * bh, min(src.height, (r + 1) * bh), n) for r, n in sorted(rows.items())]
+        return missing, ("geotiff", [(r * bh, min(src.height, (r + 1) * bh), n) for r, n in sorted(rows.items())])
     if src.driver in JP2_DRIVERS:
-        tile_rows = jp2_tile_rows(path)
-        return None if tile_rows is None else ("jpeg2000", tile_rows)
-    return None
+        missing, tile_rows = _jp2_blocks(path)
+        return missing, None if tile_rows is None else ("jpeg2000", tile_rows)
+    return None, None
+
+
+def block_rows(src: Any, path: str) -> BlockLayout | None:
+    """(codec family, [(first row, end row, compressed bytes) per block row]) of an open local
+    GeoTIFF or JPEG 2000 file; None for a remote file or another format."""
+    return inspect_blocks(src, path)[1]
+
+
+def decode_estimate(layout: BlockLayout, height: int) -> list[tuple[float, float, float]]:
+    """A file's :data:`BlockLayout` as decoding time per block row: (first row, end row) as
+    fractions of its ``height`` from the north, and milliseconds (:data:`DECODE_MS_PER_MB`)."""
+    codec, rows = layout
+    ms_per_byte = DECODE_MS_PER_MB[codec] / 1e6
+    return [(first / height, last / height, nbytes * ms_per_byte) for first, last, nbytes in rows]
 
 
 def decode_rows(src: Any, path: str) -> list[tuple[float, float, float]] | None:
-    """The estimated decoding time of each block row of one open band file: (first row, end
-    row) as fractions of the file's height from the north, and milliseconds
-    (:data:`DECODE_MS_PER_MB`); None when the file cannot tell (:func:`block_rows`). A read
+    """The estimated decoding time of each block row of one open band file
+    (:func:`decode_estimate`); None when the file cannot tell (:func:`block_rows`). A read
     decodes every block it touches whole, so a task that reads part of a block row pays for
     all of it."""
     layout = block_rows(src, path)
-    if layout is None:
-        return None
-    codec, rows = layout
-    ms_per_byte = DECODE_MS_PER_MB[codec] / 1e6
-    return [(first / src.height, last / src.height, nbytes * ms_per_byte) for first, last, nbytes in rows]
+    return None if layout is None else decode_estimate(layout, src.height)

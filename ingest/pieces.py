@@ -403,7 +403,7 @@ class _S2Pieces(_Pieces):
         self.cloud_lut[list(config.cloud_classes)] = True
         # Window buffers used in turn: with a helper thread cutting pieces (:class:`_Cutter`),
         # the next window is read into one while the other is still being cut.
-        self._buffers = [np.empty(0, dtype=np.uint16) for _ in range(buffers)]
+        self._buffers = [np.empty(0, dtype=np.uint16) for _ in range(self.buffers)]
         self._prefetch = BlockPrefetch()
 
     def read(self, cache: SourceCache, target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:

@@ -37,7 +37,7 @@ import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
-from eoforge.ingest.blocks import JP2_DRIVERS, PROFILE_BINS, decode_rows, gtiff_blocks, jp2_missing_bytes
+from eoforge.ingest.blocks import PROFILE_BINS, decode_estimate, inspect_blocks
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.errors import ErrorRow
 from eoforge.ingest.inventory import ScanInventory, Stat, file_stat, probe_key
@@ -519,7 +519,7 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
     for path in [] if scene.from_item else scene.paths:
         try:
             with rasterio.open(gdal_path(signed(path, signer))) as src:
-                reason = missing_bytes(src, path)
+                reason, layout = inspect_blocks(src, path)  # one walk of the headers for both
                 if reason is None:  # not a local GeoTIFF or JPEG 2000: decode the last block
                     bh, bw = src.block_shapes[0]
                     win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
@@ -528,8 +528,7 @@ def probe_scene(scene: Scene, signer: str | None = None) -> dict[str, Any]:
                     return {"error": f"truncated file: {reason}; product {scene.product_id} skipped",
                             "error_paths": [path]}
                 if decode is not None and path in band_paths:
-                    file_decode = decode_rows(src, path) if reason == "" else None
-                    decode = None if file_decode is None else decode + file_decode
+                    decode = None if layout is None else decode + decode_estimate(layout, src.height)
         except (RasterioError, OSError) as err:
             return {"error": f"unreadable pixels (truncated or corrupt file?): {_gdal_reason(err)}; "
                              f"product {scene.product_id} skipped", "error_paths": [path]}
@@ -577,22 +576,7 @@ def missing_bytes(src: Any, path: str) -> str | None:
     with the EOC marker (``FF D9``, which ISO 15444-1 puts last in every codestream). At
     archive scale this keeps the scan to header bytes: decoding a block of each of 13 JP2
     bands costs ~1 s per product."""
-    if not os.path.isfile(path):
-        return None
-    size = os.path.getsize(path)
-    if src.driver == "GTiff":
-        # full resolution only: that is what ingest reads (a damaged overview fails the B1 look)
-        for block in gtiff_blocks(src):
-            if block is None:
-                return None  # this GDAL does not say: decode instead
-            bidx, row, col, offset, length = block
-            if offset + length > size:
-                return (f"block (row {row}, column {col}) of band {bidx} ends at byte {offset + length}, "
-                        f"the file has {size} bytes")
-        return ""
-    if src.driver in JP2_DRIVERS:
-        return jp2_missing_bytes(path)
-    return None
+    return inspect_blocks(src, path)[0]
 
 
 def _s1_probe(band: BandFile, signer: str | None = None) -> np.ndarray:

@@ -7,8 +7,8 @@ keeps the source blocks the previous row touched, so every source block is decod
 the read floor of ``make bench`` does. Each window is cut into tiles, and each (tile, source)
 becomes a *piece*:
 
-- ``s2``: the 13 bands at 10 m, harmonised (:func:`read_s2`): 20/60 m bands upsampled
-  bilinearly, SCL nearest, the +1000 DN offset of baseline >= 04.00 removed (``DN - 1000``,
+- ``s2``: the 13 bands at 10 m (:func:`read_s2`), harmonised (:func:`harmonise_s2`): 20/60 m
+  bands upsampled bilinearly, SCL nearest, the +1000 DN offset of baseline >= 04.00 removed (``DN - 1000``,
   clipped at 1 so dark valid pixels stay valid; 0 stays nodata), a zero B10 for L2A, 0 in
   every band wherever one band lacks data. QA: ``valid_fraction`` (data in every band) and
   ``cloud_fraction`` (SCL ``cloud_classes`` among valid pixels); status ``ok``, or
@@ -55,6 +55,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -197,16 +198,35 @@ def read_report_paths(out: str | os.PathLike[str], task: str) -> tuple[Path, Pat
 # ------------------------------------------------------------------ sources onto a window
 
 
+@dataclass(frozen=True, slots=True)
+class S2Window:
+    """One S2 window as read, before it is cut into tiles.
+
+    Attributes:
+        dn: ``[13, H, W]`` uint16 DN as stored (0 = nodata; the offset of baseline >= 04.00
+            still in), 20/60 m bands upsampled, absent bands (B10 of L2A) all 0.
+        valid: ``[H, W]`` bool, True where every band has data; None where all pixels do
+            (most windows lie inside the swath).
+        scl: ``[H, W]`` uint8 SCL classes, 0 where not valid; None without an SCL band.
+        present: the bands the product has, in :data:`S2_BAND_NAMES` order.
+    """
+
+    dn: np.ndarray
+    valid: np.ndarray | None
+    scl: np.ndarray | None
+    present: tuple[bool, ...]
+
+
 def read_s2(cache: SourceCache, scene: Scene, target: TargetGrid, filled: np.ndarray,
-            stack: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``[13, H, W]`` uint16 harmonised DN (0 = nodata in every band wherever one band lacks
-    data) and SCL ``[H, W]`` (0 where not valid) or None; adds pixels with data per band to
-    ``filled`` (for the all-nodata-band check). ``stack``: a buffer of that shape to fill."""
+            stack: np.ndarray | None = None) -> S2Window:
+    """The window ``target`` of an S2 product (:class:`S2Window`); adds pixels with data per
+    band to ``filled`` (for the all-nodata-band check). ``stack``: a ``[13, H, W]`` uint16
+    buffer to read into. Each tile is harmonised as it is cut (:func:`harmonise_s2`): only the
+    tiles that pass QA pay for it, and it fuses with the copy a tile needs anyway."""
     if stack is None:
         stack = np.empty((len(S2_BAND_NAMES), target.height, target.width), dtype=np.uint16)
     valid = np.ones((target.height, target.width), dtype=bool)
     bands = scene.bands
-    offset = scene.dn_offset
     for i, name in enumerate(S2_BAND_NAMES):
         if name not in bands:
             stack[i] = 0  # B10 of L2A
@@ -216,18 +236,44 @@ def read_s2(cache: SourceCache, scene: Scene, target: TargetGrid, filled: np.nda
                          b.nodata if b.nodata is not None else 0, 0, out=stack[i])
         filled[i] += int(np.count_nonzero(band))
         np.logical_and(valid, band, out=valid)
-        if offset:
-            # reflectance = (DN - offset) / 10000; max(DN - offset, 1) keeps dark valid pixels valid.
-            np.maximum(band, offset + 1, out=band)
-            band -= offset
-    if not valid.all():  # most windows lie inside the swath: nothing to zero there
-        stack *= valid
+    all_valid = bool(valid.all())
     scl = None
     if "SCL" in bands:
         b = bands["SCL"]
         scl = read_band(cache, b.path, b.index, target, Resampling.nearest, "uint8", 0, 0)
-        scl *= valid
-    return stack, scl
+        if not all_valid:
+            scl *= valid
+    return S2Window(stack, None if all_valid else valid, scl, tuple(name in bands for name in S2_BAND_NAMES))
+
+
+def harmonise_s2(dn: np.ndarray, offset: int, present: tuple[bool, ...], valid: np.ndarray | None,
+                 out: np.ndarray) -> np.ndarray:
+    """``out`` (``[13, h, w]`` uint16, C-contiguous) <- the harmonised DN of ``dn`` (the same
+    shape, any row stride: a tile's columns of a window): ``max(DN - offset, 1)`` in the
+    bands ``present`` (reflectance = DN / 10000 after it; dark valid pixels stay valid),
+    0 in the others, and 0 in every band where ``valid`` (``[h, w]``) is False.
+
+    OpenCV's saturating subtract and max, ~5x faster here than ``np.maximum`` with a scalar
+    on uint16, which numpy does not vectorise (measured); they read the strided tile in
+    place, so the copy into ``out`` comes with them. In a window one tile high the bands'
+    rows are evenly spaced, and one call does all 13 bands (half the time of 13 calls)."""
+    if offset:
+        bands, height, width = dn.shape
+        if dn.strides[0] == height * dn.strides[1]:  # a view, not a copy: rows evenly spaced
+            pairs = [(dn.reshape(bands * height, width), out.reshape(bands * height, width))]
+        else:
+            pairs = list(zip(dn, out))
+        for src, dst in pairs:
+            cv2.subtract(src, offset, dst=dst)
+            cv2.max(dst, 1, dst=dst)
+    else:
+        np.copyto(out, dn)
+    for b, has in enumerate(present):
+        if not has:
+            out[b] = 0
+    if valid is not None:
+        out *= valid
+    return out
 
 
 def read_s1(cache: SourceCache, scene: Scene, target: TargetGrid) -> np.ndarray:
@@ -397,8 +443,6 @@ class _S2Pieces(_Pieces):
         super().__init__(scene, config, buffers)
         self.filled = np.zeros(len(S2_BAND_NAMES), dtype=np.int64)
         self.read_pixels = 0
-        # read_s2 zeroed every band where any band lacks data, so one band tells validity
-        self.ref_band = next(i for i, b in enumerate(S2_BAND_NAMES) if b in scene.bands)
         self.cloud_lut = np.zeros(256, bool)  # SCL class -> counts as cloud
         self.cloud_lut[list(config.cloud_classes)] = True
         # Window buffers used in turn: with a helper thread cutting pieces (:class:`_Cutter`),
@@ -406,7 +450,7 @@ class _S2Pieces(_Pieces):
         self._buffers = [np.empty(0, dtype=np.uint16) for _ in range(self.buffers)]
         self._prefetch = BlockPrefetch()
 
-    def read(self, cache: SourceCache, target: TargetGrid) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(self, cache: SourceCache, target: TargetGrid) -> S2Window:
         self.read_pixels += target.width * target.height
         # One buffer for every window of the task: a fresh 70+ MB array per window would be
         # mapped and page-faulted anew each time (it is above glibc's mmap threshold).
@@ -421,25 +465,26 @@ class _S2Pieces(_Pieces):
         for band in self.scene.bands.values():
             self._prefetch.row(cache, band.path, band.index, row)
 
-    def piece(self, data: tuple[np.ndarray, np.ndarray | None], cols: slice, train: bool,
-              frames: _Frames) -> Piece:
-        stack, scl = data
+    def piece(self, data: S2Window, cols: slice, train: bool, frames: _Frames) -> Piece:
         cfg = self.config
-        s2 = stack[:, :, cols]
-        valid = s2[self.ref_band] != 0
-        n_valid = int(np.count_nonzero(valid))
+        valid = None if data.valid is None else data.valid[:, cols]
+        n_valid = int(self.pixels) if valid is None else int(np.count_nonzero(valid))
         cloud = None
-        if scl is not None and n_valid:
-            cloud = round(float(np.count_nonzero(self.cloud_lut[scl[:, cols]][valid])) / n_valid, 6)
+        if data.scl is not None and n_valid:
+            cloudy = self.cloud_lut[data.scl[:, cols]]
+            if valid is not None:
+                cloudy &= valid
+            cloud = round(float(np.count_nonzero(cloudy)) / n_valid, 6)
         fraction = round(n_valid / self.pixels, 6)
         if n_valid / self.pixels < cfg.min_valid_fraction:
             return Piece("low_valid", fraction, cloud)
         if cloud is not None and cloud > cfg.max_cloud_fraction:
             return Piece("cloudy", fraction, cloud)
-        s2 = np.ascontiguousarray(s2)
+        dn = data.dn[:, :, cols]
+        s2 = harmonise_s2(dn, self.scene.dn_offset, data.present, valid, np.empty(dn.shape, dtype=np.uint16))
         refs = {"s2": frames.put(encode_entry(s2, cfg.codec))}
-        if scl is not None:
-            refs["scl"] = frames.put(encode_entry(scl[:, cols], cfg.codec))
+        if data.scl is not None:
+            refs["scl"] = frames.put(encode_entry(data.scl[:, cols], cfg.codec))
         if train:
             self.stats.add_s2(s2)
         return Piece("ok", fraction, cloud, frames=refs)

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from eoforge.ingest.config import IngestConfig
 from eoforge.ingest.pieces import (
-    Piece, ReadReport, finished_read, load_pieces, read_report_paths, row_windows, staging_paths, tiles_digest,
+    Piece, ReadReport, finished_read, harmonise_s2, load_pieces, read_report_paths, row_windows, staging_paths, tiles_digest,
     write_piece_index,
 )
 from eoforge.ingest.plan import (
@@ -81,6 +81,31 @@ def test_upsample_matches_the_pixel_by_pixel_formula(ratio: int, case: str) -> N
         np.testing.assert_allclose(got, np.rint(want), atol=0 if ratio == 2 or nearest else 1, rtol=0)
         if case == "swath_edge" and not nearest:
             assert (got[want == 0] == 0).all() and (got[want > 0] > 0).all()  # nodata never blends in
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+@pytest.mark.parametrize("layout", ["window_one_tile_high", "window_taller_than_the_tile"])
+def test_harmonise_s2_follows_the_offset_rule_in_every_layout(offset: int, layout: str) -> None:
+    """max(DN - offset, 1) in the bands present, 0 in an absent band and wherever a pixel is
+    not valid: the formula of SENTINEL.md, at the DN values around the offset."""
+    rng = np.random.default_rng(7)
+    edges = np.array([0, 1, 2, 999, 1000, 1001, 1002, 65534, 65535], dtype=np.uint16)
+    window = rng.choice(edges, size=(13, 12, 40)).astype(np.uint16)
+    window[10] = 0  # B10, absent from L2A
+    present = tuple(b != 10 for b in range(13))
+    rows = slice(None) if layout == "window_one_tile_high" else slice(2, 9)
+    dn = window[:, rows, 8:24]  # a tile's columns of the window: a strided view
+    valid = rng.random(dn.shape[1:]) > 0.2
+    expected = np.maximum(dn.astype(np.int64) - offset, 1) if offset else dn.astype(np.int64)
+    expected[10] = 0
+    expected *= valid
+    for mask in (valid, None):
+        out = harmonise_s2(dn, offset, present, mask, np.empty(dn.shape, dtype=np.uint16))
+        want = expected if mask is not None else (
+            np.maximum(dn.astype(np.int64) - offset, 1) if offset else dn.astype(np.int64)) * (np.arange(13) != 10)[:, None, None]
+        assert out.dtype == np.uint16 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, want)
+    assert (window[:, rows, 8:24] == dn).all()  # the window is read, never written
 
 
 def test_aligned_read_equals_rasterio_at_the_same_coordinates(tmp_path) -> None:

@@ -81,10 +81,12 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cache[level]
 
 
+@functools.lru_cache(maxsize=256)
 def member_header(dtype: np.dtype, shape: tuple[int, ...], codec: str = DEFAULT_CODEC,
                   level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
     """The bytes that open an array member of ``dtype`` and ``shape``: the ``.npy`` header
-    (``npy``), or a zstd frame holding it (``zstd``). Entries follow (:func:`encode_entry`)."""
+    (``npy``), or a zstd frame holding it (``zstd``). Entries follow (:func:`encode_entry`).
+    Cached: a shard's members share a few shapes, and each header costs a zstd context."""
     header = npy_header(dtype, shape)
     _check_codec(codec)
     return header if codec == "npy" else _compressor(level).compress(header)

@@ -263,8 +263,10 @@ def harmonise_s2(dn: np.ndarray, offset: int, present: tuple[bool, ...], valid: 
             pairs = [(dn.reshape(bands * height, width), out.reshape(bands * height, width))]
         else:
             pairs = list(zip(dn, out))
+        # the binding takes a Python number as a cv2.Scalar; OpenCV 5's stubs list no such overload
+        dn_offset: Any = offset
         for src, dst in pairs:
-            cv2.subtract(src, offset, dst=dst)
+            cv2.subtract(src, dn_offset, dst=dst)
             cv2.max(dst, 1, dst=dst)
     else:
         np.copyto(out, dn)

@@ -87,7 +87,7 @@ def test_upsample_matches_the_pixel_by_pixel_formula(ratio: int, case: str) -> N
 @pytest.mark.parametrize("layout", ["window_one_tile_high", "window_taller_than_the_tile"])
 def test_harmonise_s2_follows_the_offset_rule_in_every_layout(offset: int, layout: str) -> None:
     """max(DN - offset, 1) in the bands present, 0 in an absent band and wherever a pixel is
-    not valid: the formula of SENTINEL.md, at the DN values around the offset."""
+    not valid: the formula of ingest/SENTINEL.md, at the DN values around the offset."""
     rng = np.random.default_rng(7)
     edges = np.array([0, 1, 2, 999, 1000, 1001, 1002, 65534, 65535], dtype=np.uint16)
     window = rng.choice(edges, size=(13, 12, 40)).astype(np.uint16)

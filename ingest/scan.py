@@ -567,17 +567,6 @@ def valid_profile(valid: np.ndarray, bins: int = PROFILE_BINS) -> bytes:
     return bytes(int(round(100 * f)) for f in fractions)
 
 
-def missing_bytes(src: Any, path: str) -> str | None:
-    """Whether a local file holds every byte its header promises, without decoding a pixel:
-    ``""`` when complete, the reason when truncated, None when it cannot be told this way
-    (a remote file or another format: the caller decodes the last block instead).
-
-    A GeoTIFF is complete when every full-resolution block ends within the file; a JPEG 2000 file when its codestream box fits the file and ends
-    with the EOC marker (``FF D9``, which ISO 15444-1 puts last in every codestream). At
-    archive scale this keeps the scan to header bytes: decoding a block of each of 13 JP2
-    bands costs ~1 s per product."""
-    return inspect_blocks(src, path)[0]
-
 
 def _s1_probe(band: BandFile, signer: str | None = None) -> np.ndarray:
     """Finite, non-zero values from an 8 x 8 grid of small windows (then the whole band,

@@ -148,7 +148,7 @@ class Scene:
             not probed, e.g. a scene from a STAC item).
         decode_rows: S2: the estimated time to decode each block row of its band files, float32
             triples (first row, end row as fractions of the height from the north, ms;
-            :func:`~eoforge.ingest.blocks.decode_rows`, from the compressed sizes in the files'
+            :func:`~eoforge.ingest.blocks.decode_estimate`, from the compressed sizes in the files'
             headers; None for remote files and other formats).
         source_id: the product's name in its file names when its metadata renamed it.
         number: the scene number, its row in ``scenes.parquet``; plan rows and read tasks

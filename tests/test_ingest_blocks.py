@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from eoforge.ingest.blocks import DECODE_MS_PER_MB, block_rows, decode_rows, jp2_tile_rows
+from eoforge.ingest.blocks import DECODE_MS_PER_MB, decode_estimate, inspect_blocks, jp2_tile_rows
 
 
 def _half_noise(height: int = 200, width: int = 256) -> np.ndarray:
@@ -35,9 +35,9 @@ def _write(path: Path, driver: str, **options) -> Path:
 def test_block_rows_give_where_the_compressed_bytes_lie(tmp_path, driver, suffix, codec, options) -> None:
     path = _write(tmp_path / f"band{suffix}", driver, **options)
     with rasterio.open(path) as src:
-        found = block_rows(src, str(path))
-        rows = decode_rows(src, str(path))
-        assert block_rows(src, "/vsicurl/https://example.invalid/band" + suffix) is None  # remote: not read
+        found = inspect_blocks(src, str(path))[1]
+        rows = None if found is None else decode_estimate(found, src.height)
+        assert inspect_blocks(src, "/vsicurl/https://example.invalid/band" + suffix)[1] is None  # remote: not read
     assert found is not None and rows is not None
     kind, spans = found
     assert kind == codec

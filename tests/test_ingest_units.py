@@ -123,7 +123,7 @@ def test_truncation_is_told_from_header_bytes(tmp_path, driver: str, suffix: str
     import rasterio
     from rasterio.transform import from_origin
 
-    from eoforge.ingest.scan import missing_bytes
+    from eoforge.ingest.blocks import inspect_blocks
 
     path = tmp_path / f"band{suffix}"
     rng = np.random.default_rng(0)
@@ -132,16 +132,16 @@ def test_truncation_is_told_from_header_bytes(tmp_path, driver: str, suffix: str
                        transform=from_origin(500000, 5000000, 10, 10), **options) as dst:
         dst.write(data)
     with rasterio.open(path) as src:
-        assert missing_bytes(src, str(path)) == ""
+        assert inspect_blocks(src, str(path))[0] == ""
     whole = path.read_bytes()
     for fraction in (0.5, 0.9, 0.999):
         path.write_bytes(whole[: int(len(whole) * fraction)])
         with rasterio.open(path) as src:
-            reason = missing_bytes(src, str(path))
+            reason = inspect_blocks(src, str(path))[0]
         assert reason and ("ends at byte" in reason or "needs" in reason or "EOC" in reason), (fraction, reason)
     path.write_bytes(whole)
     with rasterio.open(path) as src:
-        assert missing_bytes(src, "/vsicurl/https://example.invalid/band" + suffix) is None  # not local: decode
+        assert inspect_blocks(src, "/vsicurl/https://example.invalid/band" + suffix)[0] is None  # not local: decode
 
 
 def test_an_earth_search_folder_with_its_auxiliary_assets_scans_without_errors(demo_raw, tmp_path) -> None:

@@ -233,6 +233,11 @@ def read_band(cache: SourceCache, path: str, index: int, target: TargetGrid, res
             out.fill(fill)
             return out
         c0, r0 = int(window.col_off), int(window.row_off)
+        if ratio == 1 and (window.width, window.height) == out.shape[::-1] and (c0, r0) == (col0, row0) \
+                and src.dtypes[index - 1] == out.dtype and (src_nodata is None or src_nodata == fill):
+            # the source covers the whole target in its own dtype (a 10 m band of a tile row):
+            # GDAL writes into ``out``, without a window array to allocate and copy
+            return src.read(index, window=window, out=out)
         data = src.read(index, window=window)
         # Target pixels covered by the source, and where they start in ``data``.
         y0, x0 = max(0, -row0) * ratio, max(0, -col0) * ratio

@@ -40,8 +40,10 @@ from eoforge.shards.schema import S1_BAND_NAMES, S2_BAND_NAMES
 STATS_NAME = "stats.json"
 S1_DB_MIN, S1_DB_MAX, S1_DB_STEP = -60.0, 30.0, 0.01
 _S1_BINS = int(round((S1_DB_MAX - S1_DB_MIN) / S1_DB_STEP))
-#: S2 arrays counted per ``bincount`` call (see :meth:`DatasetStats.add_s2`)
+#: S2 arrays counted per histogram call (see :meth:`DatasetStats.add_s2`)
 S2_BATCH = 16
+#: OpenCV counts in float32: exact up to 2**24 per bin, so at most that many pixels per call
+_EXACT_COUNTS = 1 << 24
 
 
 @dataclass
@@ -113,7 +115,8 @@ class DatasetStats:
     pixel_stride: int = 1
     s2: BandAccumulator = field(default_factory=lambda: BandAccumulator(1 << 16, len(S2_BAND_NAMES), True))
     s1: BandAccumulator = field(default_factory=lambda: BandAccumulator(_S1_BINS, len(S1_BAND_NAMES)))
-    _pending: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
+    _batch: np.ndarray | None = field(default=None, repr=False, compare=False)  # [S2_BATCH, 13, h, w] uint16
+    _filled: int = field(default=0, repr=False, compare=False)  # arrays in _batch
 
     def add_sample(self, arrays: dict[str, np.ndarray]) -> None:
         self.num_samples += 1
@@ -125,21 +128,38 @@ class DatasetStats:
     def add_s2(self, arr: np.ndarray) -> None:
         """S2 DN ``[..., 13, H, W]`` (uint16; 0 is nodata and is not counted).
 
-        Counted in batches of :data:`S2_BATCH` arrays: one ``bincount`` per band and batch
-        instead of one per array keeps the 65 536-bin histogram out of the per-tile cost."""
+        Counted in batches of :data:`S2_BATCH` arrays: each array's counted pixels are copied
+        into one buffer, and each band of a batch gets one histogram (OpenCV's ``calcHist``,
+        exact while a call counts at most 2**24 pixels; 0.55 ms per 13-band 264 px tile at
+        stride 2 against 0.9 for a ``bincount`` per band, which first widens every value to
+        int64): the 65 536-bin histogram stays out of the per-tile cost."""
         k = self.pixel_stride
-        counted = np.ascontiguousarray(arr[..., ::k, ::k])
-        self._pending.append(counted.reshape(-1, counted.shape[-3], counted.shape[-2] * counted.shape[-1]))
-        if len(self._pending) >= S2_BATCH:
+        entries = arr.reshape(-1, *arr.shape[-3:])
+        counted = (entries.shape[1], -(-entries.shape[2] // k), -(-entries.shape[3] // k))
+        if self._batch is None or self._batch.shape[1:] != counted:
             self._flush()
+            rows = max(1, min(S2_BATCH, _EXACT_COUNTS // (counted[1] * counted[2])))
+            self._batch = np.empty((rows, *counted), dtype=np.uint16)
+        for entry in entries:
+            self._batch[self._filled] = entry[:, ::k, ::k]
+            self._filled += 1
+            if self._filled == len(self._batch):
+                self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._filled:
             return
-        batch = np.concatenate(self._pending)  # [N, 13, pixels]
-        self._pending.clear()
+        import cv2  # here: a training loader's processes import this module and need no OpenCV
+
+        assert self._batch is not None
+        batch, n = self._batch, self._filled
+        self._filled = 0
         for b in range(batch.shape[1]):
-            counts = np.bincount(batch[:, b].ravel(), minlength=1 << 16)
+            band = batch[:n, b].reshape(n, -1)  # a view: OpenCV takes rows at any stride
+            if band.size <= _EXACT_COUNTS:
+                counts = cv2.calcHist([band], [0], None, [1 << 16], [0, 1 << 16]).ravel().astype(np.int64)
+            else:  # one array alone holds more pixels than float32 counts exactly
+                counts = np.bincount(band.ravel(), minlength=1 << 16)
             counts[0] = 0  # 0 is nodata
             self.s2.add_counts(b, counts)
 

@@ -6,6 +6,7 @@ import json
 
 import matplotlib.image
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from eoforge.cli import main
@@ -42,6 +43,34 @@ def test_stats_match_numpy_over_valid_pixels(dataset_copy):
         assert np.isclose(out["s1"]["std"][b], v.std(), rtol=1e-6)
         assert abs(out["s1"]["p99"][b] - np.quantile(v, 0.99)) < 0.02  # 0.01 dB bins
     assert json.loads((dataset_copy / "stats.json").read_text()) == out
+
+
+@pytest.mark.parametrize("exact_counts", [1 << 24, 1000], ids=["opencv", "bincount-fallback"])
+def test_s2_histograms_count_every_strided_value_exactly(monkeypatch, exact_counts):
+    """The S2 histogram is a per-band bincount of every k-th pixel of every k-th row, for any
+    stride, odd sizes, stacked [T, 13, H, W] arrays, shapes changing between arrays and the full
+    uint16 range (0 not counted), whichever counting path a batch takes."""
+    import eoforge.shards.stats as stats_module
+    from eoforge.shards.stats import S2_BATCH, DatasetStats
+
+    monkeypatch.setattr(stats_module, "_EXACT_COUNTS", exact_counts)
+    rng = np.random.default_rng(5)
+    for k in (1, 2, 3):
+        arrays = [rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+                  for shape in [(13, 33, 31)] * (S2_BATCH + 3) + [(2, 13, 20, 20), (13, 7, 9)]]
+        arrays[0][:, :5, :5] = 65535
+        arrays[1][:, :4, :4] = 0
+        stats = DatasetStats(pixel_stride=k)
+        for a in arrays:
+            stats.add_s2(a)
+        stats._flush()
+        expected = np.zeros((13, 1 << 16), np.int64)
+        for a in arrays:
+            counted = a.reshape(-1, *a.shape[-3:])[..., ::k, ::k]
+            for b in range(13):
+                expected[b] += np.bincount(counted[:, b].ravel(), minlength=1 << 16)
+        expected[:, 0] = 0
+        np.testing.assert_array_equal(stats.s2.hist, expected)
 
 
 def test_stats_do_not_depend_on_parallelism(dataset_copy):

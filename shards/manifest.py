@@ -33,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
@@ -109,17 +110,22 @@ def _to_lonlat(epsg: int) -> Transformer:
     return Transformer.from_crs(CRS.from_epsg(epsg), CRS.from_epsg(4326), always_xy=True)
 
 
+@lru_cache(maxsize=16)
+def _outline_px(width: int, height: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, rows) of a ``width`` x ``height`` raster's outline, ``n`` points per edge,
+    clockwise from the top-left corner in pixel space."""
+    steps = np.arange(n)
+    cols = np.concatenate([width * steps / n, np.full(n, float(width)), width * (n - steps) / n, np.zeros(n)])
+    rows = np.concatenate([np.zeros(n), height * steps / n, np.full(n, float(height)), height * (n - steps) / n])
+    return cols, rows
+
+
 def footprint_lonlat(meta: SampleMeta, points_per_edge: int = 8) -> shapely.Polygon:
     """The tile outline in lon/lat, edges densified so reprojection curvature is kept."""
     a, b, c, d, e, f = meta.transform
-    w, h = meta.width, meta.height
-    n = points_per_edge
-    cols = [w * i / n for i in range(n)] + [w] * n + [w * (n - i) / n for i in range(n)] + [0.0] * n
-    rows = [0.0] * n + [h * i / n for i in range(n)] + [h] * n + [h * (n - i) / n for i in range(n)]
-    xs = [c + a * col + b * row for col, row in zip(cols, rows)]
-    ys = [f + d * col + e * row for col, row in zip(cols, rows)]
-    lon, lat = _to_lonlat(meta.epsg).transform(xs, ys)
-    poly = shapely.Polygon(list(zip(lon, lat)))
+    cols, rows = _outline_px(meta.width, meta.height, points_per_edge)
+    lon, lat = _to_lonlat(meta.epsg).transform(c + a * cols + b * rows, f + d * cols + e * rows)
+    poly = shapely.polygons(np.column_stack([lon, lat]))
     return shapely.orient_polygons(poly)  # counter-clockwise shell, as the geo metadata says
 
 

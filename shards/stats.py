@@ -188,7 +188,9 @@ class DatasetStats:
         arrays: dict[str, np.ndarray] = {"num_samples": np.array(self.num_samples),
                                          "pixel_stride": np.array(self.pixel_stride)}
         for name, acc in (("s2", self.s2), ("s1", self.s1)):
-            band, bin_ = np.nonzero(acc.hist)
+            # an empty histogram (S2 in a shard task's file, S1 without S1 data) skips nonzero's
+            # 2 ms scan of every bin: ingest saves one file per task
+            band, bin_ = np.nonzero(acc.hist) if acc.hist.any() else (np.zeros(0, np.intp), np.zeros(0, np.intp))
             arrays.update({f"{name}_band": band, f"{name}_bin": bin_, f"{name}_count": acc.hist[band, bin_],
                            f"{name}_total": acc.total, f"{name}_total_sq": acc.total_sq})
         with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to other names

@@ -167,8 +167,11 @@ class Engine:
         return results
 
     def as_completed(self, fn: Callable[..., Any], items: list[Any], desc: str, unit: str = "task",
-                     key_prefix: str | None = None) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, result or exception)`` as tasks finish, with a progress bar."""
+                     key_prefix: str | None = None, on_submit: Callable[[], None] | None = None
+                     ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, result or exception)`` as tasks finish, with a progress bar.
+        ``on_submit`` is called once the tasks are submitted (not when there are none): client
+        work that can wait until then starts it there, off the cluster's critical path."""
         from dask.distributed import as_completed
 
         if not items:
@@ -178,6 +181,8 @@ class Engine:
         futures = self.client.map(fn, items, retries=self.retries, pure=False,
                                   key=[f"{prefix}-{i}" for i in range(len(items))])
         index = {f.key: i for i, f in enumerate(futures)}
+        if on_submit is not None:
+            on_submit()
         with tqdm(total=len(items), desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True) as bar:
             for future in as_completed(futures):
                 try:

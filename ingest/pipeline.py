@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import dataclasses
-import importlib
+import functools
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,7 +58,7 @@ from eoforge.ingest.pieces import (
 from eoforge.ingest.plan import (
     ReadTask, ShardJob, plan_ingest, plan_reads, plan_shards, shard_index, wave_rows, write_plan,
 )
-from eoforge.ingest.report import build_report, write_errors, write_report
+from eoforge.ingest.report import build_report, write_errors, write_pairing_figure, write_report
 from eoforge.ingest.scan import scan
 from eoforge.ingest.scene import Scene, scenes_table
 from eoforge.shards.atomic import write_text_atomic
@@ -168,8 +168,10 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             write_dry_run(out, report)
             return IngestResult(out, 0, 0, errors, report)
 
-        # matplotlib takes ~0.3 s to import: the client does it while the workers read
-        background.run(importlib.import_module, "eoforge.shards.plots")
+        # The Δt figure needs only the plan: drawn (matplotlib imported, ~0.3 s) in the client's
+        # idle time once the first read tasks are out, not while the cluster is still starting
+        draw_pairing_figure = functools.cache(
+            lambda: background.run(write_pairing_figure, out, plan, config.max_dt_days))
         by_scene = {s.number: s for s in scanned.scenes}
         shards = shard_index(plan.rows)
         finished = {(split, shard): finished_shard(out, split, shard) for split, shard, _ in shards}
@@ -189,7 +191,8 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             stats_tasks += [r.name for r in wave_reads if r.kind == "s2" and any(r.train)]
             pending = [j for j in wave_jobs if finished[(j.split, j.shard)] is None]
             t0 = time.perf_counter()
-            results, failed_reads = _run_reads(engine, wave_reads, pending, by_scene, config, out, errors, strict)
+            results, failed_reads = _run_reads(engine, wave_reads, pending, by_scene, config, out, errors, strict,
+                                               on_submit=draw_pairing_figure)
             read_results.update(results)
             waves.staged(out, wave_reads)
             timings["read"] += time.perf_counter() - t0
@@ -204,6 +207,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
             if not wave_failed:  # every shard of the wave is written: its pieces are spent
                 for r in wave_reads:
                     remove_staged(out, r.name)
+        draw_pairing_figure()  # no-op unless nothing was read (every shard was done)
         reports.sort(key=lambda r: (r.split != "train", r.shard))
         if own_engine:  # no Dask work is left: the cluster stops while the client finalizes
             background.run(engine.__exit__, None, None, None)
@@ -309,10 +313,11 @@ class _Background:
 
 def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
                scenes: dict[int, Scene], config: IngestConfig, out: Path, errors: list[ErrorRow],
-               strict: bool) -> tuple[dict[str, ReadReport], set[str]]:
+               strict: bool, on_submit: Callable[[], None] | None = None) -> tuple[dict[str, ReadReport], set[str]]:
     """Run the read tasks that are not done and that a pending shard needs (or that left no
     report); load the others. Returns (task -> result, the tasks that failed: raised after
-    their retries); the tasks' errors are appended to ``errors``."""
+    their retries); the tasks' errors are appended to ``errors``. ``on_submit``: see
+    :meth:`Engine.as_completed`."""
     needed_tiles = {rows[0].tile_id for j in pending for rows in j.tiles}
     results: dict[str, ReadReport] = {}
     todo = []
@@ -327,7 +332,8 @@ def _run_reads(engine: Engine, reads: list[ReadTask], pending: list[ShardJob],
     failed: set[str] = set()
     task_fn = partial(_read_payload, config=config.to_dict(), out=str(out.resolve()))
     payloads = [(r, scenes[r.scene]) for r in todo]
-    for index, result in engine.as_completed(task_fn, payloads, desc="read", unit="task", key_prefix="read"):
+    for index, result in engine.as_completed(task_fn, payloads, desc="read", unit="task", key_prefix="read",
+                                             on_submit=on_submit):
         r = todo[index]
         if isinstance(result, BaseException):
             failed.add(r.name)

@@ -56,9 +56,6 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
     counts: Counter[str] = Counter()
     for shard in task_reports:
         counts.update(shard.counts)
-    dts = np.asarray(plan.pairing.get("dt_days", []), dtype=float)
-    edges = np.arange(-np.ceil(config["max_dt_days"]) - 0.5, np.ceil(config["max_dt_days"]) + 1.0, 1.0)
-    hist, _ = np.histogram(dts, bins=edges) if dts.size else (np.zeros(len(edges) - 1, int), edges)
     written_steps = counts.get("time_steps_written", 0)
     labels: dict[str, Any] = {}
     samples = manifest_rows(manifest)
@@ -87,11 +84,11 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
             "max_dt_days": config["max_dt_days"],
             "planned_steps": plan.pairing.get("steps", 0),
             "planned_paired_steps": plan.pairing.get("paired_steps", 0),
-            "match_rate_planned": (plan.pairing["paired_steps"] / plan.pairing["steps"]) if plan.pairing.get("steps") else None,
+            "match_rate_planned": planned_match_rate(plan),
             "written_steps": written_steps,
             "written_paired_steps": counts.get("paired_steps_written", 0),
             "match_rate_written": (counts.get("paired_steps_written", 0) / written_steps) if written_steps else None,
-            "dt_days_histogram": {"bin_edges": edges.tolist(), "counts": hist.tolist()},
+            "dt_days_histogram": dt_histogram(plan, config["max_dt_days"]),
             "s1_scenes": plan.pairing.get("s1_scenes", 0), "s1_scenes_used": plan.pairing.get("s1_used", 0),
         },
         "labels": labels,
@@ -102,6 +99,35 @@ def build_report(*, inputs: list[str], engine: str, config: dict[str, Any], file
         "timings_s": {k: round(v, 3) for k, v in timings_s.items()},
         "config": config,
     }
+
+
+def planned_match_rate(plan: Any) -> float | None:
+    """The plan's time steps with an S1 partner, as a fraction (None without steps)."""
+    return (plan.pairing["paired_steps"] / plan.pairing["steps"]) if plan.pairing.get("steps") else None
+
+
+def dt_histogram(plan: Any, max_dt_days: float) -> dict[str, list[float] | list[int]]:
+    """The planned pairs' Δt = S1 time - S2 time in 1-day bins centred on whole days, up to
+    ``max_dt_days`` either way: ``{"bin_edges": [...], "counts": [...]}``."""
+    dts = np.asarray(plan.pairing.get("dt_days", []), dtype=float)
+    edges = np.arange(-np.ceil(max_dt_days) - 0.5, np.ceil(max_dt_days) + 1.0, 1.0)
+    hist, _ = np.histogram(dts, bins=edges) if dts.size else (np.zeros(len(edges) - 1, int), edges)
+    return {"bin_edges": edges.tolist(), "counts": hist.tolist()}
+
+
+def write_pairing_figure(out: Path, plan: Any, max_dt_days: float) -> Path:
+    """``report-dt.png``: the planned Δt histogram and match rate. It needs the plan alone,
+    so the pipeline draws it while the read tasks run (the client is idle then)."""
+    from eoforge.shards.plots import figure, save_figure
+
+    p = dt_histogram(plan, max_dt_days)
+    fig, ax = figure(figsize=(6, 3.2), dpi=120)
+    centres = (np.asarray(p["bin_edges"][:-1]) + np.asarray(p["bin_edges"][1:])) / 2
+    ax.bar(centres, p["counts"], width=0.9, color="tab:blue")
+    ax.set_xlabel("Δt = S1 time - S2 time (days)")
+    ax.set_ylabel("paired time steps (planned)")
+    ax.set_title(f"S1/S2 pairing: match rate {planned_match_rate(plan) or 0:.0%}")
+    return save_figure(fig, out / "report-dt.png")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -169,16 +195,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any], manifest: Path | None) -> None:
-    from eoforge.shards.plots import coverage_map, figure, label_histogram, save_figure
+    """``report.json``, ``report.md`` and the pictures of the samples written (coverage,
+    labels); ``report-dt.png`` is :func:`write_pairing_figure`'s."""
+    from eoforge.shards.plots import coverage_map, label_histogram
 
-    p = report["pairing"]["dt_days_histogram"]
-    fig, ax = figure(figsize=(6, 3.2), dpi=120)
-    centres = (np.asarray(p["bin_edges"][:-1]) + np.asarray(p["bin_edges"][1:])) / 2
-    ax.bar(centres, p["counts"], width=0.9, color="tab:blue")
-    ax.set_xlabel("Δt = S1 time - S2 time (days)")
-    ax.set_ylabel("paired time steps (planned)")
-    ax.set_title(f"S1/S2 pairing: match rate {report['pairing']['match_rate_planned'] or 0:.0%}")
-    save_figure(fig, out / "report-dt.png")
     if manifest_rows(manifest):
         coverage_map(manifest, out / "report-coverage.png")
     if report["labels"]:

@@ -78,16 +78,13 @@ class _ShardFile:
     def __init__(self, root: Path, split: str, index: int, fsync: bool = True) -> None:
         self.root, self.split, self.index = root, split, index
         self.path = shard_path(root, split, index)
+        self.relpath = self.path.relative_to(root).as_posix()  # the manifest's ``shard`` of every row
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._file = open(self.tmp, "wb")
         self.rows: list[dict[str, Any]] = []
         self.nbytes = 0
-
-    @property
-    def relpath(self) -> str:
-        return self.path.relative_to(self.root).as_posix()
 
     def add(self, key: str, members: list[tuple[str, tuple[bytes, ...]]]) -> None:
         for name, parts in members:

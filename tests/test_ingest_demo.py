@@ -187,12 +187,18 @@ def test_s1_and_landcover_from_epsg4326_match_the_source(samples, scenes, demo_i
 def test_rerun_is_a_no_op_and_a_changed_plan_is_refused(demo_raw, demo_ingest, tmp_path) -> None:
     before = {p: p.read_bytes() for p in (demo_ingest.out / "shards").rglob("*.tar")}
     manifest = (demo_ingest.out / "manifest.parquet").read_bytes()
+    # the Δt figure is drawn once the first read tasks are out; a rerun that reads nothing draws it at the end
+    dt_figure = (demo_ingest.out / "report-dt.png").read_bytes()
+    read_reports = {p: p.stat().st_mtime_ns for p in (demo_ingest.out / "task-reports" / "read").glob("*.json")}
+    (demo_ingest.out / "report-dt.png").unlink()
     from conftest import DEMO_INGEST
 
     again = run_ingest([str(demo_raw)], demo_ingest.out, config=IngestConfig(**DEMO_INGEST), workers=1, progress=False)
     assert again.samples == demo_ingest.samples
+    assert {p: p.stat().st_mtime_ns for p in read_reports} == read_reports  # no read task ran again
     assert {p: p.read_bytes() for p in (demo_ingest.out / "shards").rglob("*.tar")} == before
     assert (demo_ingest.out / "manifest.parquet").read_bytes() == manifest
+    assert (demo_ingest.out / "report-dt.png").read_bytes() == dt_figure
     with pytest.raises(IngestError, match="different ingest.*config"):
         run_ingest([str(demo_raw)], demo_ingest.out, config=IngestConfig(**{**DEMO_INGEST, "max_dt_days": 1.0}),
                    workers=1, progress=False)

@@ -291,6 +291,7 @@ def ingest_once(scene: Path, out: Path, workers: int, **settings: Any) -> dict[s
             # what the read tasks wrote to DS/staging (frames + piece index), then the shard tasks to tars
             "staging_bytes": sum(r.get("frames_bytes", 0) + r.get("index_bytes", 0) for r in reads),
             "read_task_seconds": sum(r.get("seconds", 0.0) for r in reads),
+            "staging_write_seconds": sum(r.get("write_seconds", 0.0) for r in reads),
             "read_task_threads": sorted(int(r.get("threads", 1)) for r in reads),
             "shard_task_seconds": sum(r.get("seconds", 0.0) for r in shard_reports),
             # the LocalCluster's worker processes are this process's children, reaped when it closes
@@ -518,6 +519,9 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
             f"{r['ingest_2_workers']['read_task_seconds']:.1f} + {r['ingest_2_workers']['shard_task_seconds']:.1f} vs "
             f"{r['chipper_2_processes']['read_seconds']:.1f} + {r['chipper_2_processes']['encode_seconds']:.1f} + "
             f"{r['chipper_2_processes']['write_seconds']:.1f}")),
+        row("page-cache writes, busy s: ingest's staging (2 workers / 1) vs chipper's shards (2 processes / 1)", lambda r: (
+            f"{r['ingest_2_workers']['staging_write_seconds']:.1f} / {r['ingest_1_worker']['staging_write_seconds']:.1f} vs "
+            f"{r['chipper_2_processes']['write_seconds']:.1f} / {r['chipper_1_process']['write_seconds']:.1f}")),
         row("worker CPU per planned tile, ingest vs chipper (2 each)",
             lambda r: f"{r['worker_cpu_ms_per_tile']:.1f} vs {r['chipper_cpu_ms_per_tile']:.1f} ms"), "",
     ]

@@ -150,6 +150,9 @@ class ReadReport:
         tiles_digest: :func:`tiles_digest` of the task's tiles (a resumed run whose task of
             the same name reads other tiles, since its scene was cut elsewhere, reads again).
         threads: the cores the task used (:attr:`~eoforge.ingest.plan.ReadTask.threads`).
+        write_seconds: of ``seconds``, the time spent appending frames to the staged frame
+            file: page-cache writes, the part of a read task that slows most when another
+            worker of the same host writes too (``ingest/README.md``, the COG benchmark).
     """
 
     task: str
@@ -163,19 +166,21 @@ class ReadReport:
     index_bytes: int = 0
     tiles_digest: str = ""
     threads: int = 1
+    write_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "kind": self.kind, "scene": self.scene, "errors": [e.to_dict() for e in self.errors],
                 "counts": dict(self.counts), "tiles": self.tiles, "seconds": self.seconds,
                 "frames_bytes": self.frames_bytes, "index_bytes": self.index_bytes, "tiles_digest": self.tiles_digest,
-                "threads": self.threads}
+                "threads": self.threads, "write_seconds": self.write_seconds}
 
     @classmethod
     def from_json(cls, report: Mapping[str, Any]) -> ReadReport:
         return cls(report["task"], report["kind"], int(report["scene"]),
                    tuple(ErrorRow.from_dict(e) for e in report["errors"]), dict(report["counts"]),
                    int(report["tiles"]), float(report["seconds"]), int(report["frames_bytes"]),
-                   int(report["index_bytes"]), str(report.get("tiles_digest", "")), int(report.get("threads", 1)))
+                   int(report["index_bytes"]), str(report.get("tiles_digest", "")), int(report.get("threads", 1)),
+                   float(report.get("write_seconds", 0.0)))
 
 
 def tiles_digest(tiles: Iterable[str]) -> str:
@@ -347,10 +352,13 @@ class _Frames:
         self.tmp = path.with_name(path.name + ".tmp")
         self._file = open(self.tmp, "wb")
         self.offset = 0
+        self.write_seconds = 0.0  # in write(): new page-cache pages, what two workers contend on
 
     def put(self, data: bytes) -> tuple[int, int]:
         """Append one frame; its (offset, length) in the file."""
+        started = time.perf_counter()
         self._file.write(data)
+        self.write_seconds += time.perf_counter() - started
         ref = (self.offset, len(data))
         self.offset += len(data)
         return ref
@@ -733,7 +741,8 @@ def read_source(task: ReadTask, scene: Scene, config: dict[str, Any], out: str) 
         report = ReadReport(name, task.kind, task.scene, tuple(errors),
                             dict(sorted(Counter(p.status for p in pieces.values()).items())), len(tiles),
                             round(time.perf_counter() - started, 3), frames.offset,
-                            write_piece_index(index_tmp, pieces), tiles_digest(task.tiles), task.threads)
+                            write_piece_index(index_tmp, pieces), tiles_digest(task.tiles), task.threads,
+                            round(frames.write_seconds, 3))
         if task.kind == "s2":
             stats_path.parent.mkdir(parents=True, exist_ok=True)
             source.stats.save(stats_path)

@@ -420,6 +420,7 @@ def test_a_read_task_with_threads_stages_the_same_bytes(demo_raw, tmp_path) -> N
         out = tmp_path / f"threads-{threads}"
         report = read_source(dataclasses.replace(task, threads=threads), scene, config, str(out))
         assert report.threads == threads
+        assert 0 < report.write_seconds <= report.seconds  # the frames' page-cache writes, part of the task
         assert ReadReport.from_json(json.loads(read_report_paths(out, task.name)[0].read_text())) == report
         frames, index = staging_paths(out, task.name)
         stats = read_report_paths(out, task.name)[1]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +169,7 @@ def run_ingest(inputs: list[str], out: str | os.PathLike[str], *, landcover: lis
 
         # The Δt figure needs only the plan: drawn (matplotlib imported, ~0.3 s) in the client's
         # idle time once the first read tasks are out, not while the cluster is still starting
-        draw_pairing_figure = functools.cache(
+        draw_pairing_figure = cache(
             lambda: background.run(write_pairing_figure, out, plan, config.max_dt_days))
         by_scene = {s.number: s for s in scanned.scenes}
         shards = shard_index(plan.rows)

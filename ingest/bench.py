@@ -32,6 +32,10 @@ peak memory per worker, measured side by side in one run on one full-size S2 sce
   encode) and then to shards (the same frames again, in geography-mixed tars), next to the
   chipper's seconds reading, encoding and writing.
 - **memory**: peak RSS of each worker process (the kernel's high-water mark, read twice a second).
+
+Worker processes of both the ingest and the chipper are forked from one forkserver that the
+untimed warm-up runs start (:mod:`.engine`), so the timed runs carry neither the client's nor
+the workers' imports; what a cold run costs on top is in ``ingest/README.md``.
 """
 
 from __future__ import annotations
@@ -244,7 +248,7 @@ class PeakRSS:
         while not self._stop.is_set():
             for p in me.children(recursive=True):
                 try:
-                    cmd = self.peaks[p.pid][0] if p.pid in self.peaks else " ".join(p.cmdline()[-3:])
+                    cmd = self.peaks[p.pid][0] if p.pid in self.peaks else _role(p, me.pid)
                     with open(f"/proc/{p.pid}/status") as f:
                         hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
                 except (psutil.Error, OSError, StopIteration):
@@ -262,9 +266,23 @@ class PeakRSS:
         self._thread.join()
 
     def workers_mb(self) -> list[float]:
-        """Peaks of the Dask worker processes (spawned by the nanny-less LocalCluster)."""
-        return sorted((rss / 2**20 for cmd, rss in self.peaks.values() if "multiprocessing" in cmd or "spawn" in cmd),
-                      reverse=True)
+        """Peaks of the Dask worker processes (forked from the forkserver, or spawned)."""
+        return sorted((rss / 2**20 for role, rss in self.peaks.values() if role == "worker"), reverse=True)
+
+    def forkserver_mb(self) -> float:
+        """Peak of the forkserver the workers are forked from (0 if none was seen): pages of
+        the modules it preloaded, shared copy-on-write with every worker and counted in their
+        peaks too."""
+        return max((rss / 2**20 for role, rss in self.peaks.values() if role == "forkserver"), default=0.0)
+
+
+def _role(process: psutil.Process, parent_pid: int) -> str:
+    """``"forkserver"``, ``"worker"`` (forked from it, or spawned) or ``"other"`` (the resource
+    tracker, anything else); forked workers keep the forkserver's command line."""
+    cmd = " ".join(process.cmdline())
+    if "multiprocessing" not in cmd or "resource_tracker" in cmd:
+        return "other"
+    return "forkserver" if "forkserver" in cmd and process.ppid() == parent_pid else "worker"
 
 
 def ingest_once(scene: Path, out: Path, workers: int, **settings: Any) -> dict[str, Any]:
@@ -273,12 +291,12 @@ def ingest_once(scene: Path, out: Path, workers: int, **settings: Any) -> dict[s
 
     shutil.rmtree(out, ignore_errors=True)
     config = IngestConfig(**settings)
-    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me, children = resource.getrusage(resource.RUSAGE_SELF), _children_cpu()
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         result = run_ingest([str(scene)], out, config=config, workers=workers, progress=False)
         seconds = time.perf_counter() - t0
-    me_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me_after, children_after = resource.getrusage(resource.RUSAGE_SELF), _children_cpu()
     tars = list((out / "shards").rglob("*.tar"))
     stages = result.report["timings_s"]
     reads = [json.loads(p.read_text()) for p in (out / "task-reports" / "read").glob("*.json")]
@@ -294,10 +312,11 @@ def ingest_once(scene: Path, out: Path, workers: int, **settings: Any) -> dict[s
             "staging_write_seconds": sum(r.get("write_seconds", 0.0) for r in reads),
             "read_task_threads": sorted(int(r.get("threads", 1)) for r in reads),
             "shard_task_seconds": sum(r.get("seconds", 0.0) for r in shard_reports),
-            # the LocalCluster's worker processes are this process's children, reaped when it closes
-            "worker_cpu_seconds": _cpu(children_after) - _cpu(children),
+            # the LocalCluster's worker processes, reaped when it closes
+            "worker_cpu_seconds": children_after - children,
             "client_cpu_seconds": _cpu(me_after) - _cpu(me),
-            "peak_rss_per_worker_mb": mem.workers_mb(), "errors": len(result.errors)}
+            "peak_rss_per_worker_mb": mem.workers_mb(), "forkserver_rss_mb": mem.forkserver_mb(),
+            "errors": len(result.errors)}
 
 
 def _task_layout(run: dict[str, Any]) -> str:
@@ -312,23 +331,37 @@ def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the finished processes this one started: those it reaped itself
+    (spawned) and those its forkserver reaped (forked from it, as the workers are)."""
+    total = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
+    for child in psutil.Process().children():
+        try:
+            if _role(child, os.getpid()) == "forkserver":
+                times = child.cpu_times()
+                total += times.children_user + times.children_system
+        except psutil.Error:  # it ended meanwhile: its own children's time is in RUSAGE_CHILDREN now
+            continue
+    return total
+
+
 def chipper_once(scene: Path, out: Path, processes: int, **settings: Any) -> dict[str, Any]:
     """The hand-written chipper (:func:`eoforge.ingest.chipper.chip_scene`) end to end, pool
     start and stop included; ``settings`` as the ingest's (tile size, shard size, GDAL cache)."""
     from eoforge.ingest.chipper import chip_scene
 
     shutil.rmtree(out, ignore_errors=True)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = _children_cpu()
     t0 = time.perf_counter()
     result = chip_scene(scene, out, processes=processes, **settings)
     seconds = time.perf_counter() - t0
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's processes, reaped at its shutdown
+    children_after = _children_cpu()  # the pool's processes, reaped at its shutdown
     parts = result["processes"]
     return {"processes": processes, "seconds": seconds, "tiles": result["tiles"], "samples": result["samples"],
             "shards": result["shards"], "bytes_written": result["bytes"], "tile_ids": result["tile_ids"],
             **{f"{k}_seconds": sum(p[f"{k}_seconds"] for p in parts) for k in ("read", "encode", "write")},
             "process_seconds": [round(p["seconds"], 2) for p in parts],
-            "worker_cpu_seconds": _cpu(children_after) - _cpu(children),
+            "worker_cpu_seconds": children_after - children,
             "peak_rss_per_process_mb": sorted((p["peak_rss_mb"] for p in parts), reverse=True)}
 
 
@@ -385,8 +418,10 @@ def measure(scene: Path, out: Path, repeats: int, fmt: str, chipper_min_valid_fr
         _settle(out / "chips")
 
     # One untimed run of each first. The bench process imports dask.distributed, the report's
-    # matplotlib and the like once, on its first ingest (~0.5 s of client time, measured): a
-    # per-scene figure should not carry it, any more than an archive ingest pays it per scene.
+    # matplotlib and the like once, on its first ingest (~0.5 s of client time, measured), and
+    # starts the forkserver that the ingest's workers and the chipper's processes are forked
+    # from (~1 s of CPU importing their modules): a per-scene figure should not carry either,
+    # any more than an archive ingest pays them per scene.
     warm_up = ingest_once(scene, out / "ds-2w", 2)
     click.echo(f"{fmt} warm-up: ingest, 2 workers: {warm_up['seconds']:.1f} s (not counted)")
     planned = planned_tiles(out / "ds-2w")
@@ -439,6 +474,7 @@ def measure(scene: Path, out: Path, repeats: int, fmt: str, chipper_min_valid_fr
         "ratio_ingest_over_floor": statistics.median(t["seconds"] / f["seconds"] for f, t in zip(floors, twos)),
         "speedup_2_vs_1": statistics.median(o["seconds"] / t["seconds"] for t, o in zip(twos, ones)),
         "peak_rss_per_worker_mb": max(one["peak_rss_per_worker_mb"] + two["peak_rss_per_worker_mb"] or [float("nan")]),
+        "forkserver_rss_mb": max(r["forkserver_rss_mb"] for r in twos + ones),
         "ratio_ingest_over_chipper_per_repeat": [t["seconds"] / c["seconds"] for t, c in zip(twos, chip2s)],
         "ratio_ingest_over_chipper": statistics.median(t["seconds"] / c["seconds"] for t, c in zip(twos, chip2s)),
         "ratio_ingest_over_chipper_1_per_repeat": [o["seconds"] / c["seconds"] for o, c in zip(ones, chip1s)],
@@ -487,6 +523,8 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
         row("**speed-up 2 vs 1 worker** (median over repeats)", lambda r: f"**{r['speedup_2_vs_1']:.2f}**"
             + _spread(r["speedup_2_vs_1_per_repeat"]), ">= 1.6"),
         row("**peak RSS per worker**", lambda r: f"**{r['peak_rss_per_worker_mb']:.0f} MB**", "<= 1536 MB"),
+        row("peak RSS of the forkserver the workers are forked from (its pages shared with them)",
+            lambda r: f"{r.get('forkserver_rss_mb', 0.0):.0f} MB"),
         row("parallel stages alone (read + materialize) / read floor", lambda r: (
             f"({r['ingest_2_workers']['stage_seconds']['read']:.1f} + {r['ingest_2_workers']['stage_seconds']['materialize']:.1f} s)"
             f" {r['ratio_parallel_stages_over_floor']:.2f}")),
@@ -531,7 +569,9 @@ def markdown(results: dict[str, dict[str, Any]], scene_px: int) -> str:
                f"warm-up run of the ingest and the chipper ({r['warm_up_seconds']} s); all runs (s): "
                f"{r['all_runs_seconds']}. Stages, 2 workers (s): {r['ingest_2_workers']['stage_seconds']}; "
                f"1 worker: {r['ingest_1_worker']['stage_seconds']}.", ""]
-    md += ["The rest of the end-to-end time is the LocalCluster's start and stop and the reports. "
+    md += ["The rest of the end-to-end time is the LocalCluster's start and stop and the reports. The workers "
+           "of both the ingest and the chipper are forked from one forkserver, started by the warm-up runs with "
+           "their modules imported. "
            "The floor and the chipper decode with one GDAL thread per process, and so does the ingest "
            "(`gdal_threads: 1`) except in a read task the plan gives several cores: one scene on 2 workers is "
            "read as two single-threaded parts, or, where decoding dominates (JPEG 2000), as one task with 2 "

@@ -5,7 +5,8 @@ running ``eoforge ingest`` on one S2 L2A product, kept deliberately plain so the
 say what eoforge's extras (dedup, QA, pairing, labels, statistics, geography-mixed shards,
 manifest, resume, a Dask cluster) cost on top of "read the bands, cut tiles, write tars":
 
-- N processes (``ProcessPoolExecutor``, spawned like Dask's workers), one GDAL thread each
+- N processes (``ProcessPoolExecutor``), forked like eoforge's workers from a forkserver
+  that has imported this module (numpy, rasterio, zstandard) once, one GDAL thread each
   and the same GDAL block cache as the ingest (``gdal_cache_mb``; its ``GDAL_READ_ENV``);
 - the scene's tiles, on the same grid as eoforge's (``tile_px`` x 10 m squares aligned to
   multiples of the tile edge in the scene's UTM zone, every tile the 10 m band overlaps),
@@ -187,6 +188,17 @@ def chip_rows(job: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": _peak_rss_mb()}
 
 
+def _process_context() -> multiprocessing.context.BaseContext:
+    """Forkserver processes with this module imported, as :mod:`.engine` starts eoforge's
+    workers (where the platform has no forkserver: spawned). A forkserver already running
+    in this process is reused as it is."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["eoforge.ingest.chipper"])
+    return context
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory, MB: ``VmHWM`` of its address space (``ru_maxrss``
     would also count the parent's, copied by the fork before the spawn's exec)."""
@@ -224,7 +236,7 @@ def chip_scene(scene: str | os.PathLike[str], out: str | os.PathLike[str], proce
              "samples_per_shard": samples_per_shard, "gdal_cache_mb": gdal_cache_mb, "zstd_level": zstd_level,
              "min_valid_fraction": min_valid_fraction} for p in range(processes)]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(processes, mp_context=_process_context()) as pool:
         parts = list(pool.map(chip_rows, jobs))
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "tiles": sum(p["tiles"] for p in parts), "samples": sum(p["samples"] for p in parts),

@@ -12,6 +12,7 @@ Workers must be able to read the inputs and write ``--out`` under the same paths
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import uuid
@@ -51,10 +52,10 @@ QUIET_CLUSTER_CONFIG = {
 #: imported: Dask's workers, pandas (pyarrow imports it on its first ``pa.array``) and the
 #: module the ingest's tasks live in (with rasterio, pyarrow, OpenCV, shapely, pyproj). A
 #: spawned worker imports all of it itself: ~0.9 s of CPU per worker, paid again for every
-#: worker on the same cores (measured: a 2-worker COG ingest on 2 cores ran 0.3 s faster,
-#: a 1-worker one the same). The forkserver is one per client process and outlives the
-#: cluster: a second cluster in the same process (tests, benchmarks, a notebook) forks from
-#: the one already running, whatever it preloaded.
+#: worker on the same cores (measured on 2 cores, a fresh process each time: a 2-worker COG
+#: scene 0.27 s faster, a 1-worker one the same; ``ingest/README.md``). The forkserver is
+#: one per client process and outlives the cluster: a second cluster in the same process
+#: (tests, benchmarks, a notebook) forks from the one already running, whatever it preloaded.
 WORKER_PRELOAD = ("distributed", "numpy", "pandas", "eoforge.ingest.pipeline")
 
 
@@ -218,9 +219,8 @@ def _preload_forkserver(modules: tuple[str, ...]) -> dict[str, str]:
     with the forkserver method and never again, so that call comes first and this list
     replaces it. The workers' glibc settings (:data:`WORKER_MALLOC_ENV`) still hold: Dask
     puts them into the client's environment before the first worker starts, and that start
-    is what starts the forkserver."""
-    import multiprocessing
-
+    is what starts the forkserver (one that something else started earlier in the process
+    passes on its own environment instead)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return {}
     from distributed.utils import get_mp_context

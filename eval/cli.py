@@ -13,8 +13,6 @@ from pathlib import Path
 
 import click
 
-from eoforge.train.cli import MethodName
-
 _SPLIT_LIST_HELP = ("Official split file as SPLIT=FILE (repeatable), e.g. train=train.csv; names not listed "
                     "are left out. Default: a seeded hash split (--val-fraction).")
 
@@ -263,8 +261,9 @@ def adapt_sen1floods11_cmd(src: tuple[Path, ...], metadata: Path | None, out: Pa
               help="Folder for results.md / .json / .png and runs/<method>-seed<k>/.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Comparison recipe (YAML) [eval/recipes/compare-demo.yaml]; the options below override it.")
-@click.option("--method", "methods", multiple=True, type=MethodName(),
-              help="Only the recipe's rows of this name (repeatable), e.g. --method pera --method cmid.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Only the recipe's rows of this name (repeatable; a row's name, else its method), "
+                   "e.g. --method pera --method softcon-hard-only.")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps of every run.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step per process of every run.")
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed(s) of every run and probe (repeatable).")

@@ -74,8 +74,14 @@ def test_compare_recipes_and_errors(tmp_path: Path) -> None:
     from eoforge.cli import main
 
     result = CliRunner().invoke(main, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                                       "--method", "nosuch"])  # choices come from the method registry
-    assert result.exit_code == 2 and "'nosuch' is not one of 'pera', 'softcon', 'dualenc', 'cmid'" in result.output
+                                       "--method", "nosuch"])  # a row of the default recipe, by name
+    assert result.exit_code == 2 and ("--method nosuch: not a row of the recipe "
+                                      "(pera, softcon, softcon-hard-only, dualenc-s2, cmid)") in result.output
+    # a row's name selects it (eval/README's SoftCon ablation command): past the selection, the
+    # run stops at the dataset (tmp_path has an empty manifest), not at --method
+    result = CliRunner().invoke(main, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                                       "--method", "softcon", "--method", "softcon-hard-only", "--steps", "1"])
+    assert "--method" not in result.output and "not a row" not in result.output, result.output
     only_pera = tmp_path / "only-pera.yaml"
     only_pera.write_text("compare:\n  methods: [pera]\n")
     result = CliRunner().invoke(main, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "o"),

@@ -68,17 +68,14 @@ class Engine:
         workers: worker processes of the local cluster (default: CPU count).
         progress: show progress bars.
         retries: times a failed task is retried (also on another worker after a worker died).
-        preload: modules the local cluster's workers have imported before their first task
-            (where the platform has a forkserver: Linux, macOS; elsewhere they are spawned).
     """
 
     def __init__(self, scheduler: str | None = None, workers: int | None = None,
-                 progress: bool = True, retries: int = 2, preload: tuple[str, ...] = WORKER_PRELOAD) -> None:
+                 progress: bool = True, retries: int = 2) -> None:
         self.scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress
         self.retries = retries
-        self.preload = preload
         self._client: Any = None
         self._cluster: Any = None
         self._starting: threading.Thread | None = None
@@ -105,7 +102,7 @@ class Engine:
             if self.scheduler:
                 self._client = Client(self.scheduler, timeout="60s")
             else:
-                start_method = _preload_forkserver(self.preload)
+                start_method = _preload_forkserver(WORKER_PRELOAD)
                 with dask.config.set({**WORKER_MALLOC_ENV, **QUIET_CLUSTER_CONFIG, **start_method}):
                     self._cluster = LocalCluster(
                         n_workers=self.workers, threads_per_worker=1, processes=True,
